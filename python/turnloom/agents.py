@@ -1,0 +1,56 @@
+"""Participant interfaces: LLM agents, environments and profile samplers.
+
+An *agent* speaks through a backend: it supplies its system prompt and the role
+each message has in its own view, and turns generated text into a message or a
+stop. An *environment* answers without a backend (deterministic rules, tools).
+A *sampler* draws the profile a participant plays in one conversation.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from turnloom.records import ConversationState
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a participant says this turn. `stop` ends the conversation after it
+    (with `text` kept unless empty); `meta` is stored on the message node."""
+
+    text: str
+    stop: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """A participant that generates through a backend."""
+
+    def system_prompt(self, conversation: ConversationState, me: str) -> str | None:
+        """This participant's system prompt for this conversation (None for none)."""
+
+    def role_in_view(self, speaker: str, me: str) -> str:
+        """The role a message by `speaker` has in this participant's view:
+        usually "assistant" for its own messages and "user" for everyone else's."""
+
+    def on_output(self, conversation: ConversationState, me: str, text: str,
+                  finish_reason: str) -> Reply:
+        """Turn generated text into this turn's reply (or a stop)."""
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """A participant that answers without a backend."""
+
+    def respond(self, conversation: ConversationState, me: str,
+                rng: random.Random) -> Reply: ...
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Draws a profile (a JSON-serialisable dict) for one conversation."""
+
+    def sample(self, rng: random.Random, index: int) -> dict[str, Any]: ...
