@@ -32,11 +32,13 @@ class ConversationState:
 
     `messages` are (participant name, role, text) in order; `meta` is free-form
     and JSON-serialisable (plugins put their state there so a resumed run sees it);
-    `profiles` holds what samplers drew for each participant.
+    `profiles` holds what samplers drew for each participant; `system_prompts`
+    each participant's rendered system prompt; `turn_scores[i]` the scores of
+    `turns[i]` by scorer name; `errors` what went wrong (plugin or backend faults).
     """
 
     __slots__ = ("conversation_id", "index", "branch", "seed", "messages", "turns", "meta",
-                 "profiles", "stop_reason", "scores", "errors")
+                 "profiles", "system_prompts", "stop_reason", "scores", "turn_scores", "errors")
 
     def __init__(self, conversation_id: str, index: int, seed: int, branch: int = 0) -> None:
         self.conversation_id = conversation_id
@@ -47,8 +49,10 @@ class ConversationState:
         self.turns: list[TurnRecord] = []
         self.meta: dict[str, Any] = {}
         self.profiles: dict[str, dict[str, Any]] = {}
+        self.system_prompts: dict[str, str] = {}
         self.stop_reason: str | None = None
         self.scores: dict[str, Any] = {}
+        self.turn_scores: list[dict[str, Any]] = []
         self.errors: list[str] = []
 
     @property
@@ -57,3 +61,62 @@ class ConversationState:
 
     def turns_of(self, participant: str) -> list[TurnRecord]:
         return [t for t in self.turns if t.participant == participant]
+
+    def fork(self, branch: int, turns: int | None = None) -> ConversationState:
+        """A copy as branch `branch`, keeping the first `turns` turns (all by default)."""
+        k = len(self.turns) if turns is None else turns
+        other = ConversationState(self.conversation_id, self.index, self.seed, branch)
+        other.messages = self.messages[:k]
+        other.turns = self.turns[:k]
+        other.turn_scores = [dict(s) for s in self.turn_scores[:k]]
+        other.meta = dict(self.meta)
+        other.profiles = self.profiles
+        other.system_prompts = self.system_prompts
+        other.errors = list(self.errors)
+        return other
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One message in OpenAI chat format (`name` is the participant)."""
+
+    role: str
+    content: str
+    name: str | None = None
+
+
+class TurnInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-turn metadata kept next to the messages of an exported conversation."""
+
+    participant: str
+    role: str
+    seed: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    scores: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+
+
+class ConversationRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A finished conversation (one branch of a tree), as exported.
+
+    `messages` are in OpenAI chat format from the transcript's point of view
+    (canonical roles), led by the system prompt of the first assistant-role
+    participant that has one; `participants` holds every party's agent, role,
+    backend, profile and system prompt. Everything here is deterministic under
+    the run seed (no timings), so an interrupted and resumed run writes the
+    same records as an uninterrupted one.
+    """
+
+    conversation_id: str
+    index: int
+    branch: int
+    seed: int
+    messages: list[Message]
+    participants: dict[str, dict[str, Any]]
+    turns: list[TurnInfo]
+    tokens: dict[str, dict[str, int]]
+    stop_reason: str
+    scores: dict[str, Any] = {}
+    errors: list[str] = []
+    meta: dict[str, Any] = {}

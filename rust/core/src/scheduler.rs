@@ -1,1 +1,488 @@
-pub struct Scheduler;
+//! Cache-aware scheduler of ready generation jobs.
+//!
+//! A job is one generation request; its *tree* is its conversation root, the
+//! unit of cache affinity and of admission control. Job ids are chosen by the
+//! caller and must be unique among jobs waiting or in flight.
+//!
+//! # Order
+//! Each slot of a batch is filled by the first rule that yields a job:
+//! 1. **Starvation.** The earliest pushed waiting job, if it has waited
+//!    `starvation_limit` pops or more. If its tree is not admitted yet, the
+//!    tree is admitted now when the budget allows; otherwise starving jobs of
+//!    that tree are skipped for the rest of the pop (starvation never forces
+//!    an admission over the budget).
+//! 2. **Cache reuse.** A waiting job of an admitted tree: higher priority
+//!    first, then longer cached prefix, then the tree admitted earlier (so
+//!    conversations run to completion, depth-first-ish, before new ones start
+//!    and evict their prefixes), then push order.
+//! 3. **Admission.** When no job of an admitted tree waits, the tree whose
+//!    first job was pushed earliest is admitted (if the budget allows) and its
+//!    jobs join rule 2.
+//!
+//! A batch ends at `max_requests` jobs, or before the first job that would
+//! take its prompt tokens over `max_tokens` (jobs are never skipped to fill
+//! the batch, so the order above is exact; a first job larger than
+//! `max_tokens` is returned alone).
+//!
+//! # Starvation guarantee
+//! The *wait* of a job is the number of pops that ended while it was waiting.
+//! At every pop, jobs whose wait is at least `starvation_limit` are taken
+//! before all other jobs, oldest push first, skipping only jobs of trees the
+//! budget cannot admit. Hence, when the budget does not block (for example
+//! `token_budget` is None) and at most `k` jobs are pushed between two pops
+//! while every batch has room for `k` jobs, no job waits more than
+//! `starvation_limit` pops. With smaller batches a starving job is still
+//! served first among the jobs pushed after it.
+//!
+//! # Admission accounting
+//! The footprint of an admitted tree is its largest prompt length pushed so
+//! far plus `output_reserve` per job of it in flight; `admitted_tokens` is
+//! the sum over admitted trees. A tree is admitted only if `admitted_tokens`
+//! plus its projected footprint (largest prompt + `output_reserve` for each
+//! of its jobs waiting or in flight) fits `token_budget`, or if no tree is
+//! admitted (so the scheduler always makes progress). Jobs of admitted trees
+//! are never held back by the budget: once started, a conversation runs, and
+//! `admitted_tokens` can pass the budget only when jobs pushed to admitted
+//! trees add reserve or a longer prompt. `finish_tree` releases the tree's
+//! whole footprint.
+
+mod ready;
+
+#[cfg(test)]
+mod model;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::error::{CoreError, CoreResult};
+use ready::{ReadyJob, ReadySet};
+
+/// Largest prompt length or output reserve accepted (keeps sums in u64).
+pub const MAX_TOKENS: u64 = 1 << 32;
+
+/// Counters reported by [`Scheduler::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    pub waiting: usize,
+    pub in_flight: usize,
+    pub admitted_trees: usize,
+    pub admitted_tokens: u64,
+    pub pops: u64,
+    /// Largest wait (in pops) of any job popped so far.
+    pub max_wait: u64,
+}
+
+struct Job {
+    /// Serial of the tree incarnation the job belongs to.
+    tree: u64,
+    prompt_len: u64,
+    priority: i64,
+    cached_len: u64,
+    seq: u64,
+    /// Pops completed when the job was pushed.
+    push_pop: u64,
+    in_flight: bool,
+}
+
+/// One incarnation of a conversation tree: from its first push until
+/// `finish_tree` (a later push of the same id starts a new incarnation).
+struct Tree {
+    id: u64,
+    /// Admission order, while admitted.
+    admitted: Option<u64>,
+    /// Set by `finish_tree` while jobs of the tree are still in flight.
+    finished: bool,
+    first_seq: u64,
+    first_push_pop: u64,
+    /// Waiting jobs while the tree is not admitted.
+    pending_jobs: Vec<u64>,
+    waiting: u64,
+    in_flight: u64,
+    max_prompt: u64,
+}
+
+/// Ready jobs, popped in batches in cache-aware order (see the module docs).
+pub struct Scheduler {
+    token_budget: Option<u64>,
+    starvation_limit: u64,
+    output_reserve: u64,
+    jobs: HashMap<u64, Job>,
+    trees: HashMap<u64, Tree>,
+    /// Tree id to the serial of its current incarnation.
+    current: HashMap<u64, u64>,
+    /// Non-admitted trees by the seq of their first push (FIFO admission).
+    pending: BTreeMap<u64, u64>,
+    ready: ReadySet,
+    next_seq: u64,
+    next_serial: u64,
+    next_admit: u64,
+    pops: u64,
+    in_flight: usize,
+    admitted_trees: usize,
+    admitted_tokens: u64,
+    max_wait: u64,
+}
+
+fn invalid(msg: String) -> CoreError {
+    CoreError::InvalidArgument(msg)
+}
+
+impl Scheduler {
+    /// `token_budget` caps the footprint of admitted trees (None: no cap);
+    /// `output_reserve` is the footprint of one job in flight.
+    pub fn new(token_budget: Option<u64>, starvation_limit: u64, output_reserve: u64) -> CoreResult<Self> {
+        if output_reserve > MAX_TOKENS {
+            return Err(invalid(format!("output_reserve {output_reserve} is above {MAX_TOKENS}")));
+        }
+        Ok(Scheduler {
+            token_budget,
+            starvation_limit,
+            output_reserve,
+            jobs: HashMap::new(),
+            trees: HashMap::new(),
+            current: HashMap::new(),
+            pending: BTreeMap::new(),
+            ready: ReadySet::default(),
+            next_seq: 0,
+            next_serial: 0,
+            next_admit: 0,
+            pops: 0,
+            in_flight: 0,
+            admitted_trees: 0,
+            admitted_tokens: 0,
+            max_wait: 0,
+        })
+    }
+
+    /// Jobs waiting (pushed, not popped).
+    pub fn len(&self) -> usize {
+        self.jobs.len() - self.in_flight
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn stats(&self) -> SchedulerStats {
+        SchedulerStats {
+            waiting: self.len(),
+            in_flight: self.in_flight,
+            admitted_trees: self.admitted_trees,
+            admitted_tokens: self.admitted_tokens,
+            pops: self.pops,
+            max_wait: self.max_wait,
+        }
+    }
+
+    /// Queue jobs. `priorities` default to 0 and `cached_lens` to 0. All or
+    /// nothing: on error no job is queued.
+    pub fn push_many(
+        &mut self,
+        job_ids: &[u64],
+        trees: &[u64],
+        prompt_lens: &[u64],
+        priorities: Option<&[i64]>,
+        cached_lens: Option<&[u64]>,
+    ) -> CoreResult<()> {
+        let n = job_ids.len();
+        let lens_ok = trees.len() == n
+            && prompt_lens.len() == n
+            && priorities.is_none_or(|p| p.len() == n)
+            && cached_lens.is_none_or(|c| c.len() == n);
+        if !lens_ok {
+            return Err(invalid("push_many: all sequences must have the same length".into()));
+        }
+        let mut batch = HashSet::with_capacity(if n > 1 { n } else { 0 });
+        for (i, &id) in job_ids.iter().enumerate() {
+            if self.jobs.contains_key(&id) || (n > 1 && !batch.insert(id)) {
+                return Err(CoreError::Job(format!("job {id} is already queued or in flight")));
+            }
+            let cached = cached_lens.map_or(0, |c| c[i]);
+            check_lens(id, prompt_lens[i], cached)?;
+        }
+        for i in 0..n {
+            self.push_one(
+                job_ids[i],
+                trees[i],
+                prompt_lens[i],
+                priorities.map_or(0, |p| p[i]),
+                cached_lens.map_or(0, |c| c[i]),
+            );
+        }
+        Ok(())
+    }
+
+    fn push_one(&mut self, id: u64, tree_id: u64, prompt_len: u64, priority: i64, cached_len: u64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let serial = match self.current.get(&tree_id) {
+            Some(&s) => s,
+            None => self.new_tree(tree_id, seq),
+        };
+        let tree = self.trees.get_mut(&serial).expect("current trees exist");
+        tree.waiting += 1;
+        if prompt_len > tree.max_prompt {
+            if tree.admitted.is_some() {
+                self.admitted_tokens += prompt_len - tree.max_prompt;
+            }
+            tree.max_prompt = prompt_len;
+        }
+        let admit_order = tree.admitted;
+        if admit_order.is_none() {
+            tree.pending_jobs.push(id);
+        }
+        let job = Job { tree: serial, prompt_len, priority, cached_len, seq, push_pop: self.pops, in_flight: false };
+        if let Some(admit_order) = admit_order {
+            self.ready.insert(ready_job(id, &job, admit_order));
+        }
+        self.jobs.insert(id, job);
+    }
+
+    fn new_tree(&mut self, id: u64, seq: u64) -> u64 {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        self.trees.insert(
+            serial,
+            Tree {
+                id,
+                admitted: None,
+                finished: false,
+                first_seq: seq,
+                first_push_pop: self.pops,
+                pending_jobs: Vec::new(),
+                waiting: 0,
+                in_flight: 0,
+                max_prompt: 0,
+            },
+        );
+        self.current.insert(id, serial);
+        self.pending.insert(seq, serial);
+        serial
+    }
+
+    /// Set the cached prefix length of waiting jobs (re-ranks them).
+    pub fn update_cached(&mut self, job_ids: &[u64], cached_lens: &[u64]) -> CoreResult<()> {
+        if job_ids.len() != cached_lens.len() {
+            return Err(invalid("update_cached: job_ids and cached_lens differ in length".into()));
+        }
+        for (&id, &cached) in job_ids.iter().zip(cached_lens) {
+            match self.jobs.get(&id) {
+                Some(job) if !job.in_flight => check_lens(id, job.prompt_len, cached)?,
+                _ => return Err(CoreError::Job(format!("job {id} is not waiting"))),
+            }
+        }
+        for (&id, &cached) in job_ids.iter().zip(cached_lens) {
+            let admit_order = self.trees[&self.jobs[&id].tree].admitted;
+            let job = self.jobs.get_mut(&id).expect("validated above");
+            match admit_order {
+                Some(order) => {
+                    self.ready.remove(ready_job(id, job, order));
+                    job.cached_len = cached;
+                    self.ready.insert(ready_job(id, job, order));
+                }
+                None => job.cached_len = cached,
+            }
+        }
+        Ok(())
+    }
+
+    /// Take the next batch: at most `max_requests` jobs and `max_tokens`
+    /// prompt tokens (a first job larger than `max_tokens` comes alone).
+    /// Empty only when no job waits, or when every waiting job belongs to a
+    /// tree the budget cannot admit yet.
+    pub fn pop_batch(&mut self, max_requests: usize, max_tokens: u64) -> CoreResult<Vec<u64>> {
+        if max_requests == 0 || max_tokens == 0 {
+            return Err(invalid("pop_batch: max_requests and max_tokens must be at least 1".into()));
+        }
+        let now = self.pops;
+        let mut batch = Vec::new();
+        let mut tokens = 0u64;
+        let mut blocked = false;
+        while batch.len() < max_requests {
+            let Some(id) = self.next_job(now, &mut blocked) else { break };
+            let len = self.jobs[&id].prompt_len;
+            if !batch.is_empty() && tokens + len > max_tokens {
+                break;
+            }
+            self.take(id, now);
+            tokens += len;
+            batch.push(id);
+        }
+        self.pops += 1;
+        Ok(batch)
+    }
+
+    fn starving(&self, push_pop: u64, now: u64) -> bool {
+        now - push_pop >= self.starvation_limit
+    }
+
+    /// The job the order rules pick next, admitting trees on the way;
+    /// `blocked` records that the budget refused the head pending tree.
+    fn next_job(&mut self, now: u64, blocked: &mut bool) -> Option<u64> {
+        loop {
+            // Rule 1. Push order and wait agree, so only the oldest waiting
+            // job of each kind can be the oldest starving one. The oldest
+            // job of a non-admitted tree belongs to the head pending tree.
+            let oldest_ready = self.ready.oldest();
+            let head = if *blocked { None } else { self.pending.first_key_value().map(|(&s, &t)| (s, t)) };
+            match (oldest_ready, head) {
+                (ready, Some((seq, serial))) if ready.is_none_or(|(r, _)| seq < r) => {
+                    if self.starving(self.trees[&serial].first_push_pop, now) {
+                        *blocked = !self.try_admit(serial);
+                        continue;
+                    }
+                }
+                (Some((_, id)), _) => {
+                    if self.starving(self.jobs[&id].push_pop, now) {
+                        return Some(id);
+                    }
+                }
+                (None, None) => {}
+            }
+            // Rule 2.
+            if let Some(id) = self.ready.best() {
+                return Some(id);
+            }
+            // Rule 3.
+            if *blocked {
+                return None;
+            }
+            let (_, &serial) = self.pending.first_key_value()?;
+            if !self.try_admit(serial) {
+                *blocked = true;
+                return None;
+            }
+        }
+    }
+
+    /// Admit the tree if its projected footprint fits the budget (or nothing
+    /// is admitted); its waiting jobs become ready.
+    fn try_admit(&mut self, serial: u64) -> bool {
+        let reserve = self.output_reserve;
+        let tree = self.trees.get_mut(&serial).expect("pending trees exist");
+        let projected = tree.max_prompt + reserve * (tree.waiting + tree.in_flight);
+        let fits = self.token_budget.is_none_or(|b| self.admitted_tokens + projected <= b);
+        if !fits && self.admitted_trees > 0 {
+            return false;
+        }
+        let order = self.next_admit;
+        self.next_admit += 1;
+        tree.admitted = Some(order);
+        self.pending.remove(&tree.first_seq);
+        self.admitted_trees += 1;
+        self.admitted_tokens += tree.max_prompt + reserve * tree.in_flight;
+        for id in std::mem::take(&mut tree.pending_jobs) {
+            self.ready.insert(ready_job(id, &self.jobs[&id], order));
+        }
+        true
+    }
+
+    /// Move a ready job to in flight.
+    fn take(&mut self, id: u64, now: u64) {
+        let job = self.jobs.get_mut(&id).expect("ready jobs exist");
+        let tree = self.trees.get_mut(&job.tree).expect("jobs have trees");
+        let order = tree.admitted.expect("ready jobs belong to admitted trees");
+        self.ready.remove(ready_job(id, job, order));
+        job.in_flight = true;
+        tree.waiting -= 1;
+        tree.in_flight += 1;
+        self.admitted_tokens += self.output_reserve;
+        self.in_flight += 1;
+        self.max_wait = self.max_wait.max(now - job.push_pop);
+    }
+
+    /// Mark popped jobs finished, releasing their output reserve. All or
+    /// nothing: an id that is not in flight fails the whole call.
+    pub fn complete_many(&mut self, job_ids: &[u64]) -> CoreResult<()> {
+        let mut batch = HashSet::with_capacity(if job_ids.len() > 1 { job_ids.len() } else { 0 });
+        for &id in job_ids {
+            let in_flight = self.jobs.get(&id).is_some_and(|j| j.in_flight);
+            if !in_flight || (job_ids.len() > 1 && !batch.insert(id)) {
+                return Err(CoreError::Job(format!("job {id} is not in flight")));
+            }
+        }
+        for id in job_ids {
+            let job = self.jobs.remove(id).expect("validated above");
+            let tree = self.trees.get_mut(&job.tree).expect("jobs have trees");
+            tree.in_flight -= 1;
+            if tree.admitted.is_some() {
+                self.admitted_tokens -= self.output_reserve;
+            }
+            self.in_flight -= 1;
+            if tree.finished && tree.in_flight == 0 {
+                self.trees.remove(&job.tree);
+            }
+        }
+        Ok(())
+    }
+
+    /// The conversation is over: release its admission budget. A later push
+    /// to the same tree id starts a new tree. Unknown trees are ignored;
+    /// a tree with waiting jobs is an error (its jobs would be orphaned).
+    pub fn finish_tree(&mut self, tree_id: u64) -> CoreResult<()> {
+        let Some(&serial) = self.current.get(&tree_id) else { return Ok(()) };
+        let tree = self.trees.get_mut(&serial).expect("current trees exist");
+        if tree.waiting > 0 {
+            return Err(invalid(format!("finish_tree: tree {tree_id} still has {} waiting jobs", tree.waiting)));
+        }
+        // Without waiting jobs a tree is never pending, so it is admitted.
+        if tree.admitted.take().is_some() {
+            self.admitted_tokens -= tree.max_prompt + self.output_reserve * tree.in_flight;
+            self.admitted_trees -= 1;
+        }
+        self.current.remove(&tree_id);
+        if tree.in_flight == 0 {
+            self.trees.remove(&serial);
+        } else {
+            tree.finished = true;
+        }
+        Ok(())
+    }
+}
+
+fn ready_job(id: u64, job: &Job, admit_order: u64) -> ReadyJob {
+    ReadyJob { id, priority: job.priority, cached_len: job.cached_len, admit_order, seq: job.seq }
+}
+
+fn check_lens(id: u64, prompt_len: u64, cached_len: u64) -> CoreResult<()> {
+    if prompt_len > MAX_TOKENS {
+        return Err(invalid(format!("job {id}: prompt_len {prompt_len} is above {MAX_TOKENS}")));
+    }
+    if cached_len > prompt_len {
+        return Err(invalid(format!("job {id}: cached_len {cached_len} exceeds prompt_len {prompt_len}")));
+    }
+    Ok(())
+}
+
+/// Consistency checks used by the tests.
+#[cfg(test)]
+impl Scheduler {
+    pub(crate) fn check_invariants(&self) {
+        let mut admitted_tokens = 0;
+        let mut admitted = 0;
+        let mut ready = 0;
+        for (&serial, t) in &self.trees {
+            let waiting = self.jobs.values().filter(|j| j.tree == serial && !j.in_flight).count() as u64;
+            let in_flight = self.jobs.values().filter(|j| j.tree == serial && j.in_flight).count() as u64;
+            assert_eq!((t.waiting, t.in_flight), (waiting, in_flight), "tree {} counts", t.id);
+            assert_eq!(t.finished, self.current.get(&t.id) != Some(&serial));
+            if let Some(_) = t.admitted {
+                admitted += 1;
+                admitted_tokens += t.max_prompt + self.output_reserve * t.in_flight;
+                ready += waiting;
+                assert!(t.pending_jobs.is_empty());
+            } else if !t.finished {
+                assert_eq!(self.pending.get(&t.first_seq), Some(&serial));
+                assert_eq!(t.pending_jobs.len() as u64, waiting);
+            }
+            assert!(t.finished || waiting + in_flight > 0 || t.admitted.is_some(), "idle tree not admitted");
+        }
+        assert_eq!(admitted, self.admitted_trees);
+        assert_eq!(admitted_tokens, self.admitted_tokens);
+        assert_eq!(ready as usize, self.ready.len());
+        assert_eq!(self.in_flight, self.jobs.values().filter(|j| j.in_flight).count());
+    }
+}

@@ -10,8 +10,8 @@ mod forest;
 mod radix;
 mod scheduler;
 
-create_exception!(_core, TurnloomError, PyException, "Base class of every error raised by the native core.");
-create_exception!(_core, CapacityError, TurnloomError, "A size or budget limit would be exceeded.");
+create_exception!(turnloom._core, TurnloomError, PyException, "Base class of every error raised by the native core.");
+create_exception!(turnloom._core, CapacityError, TurnloomError, "A size or budget limit would be exceeded.");
 
 // Exceptions with two bases (a turnloom one and a builtin) are made in Python
 // by `make_subclass`, so `except KeyError` keeps working for callers.

@@ -1,0 +1,153 @@
+"""What the SGLang backends (HTTP and in-process) share: request mapping and
+reading one generation result.
+
+SGLang facts relied on (python/sglang/srt/sampling/sampling_params.py,
+managers/tokenizer_manager.py, managers/detokenizer_manager.py,
+managers/schedule_batch.py):
+
+- sampling params are named max_new_tokens, temperature, top_p, top_k,
+  repetition_penalty, stop, stop_token_ids; the per-request seed is
+  `sampling_seed`, honoured when the server runs with
+  --enable-deterministic-inference (some versions keep it as int32, so seeds
+  are folded into 31 bits here);
+- a result is {"text", "output_ids", "meta_info"}; meta_info holds
+  prompt_tokens, completion_tokens, cached_tokens, e2e_latency and
+  finish_reason = {"type": "stop", "matched": id|str} | {"type": "length",
+  "length": n} | {"type": "abort", "message": ...};
+- `output_ids` are not trimmed: they keep the matched stop token and the
+  tokens of a matched stop string, while `text` has both trimmed.
+
+turnloom's contract wants stop-string tokens out of `output_ids` too. With a
+tokenizer, the ids are cut by decoding; without one, the per-token texts of
+`return_text_in_logprobs` are used, so requests with stop strings ask for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from turnloom.backends.base import GenRequest, GenResult, SamplingParams
+
+SEED_MASK = 0x7FFFFFFF
+
+
+def sampling_params(p: SamplingParams) -> dict[str, Any]:
+    """SGLang's sampling_params dict for one request."""
+    d: dict[str, Any] = {
+        "max_new_tokens": p.max_new_tokens,
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "top_k": p.top_k,
+        "repetition_penalty": p.repetition_penalty,
+    }
+    if p.stop:
+        d["stop"] = list(p.stop)
+    if p.stop_token_ids:
+        d["stop_token_ids"] = list(p.stop_token_ids)
+    if p.seed is not None:
+        d["sampling_seed"] = p.seed & SEED_MASK
+    return d
+
+
+def needs_piece_texts(req: GenRequest, decode: Callable[[Sequence[int]], str] | None) -> bool:
+    """Whether this request must ask SGLang for per-token texts to trim a stop string."""
+    return bool(req.params.stop) and decode is None
+
+
+class BadItem(Exception):
+    """One result of a reply is not what SGLang sends; `retry` says whether to try again."""
+
+    def __init__(self, message: str, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+def read_result(req: GenRequest, out: Any, *, elapsed_s: float,
+                decode: Callable[[Sequence[int]], str] | None) -> GenResult:
+    """Turn one SGLang result dict into a GenResult; raises BadItem."""
+    if not isinstance(out, dict):
+        raise BadItem(f"result is a {type(out).__name__}, not an object")
+    meta = out.get("meta_info")
+    ids = out.get("output_ids")
+    if not isinstance(meta, dict):
+        raise BadItem("result has no meta_info object")
+    if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+        raise BadItem("result has no output_ids list of ints")
+    finish = meta.get("finish_reason")
+    kind = finish.get("type") if isinstance(finish, dict) else finish
+    if kind == "abort":
+        message = finish.get("message") if isinstance(finish, dict) else None
+        raise BadItem(f"request aborted by the server: {message or 'no message'}")
+    if kind not in ("stop", "length"):
+        raise BadItem(f"unexpected finish_reason {finish!r}")
+    text = out.get("text")
+    text = text if isinstance(text, str) else ""
+    matched = finish.get("matched") if isinstance(finish, dict) else None
+    if kind == "stop" and isinstance(matched, str) and matched:
+        ids, text = trim_stop_string(ids, matched, text, decode, meta.get("output_token_logprobs"))
+    prompt_tokens = meta.get("prompt_tokens")
+    if not isinstance(prompt_tokens, int):
+        prompt_tokens = len(req.input_ids)
+    cached = meta.get("cached_tokens")
+    cached = min(max(cached, 0), prompt_tokens) if isinstance(cached, int) else 0
+    latency = meta.get("e2e_latency")
+    if not isinstance(latency, (int, float)) or latency < 0:
+        latency = elapsed_s
+    return GenResult(rid=req.rid, output_ids=ids, text=text, finish_reason=kind,
+                     prompt_tokens=prompt_tokens, cached_tokens=cached,
+                     latency_s=float(latency))
+
+
+def trim_stop_string(ids: list[int], stop: str, text: str,
+                     decode: Callable[[Sequence[int]], str] | None,
+                     logprobs: Any) -> tuple[list[int], str]:
+    """Drop the tokens from the one where `stop` starts; returns (ids, text)."""
+    if decode is not None:
+        return _trim_by_decode(ids, stop, decode, text)
+    pieces = _piece_texts(logprobs, len(ids))
+    if pieces is None:
+        return ids, text  # nothing to cut by: keep SGLang's untrimmed ids
+    acc = ""
+    bounds = []
+    for piece in pieces:
+        acc += piece
+        bounds.append(len(acc))
+    pos = acc.find(stop)
+    if pos == -1:
+        return ids, text
+    keep = sum(1 for b in bounds if b <= pos)
+    return ids[:keep], acc[: bounds[keep - 1]] if keep else ""
+
+
+def _trim_by_decode(ids: list[int], stop: str, decode: Callable[[Sequence[int]], str],
+                    text: str) -> tuple[list[int], str]:
+    n = len(ids)
+    if stop not in decode(ids):
+        return ids, text
+    while n > 1 and stop in decode(ids[: n - 1]):
+        n -= 1
+    full = decode(ids[:n])
+    pos = full.find(stop)
+    m = n
+    while m > 0:
+        head = decode(ids[:m])
+        if len(head) <= pos and full.startswith(head):
+            return ids[:m], head
+        m -= 1
+    return [], ""
+
+
+def _piece_texts(logprobs: Any, n: int) -> list[str] | None:
+    if not isinstance(logprobs, list) or len(logprobs) != n:
+        return None
+    pieces = []
+    for entry in logprobs:
+        if not isinstance(entry, (list, tuple)) or len(entry) < 3 or not isinstance(entry[2], str):
+            return None
+        pieces.append(entry[2])
+    return pieces
+
+
+def error_result(req: GenRequest, message: str, latency_s: float = 0.0) -> GenResult:
+    return GenResult(rid=req.rid, output_ids=[], text="", finish_reason="error",
+                     prompt_tokens=len(req.input_ids), latency_s=latency_s, error=message)

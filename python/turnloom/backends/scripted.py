@@ -1,0 +1,169 @@
+"""A deterministic, rule-based backend for tests and engine benchmarks.
+
+The reply to a request is one of the canned `lines`, chosen by hashing the
+prompt ids and the seed, tokenized with the backend's chat format and closed
+with EOS. Same prompt and seed, same reply, in any process (integer tuples hash
+the same everywhere). It honours max_new_tokens ("length"), stop_token_ids and
+stop strings, can simulate latency and failures, and can model a prefix cache.
+
+Settings (``from_settings``): lines, tokenizer (chat-format spec, "bytes"),
+latency_s (per batch), max_batch, cache_capacity_tokens (reports cached tokens
+from a modelled radix cache), fail_every (every k-th request fails), eos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Mapping, Sequence
+
+import msgspec
+
+from turnloom.backends.base import Backend, BackendError, BackendInfo, GenRequest, GenResult
+from turnloom.tokenizer import ByteTokenizer, ChatFormat, ChatMLFormat
+
+DEFAULT_LINES = (
+    "Sure, here is a short answer.",
+    "Could you tell me a bit more about that?",
+    "I think the simplest way is to start small and iterate.",
+    "That makes sense. What would you try first?",
+    "Here are three ideas: a list, a plan and a check.",
+    "Thanks, that helps a lot.",
+    "Let me think about it step by step.",
+    "Interesting question! It depends on the details.",
+)
+# Hash only the prompt's tail: it holds the last messages, and hashing stays O(1) per turn.
+_TAIL = 64
+
+
+class ScriptedSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    lines: tuple[str, ...] = DEFAULT_LINES
+    tokenizer: str = "bytes"
+    latency_s: float = 0.0
+    max_batch: int = 1024
+    cache_capacity_tokens: int | None = None
+    fail_every: int = 0
+    eos: bool = True
+    model: str = "scripted"
+
+
+class ScriptedBackend(Backend):
+    """Canned replies chosen by hash(prompt tail, prompt length, seed)."""
+
+    def __init__(self, lines: Sequence[str] = DEFAULT_LINES, *,
+                 chat_format: ChatFormat | None = None, latency_s: float = 0.0,
+                 max_batch: int = 1024, cache_capacity_tokens: int | None = None,
+                 fail_every: int = 0, eos: bool = True, model: str = "scripted") -> None:
+        if not lines:
+            raise BackendError("scripted backend: `lines` must not be empty")
+        self.lines = tuple(lines)
+        self.latency_s = latency_s
+        self.max_batch = max_batch
+        self.fail_every = fail_every
+        self.eos = eos
+        self.model = model
+        self.cache_capacity_tokens = cache_capacity_tokens
+        self._cache: Any = None
+        self._calls = 0
+        self.chat_format: ChatFormat = chat_format or ChatMLFormat(ByteTokenizer())
+        self.use_chat_format(self.chat_format)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> ScriptedBackend:
+        try:
+            s = msgspec.convert(dict(settings), ScriptedSettings)
+        except msgspec.ValidationError as exc:
+            raise BackendError(f"invalid scripted backend settings: {exc}") from None
+        from turnloom.models import load_chat_format
+
+        return cls(s.lines, chat_format=load_chat_format(s.tokenizer), latency_s=s.latency_s,
+                   max_batch=s.max_batch, cache_capacity_tokens=s.cache_capacity_tokens,
+                   fail_every=s.fail_every, eos=s.eos, model=s.model)
+
+    def use_chat_format(self, chat_format: ChatFormat) -> None:
+        """Speak the token ids of `chat_format` (the engine's, for this backend)."""
+        self.chat_format = chat_format
+        tok = chat_format.tokenizer
+        eos = [getattr(chat_format, "end_id", tok.eos_token_ids[0])] if self.eos else []
+        encoded = tok.encode_batch(list(self.lines))
+        self._eos_ids = frozenset(tok.eos_token_ids)
+        self._replies = [(ids + eos, text) for ids, text in zip(encoded, self.lines)]
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(name="scripted", model=self.model,
+                           cache_capacity_tokens=self.cache_capacity_tokens,
+                           max_batch=self.max_batch)
+
+    async def start(self) -> None:
+        if self.cache_capacity_tokens:
+            from turnloom._core import RadixCache
+
+            self._cache = RadixCache(self.cache_capacity_tokens)
+
+    async def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+        replies = self._replies
+        n = len(replies)
+        out: list[GenResult] = []
+        for req in requests:
+            ids = req.input_ids
+            self._calls += 1
+            if self.fail_every and self._calls % self.fail_every == 0:
+                out.append(GenResult(rid=req.rid, output_ids=[], text="", finish_reason="error",
+                                     prompt_tokens=len(ids), error="scripted failure"))
+                continue
+            p = req.params
+            key = hash((p.seed, len(ids), tuple(ids[-_TAIL:])))
+            output, text = replies[key % n]
+            finish = "stop"
+            if p.stop_token_ids or p.stop:
+                output, text = self._apply_stops(list(output), p.stop_token_ids, p.stop)
+            if len(output) > p.max_new_tokens:
+                output = output[: p.max_new_tokens]
+                text = self._text(output)
+                finish = "length"
+            else:
+                output = list(output)
+            cached = 0
+            if self._cache is not None:
+                cached = self._cache.match_len(ids)
+                self._cache.insert(list(ids) + output)
+            out.append(GenResult(rid=req.rid, output_ids=output, text=text,
+                                 finish_reason=finish, prompt_tokens=len(ids),
+                                 cached_tokens=cached))
+        elapsed = time.perf_counter() - t0
+        for r in out:
+            r.latency_s = elapsed
+        return out
+
+    def _text(self, ids: Sequence[int]) -> str:
+        eos = self._eos_ids
+        return self.chat_format.tokenizer.decode([i for i in ids if i not in eos])
+
+    def _apply_stops(self, ids: list[int], stop_ids: Sequence[int],
+                     stops: Sequence[str]) -> tuple[list[int], str]:
+        if stop_ids:
+            wanted = set(stop_ids)
+            for j, t in enumerate(ids):
+                if t in wanted:
+                    ids = ids[: j + 1]
+                    break
+        if stops:
+            full = self._text(ids)
+            hits = [full.find(s) for s in stops if s and s in full]
+            if hits:
+                pos = min(hits)
+                # The longest prefix of ids whose text stays before the stop string.
+                keep = 0
+                for k in range(1, len(ids) + 1):
+                    piece = self._text(ids[:k])
+                    if len(piece) > pos or not full.startswith(piece):
+                        break
+                    keep = k
+                ids = ids[:keep]
+                return ids, self._text(ids)
+        return ids, self._text(ids)

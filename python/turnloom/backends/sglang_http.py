@@ -1,0 +1,442 @@
+"""SGLang over its native HTTP protocol, across one or several replicas.
+
+A batch goes out as one ``POST /generate`` per replica with a list of
+``input_ids`` and one ``sampling_params`` dict per request; the reply is a
+list of results in the same order. Each conversation tree
+(``GenRequest.affinity``) is pinned to one replica by rendezvous hashing, so
+its growing prefix stays in that replica's radix cache; it moves only when
+its replica fails, and stays where it moved to.
+
+Transport faults, 5xx/408/429 replies, malformed JSON and a reply of the
+wrong length are retried with exponential backoff and jitter (honouring
+Retry-After); what still fails comes back as results with finish_reason
+"error". Other 4xx replies are not retried.
+
+Settings (``from_settings``): urls, timeout, connect_timeout, retries,
+backoff, backoff_max, max_batch, max_inflight, api_key, api_key_env,
+health_interval, fail_threshold, wait_ready, model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import msgspec
+
+from turnloom.backends._http import HTTPClient, MalformedReply, Response, TransportError, split_url
+from turnloom.backends._sglang_common import (
+    BadItem,
+    error_result,
+    needs_piece_texts,
+    read_result,
+    sampling_params,
+)
+from turnloom.backends.base import Backend, BackendError, BackendInfo, GenRequest, GenResult
+
+
+class SGLangHTTPSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings of `SGLangHTTPBackend`; times are in seconds."""
+
+    urls: str | list[str]
+    timeout: float = 600.0
+    connect_timeout: float = 10.0
+    retries: int = 3
+    backoff: float = 0.5
+    backoff_max: float = 20.0
+    max_batch: int = 64
+    max_inflight: int = 8
+    api_key: str | None = None
+    api_key_env: str | None = None
+    health_interval: float = 5.0
+    fail_threshold: int = 2
+    wait_ready: float = 0.0
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        urls = [self.urls] if isinstance(self.urls, str) else self.urls
+        if not urls:
+            raise ValueError("urls: at least one URL is needed")
+        for url in urls:
+            split_url(url)
+        for name in ("timeout", "connect_timeout", "health_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("retries", "backoff", "backoff_max", "wait_ready"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("max_batch", "max_inflight", "fail_threshold"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+@dataclass
+class _Replica:
+    url: str
+    healthy: bool = True
+    failures: int = 0
+    next_probe: float = 0.0
+    capacity: int | None = None
+    model: str = ""
+    error: str = ""
+    gate: asyncio.Semaphore | None = field(default=None, repr=False)
+
+
+@dataclass
+class _Outcome:
+    """What one POST gave for its requests: results, or an error per request."""
+
+    results: dict[int, GenResult] = field(default_factory=dict)
+    retry: dict[int, str] = field(default_factory=dict)
+    final: dict[int, str] = field(default_factory=dict)
+    retry_after: float | None = None
+
+
+class SGLangHTTPBackend(Backend):
+    """SGLang's native ``/generate`` over HTTP, with replica affinity and retries.
+
+    `tokenizer` (optional; anything with ``decode(ids)``) lets stop-string
+    matches be cut from ``output_ids`` locally; without it the backend asks
+    SGLang for per-token texts on requests that carry stop strings.
+    """
+
+    def __init__(self, urls: str | Sequence[str], *, timeout: float = 600.0,
+                 connect_timeout: float = 10.0, retries: int = 3, backoff: float = 0.5,
+                 backoff_max: float = 20.0, max_batch: int = 64, max_inflight: int = 8,
+                 api_key: str | None = None, health_interval: float = 5.0,
+                 fail_threshold: int = 2, wait_ready: float = 0.0, model: str | None = None,
+                 tokenizer: Any = None, rng: random.Random | None = None) -> None:
+        url_list = [urls] if isinstance(urls, str) else list(urls)
+        if not url_list:
+            raise BackendError("SGLangHTTPBackend needs at least one URL")
+        for url in url_list:
+            try:
+                split_url(url)
+            except ValueError as e:
+                raise BackendError(f"sglang-http: {e}") from None
+        self._replicas = [_Replica(url.rstrip("/")) for url in url_list]
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.max_batch = max_batch
+        self.max_inflight = max_inflight
+        self.api_key = api_key
+        self.health_interval = health_interval
+        self.fail_threshold = fail_threshold
+        self.wait_ready = wait_ready
+        self._model = model
+        self._decode: Callable[[Sequence[int]], str] | None = (
+            tokenizer.decode if tokenizer is not None else None)
+        self._rng = rng or random.Random()
+        self._moved: dict[int, int] = {}
+        self._client: HTTPClient | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | SGLangHTTPSettings,
+                      **kwargs: Any) -> "SGLangHTTPBackend":
+        """Build from a settings table; an unknown or bad field raises BackendError naming it."""
+        if not isinstance(settings, SGLangHTTPSettings):
+            try:
+                settings = msgspec.convert(dict(settings), SGLangHTTPSettings)
+            except msgspec.ValidationError as e:
+                raise BackendError(f"invalid sglang-http backend settings: {e}") from None
+        api_key = settings.api_key
+        if settings.api_key_env:
+            api_key = os.environ.get(settings.api_key_env) or api_key
+            if api_key is None:
+                raise BackendError(
+                    f"sglang-http: environment variable {settings.api_key_env} is not set")
+        return cls(settings.urls, timeout=settings.timeout,
+                   connect_timeout=settings.connect_timeout, retries=settings.retries,
+                   backoff=settings.backoff, backoff_max=settings.backoff_max,
+                   max_batch=settings.max_batch, max_inflight=settings.max_inflight,
+                   api_key=api_key, health_interval=settings.health_interval,
+                   fail_threshold=settings.fail_threshold, wait_ready=settings.wait_ready,
+                   model=settings.model, **kwargs)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._client = HTTPClient(timeout=self.timeout, connect_timeout=self.connect_timeout,
+                                  headers=headers)
+        for replica in self._replicas:
+            replica.gate = asyncio.Semaphore(self.max_inflight)
+        await asyncio.gather(*(self._connect_replica(r) for r in self._replicas))
+        live = [r for r in self._replicas if r.healthy]
+        if not live:
+            details = "; ".join(f"{r.url}: {r.error}" for r in self._replicas)
+            await self.close()
+            raise BackendError(f"no SGLang replica is reachable ({details})")
+        models = {r.model for r in live if r.model}
+        if len(models) > 1:
+            listing = ", ".join(f"{r.model} at {r.url}" for r in live)
+            await self.close()
+            raise BackendError(f"SGLang replicas serve different models: {listing}")
+        if self._model is None:
+            self._model = models.pop() if models else ""
+
+    async def _connect_replica(self, replica: _Replica) -> None:
+        assert self._client is not None
+        deadline = time.monotonic() + self.wait_ready
+        while True:
+            replica.error = await self._health(replica)
+            if not replica.error or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(1.0, self.wait_ready))
+        if replica.error:
+            self._set_down(replica)
+            return
+        try:
+            info = await self._server_info(replica)
+        except (TransportError, MalformedReply) as e:
+            replica.error = f"server info: {e}"
+            self._set_down(replica)
+            return
+        capacity = info.get("max_total_num_tokens")
+        replica.capacity = capacity if isinstance(capacity, int) and capacity > 0 else None
+        model = info.get("served_model_name") or info.get("model_path")
+        replica.model = model if isinstance(model, str) else ""
+
+    async def _health(self, replica: _Replica) -> str:
+        """'' when healthy, else why not."""
+        assert self._client is not None
+        try:
+            r = await self._client.get(replica.url + "/health",
+                                       timeout=min(self.timeout, 30.0))
+        except TransportError as e:
+            return str(e)
+        return "" if r.status == 200 else f"/health answered HTTP {r.status}"
+
+    async def _server_info(self, replica: _Replica) -> dict[str, Any]:
+        assert self._client is not None
+        # Newer SGLang names it /server_info and keeps /get_server_info as an alias.
+        for route in ("/server_info", "/get_server_info"):
+            r = await self._client.get(replica.url + route, timeout=min(self.timeout, 30.0))
+            if r.status == 200:
+                data = r.json()
+                if isinstance(data, dict):
+                    return data
+                raise MalformedReply(f"{route} did not answer an object")
+            if r.status != 404:
+                raise MalformedReply(f"{route} answered HTTP {r.status}: {_message(r)}")
+        return {}
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def info(self) -> BackendInfo:
+        caps = [r.capacity for r in self._replicas]
+        total = sum(c for c in caps if c) if caps and all(caps) else None
+        return BackendInfo(name="sglang-http", model=self._model or "",
+                           cache_capacity_tokens=total, max_batch=self.max_batch,
+                           replicas=len(self._replicas))
+
+    # -- replica choice -------------------------------------------------------
+
+    def replica_for(self, affinity: int) -> int:
+        """Index of the replica that serves this conversation tree now."""
+        moved = self._moved.get(affinity)
+        if moved is not None and self._replicas[moved].healthy:
+            return moved
+        home = self._rendezvous(affinity, range(len(self._replicas)))
+        if moved is None and self._replicas[home].healthy:
+            return home
+        healthy = [i for i, r in enumerate(self._replicas) if r.healthy]
+        if not healthy:
+            return moved if moved is not None else home
+        target = self._rendezvous(affinity, healthy)
+        if target == home:
+            self._moved.pop(affinity, None)
+        else:
+            self._moved[affinity] = target
+        return target
+
+    def _rendezvous(self, affinity: int, candidates: Any) -> int:
+        def score(i: int) -> bytes:
+            key = f"{affinity}|{self._replicas[i].url}".encode()
+            return hashlib.blake2b(key, digest_size=8).digest()
+
+        return max(candidates, key=score)
+
+    def _set_down(self, replica: _Replica) -> None:
+        replica.healthy = False
+        replica.next_probe = time.monotonic() + self.health_interval
+
+    def _record_failure(self, replica: _Replica, error: str) -> None:
+        replica.failures += 1
+        replica.error = error
+        # A lone replica is never taken out: there is nowhere else to go.
+        if len(self._replicas) > 1 and replica.failures >= self.fail_threshold:
+            self._set_down(replica)
+
+    async def _probe_down(self) -> None:
+        now = time.monotonic()
+        due = [r for r in self._replicas if not r.healthy and r.next_probe <= now]
+
+        async def probe(replica: _Replica) -> None:
+            error = await self._health(replica)
+            if error:
+                replica.error = error
+                replica.next_probe = time.monotonic() + self.health_interval
+            else:
+                replica.healthy, replica.failures, replica.error = True, 0, ""
+
+        if due:
+            await asyncio.gather(*(probe(r) for r in due))
+
+    # -- generation -----------------------------------------------------------
+
+    async def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        if not requests:
+            return []
+        if self._client is None:
+            raise BackendError("SGLangHTTPBackend.generate called before start()")
+        results: list[GenResult | None] = [None] * len(requests)
+        pending = list(range(len(requests)))
+        errors: dict[int, str] = {}
+        started = time.monotonic()
+        for attempt in range(self.retries + 1):
+            await self._probe_down()
+            outcome = await self._attempt(requests, pending, attempt)
+            for i, res in outcome.results.items():
+                results[i] = res
+            for i, msg in outcome.final.items():
+                results[i] = error_result(requests[i], msg, time.monotonic() - started)
+            errors.update(outcome.retry)
+            pending = sorted(outcome.retry)
+            if not pending or attempt == self.retries:
+                break
+            await asyncio.sleep(self._delay(attempt, outcome.retry_after))
+        for i in pending:
+            results[i] = error_result(
+                requests[i], f"{errors[i]} (gave up after {self.retries + 1} attempts)",
+                time.monotonic() - started)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        cap = min(self.backoff_max, self.backoff * (2 ** attempt))
+        delay = cap / 2 + self._rng.uniform(0, cap / 2)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+    async def _attempt(self, requests: Sequence[GenRequest], pending: list[int],
+                       attempt: int) -> _Outcome:
+        groups: dict[int, list[int]] = {}
+        for i in pending:
+            groups.setdefault(self.replica_for(requests[i].affinity), []).append(i)
+        chunks = [(rep, idxs[k:k + self.max_batch])
+                  for rep, idxs in groups.items()
+                  for k in range(0, len(idxs), self.max_batch)]
+        parts = await asyncio.gather(*(self._post(self._replicas[rep], requests, idxs, attempt)
+                                       for rep, idxs in chunks))
+        total = _Outcome()
+        for part in parts:
+            total.results.update(part.results)
+            total.retry.update(part.retry)
+            total.final.update(part.final)
+            if part.retry_after is not None:
+                total.retry_after = max(total.retry_after or 0.0, part.retry_after)
+        return total
+
+    async def _post(self, replica: _Replica, requests: Sequence[GenRequest],
+                    idxs: list[int], attempt: int) -> _Outcome:
+        out = _Outcome()
+        batch = [requests[i] for i in idxs]
+        try:
+            assert self._client is not None and replica.gate is not None
+            async with replica.gate:
+                response = await self._client.post_json(
+                    replica.url + "/generate", self._payload(batch, attempt))
+        except TransportError as e:
+            self._record_failure(replica, str(e))
+            out.retry = {i: f"{replica.url}: {e}" for i in idxs}
+            return out
+        except Exception as e:  # never let one replica's surprise sink the batch
+            out.final = {i: f"{replica.url}: {type(e).__name__}: {e}" for i in idxs}
+            return out
+        status = response.status
+        if status != 200:
+            msg = f"{replica.url}: HTTP {status}: {_message(response)}"
+            if status >= 500 or status in (408, 429):
+                if status >= 500:
+                    self._record_failure(replica, msg)
+                out.retry = {i: msg for i in idxs}
+                out.retry_after = _retry_after(response)
+            else:
+                out.final = {i: msg for i in idxs}
+            return out
+        try:
+            data = response.json()
+        except MalformedReply as e:
+            self._record_failure(replica, str(e))
+            out.retry = {i: f"{replica.url}: {e}" for i in idxs}
+            return out
+        if not isinstance(data, list) or len(data) != len(idxs):
+            got = len(data) if isinstance(data, list) else type(data).__name__
+            msg = f"{replica.url}: batch of {len(idxs)} answered with {got} results"
+            self._record_failure(replica, msg)
+            out.retry = {i: msg for i in idxs}
+            return out
+        replica.failures = 0
+        for i, req, item in zip(idxs, batch, data):
+            try:
+                out.results[i] = read_result(req, item, elapsed_s=response.elapsed_s,
+                                             decode=self._decode)
+            except BadItem as e:
+                (out.retry if e.retry else out.final)[i] = f"{replica.url}: {e}"
+        return out
+
+    def _payload(self, batch: list[GenRequest], attempt: int) -> dict[str, Any]:
+        # A retried rid may still be live on the server (a timed-out attempt),
+        # so retries carry a suffix: SGLang rejects duplicate request ids.
+        suffix = f"~{attempt}" if attempt else ""
+        payload: dict[str, Any] = {
+            "input_ids": [list(r.input_ids) for r in batch],
+            "sampling_params": [sampling_params(r.params) for r in batch],
+            "rid": [r.rid + suffix for r in batch],
+        }
+        texts = [needs_piece_texts(r, self._decode) for r in batch]
+        if any(texts):
+            payload["return_logprob"] = texts
+            payload["return_text_in_logprobs"] = True
+        return payload
+
+
+def _message(response: Response) -> str:
+    """The error text of an SGLang error reply, whatever its shape."""
+    try:
+        data = response.json()
+    except MalformedReply:
+        return response.text()[:300].strip() or "(empty body)"
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        for key in ("message", "detail"):
+            if data.get(key):
+                return str(data[key])
+    return str(data)[:300]
+
+
+def _retry_after(response: Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,258 @@
+"""Any Jinja chat template (tokenizer_config's `chat_template`) as a ChatFormat.
+
+The engine builds a view's prompt by concatenating per-message segments, which
+is only right when the template is *append-only*: rendering a conversation one
+message at a time gives the same tokens as rendering it whole, and the
+generation prompt is a pure suffix that the assistant's message then extends.
+`TemplateChatFormat` checks that at construction on probe conversations and
+sets `append_only`; when it is False the engine must render full histories
+with `render_full` instead (e.g. templates that drop earlier reasoning blocks).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from turnloom.hf_tokenizer import read_json
+from turnloom.tokenizer import Tokenizer
+
+Message = Mapping[str, Any] | tuple[str, str]
+
+# Two contents that no template mangles the same way: the second catches
+# templates that trim or otherwise rewrite the content.
+_SENTINELS = ("TURNLOOMPROBEA", "  turnloom probe\nB \n")
+
+# Probe conversations, covering a missing and an empty system prompt, repeated
+# turns and an assistant reasoning block (which some templates drop later on).
+_PROBES: tuple[tuple[tuple[str, str], ...], ...] = (
+    (
+        ("system", "You are a probe."),
+        ("user", "Hello there, how are you?"),
+        ("assistant", "<think>\nThe user greets me.\n</think>\n\nFine, thanks!"),
+        ("user", " Two lines\nof text "),
+        ("assistant", "Sure: 1 + 1 = 2."),
+        ("user", "Bye ✓"),
+    ),
+    (
+        ("user", "No system prompt here."),
+        ("assistant", "Then I answer anyway."),
+        ("user", "Again?"),
+        ("assistant", "Again."),
+    ),
+    (
+        ("system", ""),
+        ("user", "Empty system prompt."),
+        ("assistant", "Noted."),
+    ),
+)
+
+
+def read_chat_template(path: str | Path) -> str | None:
+    """The chat template of a model directory: `tokenizer_config.json`'s
+    `chat_template` (the "default" entry if it holds several), else
+    `chat_template.jinja`, else `chat_template.json`."""
+    path = Path(path)
+    template = read_json(path / "tokenizer_config.json").get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    if isinstance(template, str):
+        return template
+    jinja_file = path / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
+    template = read_json(path / "chat_template.json").get("chat_template")
+    return template if isinstance(template, str) else None
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    # Unlike Jinja's own tojson, no HTML escaping: the same filter transformers uses.
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def compile_template(source: str) -> jinja2.Template:
+    """Compile a chat template in a sandbox, with the globals transformers gives templates."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
+def _as_dict(message: Message) -> dict[str, Any]:
+    if isinstance(message, tuple):
+        return {"role": message[0], "content": message[1]}
+    return dict(message)
+
+
+class TemplateChatFormat:
+    """ChatFormat over a Jinja chat template.
+
+    When the template wraps every message's content in fixed text (checked
+    with sentinel contents) a segment is that wrapping plus the text, with no
+    Jinja call; otherwise it is the difference of two renders.
+    `segment(role, text, first=True)` renders the conversation's opening
+    message, which may carry text the template adds only there (SmolLM2 adds a
+    default system prompt when the conversation does not start with one).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, template: str, special_tokens: Mapping[str, str] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        self._compiled = compile_template(template)
+        if special_tokens is None:
+            special_tokens = getattr(tokenizer, "special_tokens", {})
+        self._specials = dict(special_tokens)
+        # (role, first) -> (context messages, (before, after) or None for content-dependent)
+        self._wraps: dict[tuple[str, bool], tuple[list[dict[str, Any]], tuple[str, str] | None]] = {}
+        self._prefix_cache: dict[str, list[int]] = {}
+        self.append_only, self.reason = self._check_append_only()
+        close = self._wrap("assistant", False)[1]
+        self._close_ids = tokenizer.encode(close[1]) if close else []
+
+    # -- rendering ---------------------------------------------------------------
+
+    def render_text(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
+        return self._compiled.render(
+            messages=[_as_dict(m) for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            **self._specials,
+        )
+
+    def render_full(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[int]:
+        """Token ids of the whole conversation, as `apply_chat_template` would give them."""
+        return self.tokenizer.encode(self.render_text(messages, add_generation_prompt))
+
+    # -- ChatFormat ----------------------------------------------------------------
+
+    def segment_text(self, role: str, text: str, first: bool = False) -> str:
+        context, wrap = self._wrap(role, first)
+        if wrap is not None:
+            return wrap[0] + text + wrap[1]
+        base = self.render_text(context)
+        full = self.render_text([*context, {"role": role, "content": text}])
+        if not full.startswith(base):
+            raise ValueError(f"template is not append-only for a {role!r} message")
+        return full[len(base):]
+
+    def segment(self, role: str, text: str, first: bool = False) -> list[int]:
+        return self.tokenizer.encode(self.segment_text(role, text, first))
+
+    def segments(self, roles: Sequence[str], texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer.encode_batch([self.segment_text(r, t) for r, t in zip(roles, texts)])
+
+    def generation_prefix(self, role: str = "assistant") -> list[int]:
+        cached = self._prefix_cache.get(role)
+        if cached is None:
+            cached = self._prefix_cache[role] = self.tokenizer.encode(self._prefix_text(role))
+        return list(cached)
+
+    def close_generated(self, output_ids: Sequence[int], finish_reason: str) -> list[int]:
+        """The generated ids plus what closes the assistant message in a full render.
+
+        An EOS the model emitted is kept when it is the template's closing token
+        (token-in/token-out), and dropped when the template does not write it.
+        """
+        ids = list(output_ids)
+        close = self._close_ids
+        end_id = close[0] if close else None
+        while ids and ids[-1] in self.tokenizer.eos_token_ids and ids[-1] != end_id:
+            ids.pop()
+        if close and ids and ids[-1] == end_id:
+            ids.extend(close[1:])
+        else:
+            ids.extend(close)
+        return ids
+
+    # -- template analysis ---------------------------------------------------------
+
+    def _prefix_text(self, role: str) -> str:
+        if role == "assistant":
+            base = self.render_text([("user", "x")])
+            with_prompt = self.render_text([("user", "x")], add_generation_prompt=True)
+            if with_prompt.startswith(base):
+                return with_prompt[len(base):]
+        # Templates have no generation prompt for other roles: open the message the way a render does.
+        wrap = self._wrap(role, False)[1]
+        if wrap is None:
+            raise ValueError(f"cannot open a {role!r} message with this template")
+        return wrap[0]
+
+    def _contexts(self, role: str, first: bool) -> list[list[dict[str, Any]]]:
+        if first:
+            return [[]]
+        s = {"role": "system", "content": "S"}
+        u = {"role": "user", "content": "U"}
+        a = {"role": "assistant", "content": "A"}
+        if role == "assistant":
+            return [[s, u], [u]]
+        return [[s, u, a], [u, a], [s], []]
+
+    def _wrap(self, role: str, first: bool) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+        key = (role, first)
+        cached = self._wraps.get(key)
+        if cached is not None:
+            return cached
+        errors = []
+        for context in self._contexts(role, first):
+            try:
+                base = self.render_text(context)
+                renders = [self.render_text([*context, {"role": role, "content": s}]) for s in _SENTINELS]
+            except jinja2.exceptions.TemplateError as e:
+                errors.append(str(e))
+                continue
+            wrap = None
+            if all(r.startswith(base) for r in renders):
+                parts = [r[len(base):].split(s) for s, r in zip(_SENTINELS, renders)]
+                if all(len(p) == 2 for p in parts) and all(p == parts[0] for p in parts):
+                    wrap = (parts[0][0], parts[0][1])
+            self._wraps[key] = (context, wrap)
+            return self._wraps[key]
+        raise ValueError(f"the chat template cannot render a {role!r} message: {'; '.join(errors)}")
+
+    def _check_append_only(self) -> tuple[bool, str | None]:
+        """Render each probe whole and message by message; compare texts and tokens."""
+        try:
+            for probe in _PROBES:
+                reason = self._check_probe(probe)
+                if reason is not None:
+                    return False, reason
+        except (jinja2.exceptions.TemplateError, ValueError) as e:
+            return False, f"probe failed to render: {e}"
+        return True, None
+
+    def _check_probe(self, probe: Sequence[tuple[str, str]]) -> str | None:
+        pieces: list[str] = []
+        for k, (role, text) in enumerate(probe):
+            prefix_text = self.render_text(probe[:k])
+            if "".join(pieces) != prefix_text:
+                return f"rendering {k} messages one at a time differs from rendering them whole"
+            if role == "assistant":
+                prompt = self.render_text(probe[:k], add_generation_prompt=True)
+                if not prompt.startswith(prefix_text):
+                    return "the generation prompt is not a pure suffix of the conversation"
+                opened = self.segment_text(role, text, first=k == 0)
+                if not opened.startswith(prompt[len(prefix_text):] + text):
+                    return "an assistant message does not extend the generation prompt with its content"
+            pieces.append(self.segment_text(role, text, first=k == 0))
+        if "".join(pieces) != self.render_text(probe):
+            return "rendering the probe one message at a time differs from rendering it whole"
+        segment_ids = [i for p in pieces for i in self.tokenizer.encode(p)]
+        if segment_ids != self.tokenizer.encode(self.render_text(probe)):
+            return "segments tokenize differently from the whole render (tokens merge across messages)"
+        prompt_ids = segment_ids + self.generation_prefix()
+        if prompt_ids != self.tokenizer.encode(self.render_text(probe, add_generation_prompt=True)):
+            return "the generation prompt tokenizes differently after the conversation"
+        return None

@@ -1,0 +1,591 @@
+"""Scenario files: TOML decoded into frozen msgspec Structs, with errors that name the place.
+
+A scenario says who talks (participants and the backends they speak through),
+in which order, for how long, how conversations branch, and how they are scored
+and exported. It can be read from a TOML file (`Scenario.from_toml`), built from
+a dict (`Scenario.from_dict`) or constructed directly (`Scenario(...)`).
+
+Every problem becomes a `ScenarioError` that names the file, the line (when the
+scenario came from a file), the field path (``participants[1].sampling.temprature``)
+and what would have been allowed, with the closest name suggested.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+import types
+import typing
+import weakref
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Sequence
+
+import msgspec
+
+from turnloom.backends.base import SamplingParams
+
+_STRUCT = dict(frozen=True, kw_only=True, forbid_unknown_fields=True)
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Name = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class ScenarioError(ValueError):
+    """A scenario is malformed or inconsistent. `str(err)` is one line:
+    ``FILE:LINE: PATH: what is wrong (what is allowed)``."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 path: str | None = None) -> None:
+        self.reason = message
+        self.file = file
+        self.line = line
+        self.path = path
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
+        field = f"{self.path}: " if self.path else ""
+        return f"{where}{field}{self.reason}"
+
+
+# -- the scenario --------------------------------------------------------------------
+
+
+class RunSettings(msgspec.Struct, **_STRUCT):
+    """How much to simulate, with which seed, where to write it."""
+
+    name: Name = "run"
+    conversations: Positive = 1
+    max_turns: Positive = 8  # messages per conversation, system prompts excluded
+    seed: NonNegative = 0
+    out: str | None = None  # run directory (the CLI's --out wins)
+    batch_size: Positive = 64  # requests per backend call (capped by the backend's max_batch)
+    max_inflight: Positive = 2  # backend calls outstanding per backend
+    max_active: Positive | None = None  # conversation trees in memory at once (None: derived)
+    max_retries: NonNegative = 3  # per request whose result has finish_reason "error"
+    retry_backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    wal_sync_s: Annotated[float, msgspec.Meta(ge=0)] = 0.2  # fsync the log at most this often
+
+
+class BackendSpec(msgspec.Struct, **_STRUCT):
+    """``[backends.NAME]``: `type` is a registered backend; keys that are not
+    engine settings are passed to the backend's factory as `settings`."""
+
+    type: Name
+    tokenizer: Name = "bytes"  # chat-format spec the engine tokenizes with
+    max_inflight: Positive | None = None
+    batch_size: Positive | None = None
+    max_batch_tokens: Positive | None = None
+    settings: dict[str, Any] = {}
+
+
+class ParticipantSpec(msgspec.Struct, **_STRUCT):
+    """``[[participants]]``: one party of every conversation."""
+
+    name: Name
+    agent: Name  # an agents or environments plugin name
+    backend: str | None = None  # required for agents when several backends exist
+    role: str | None = None  # canonical role of its messages (default: the agent's own)
+    system_prompt: str | None = None  # may hold {profile} and {profile.FIELD}
+    sampler: str | None = None
+    sampler_settings: dict[str, Any] = {}
+    sampling: SamplingParams = SamplingParams()
+    settings: dict[str, Any] = {}
+
+
+class TurnsSpec(msgspec.Struct, **_STRUCT):
+    """Who speaks when: `order` is a round-robin of participant names
+    (default: the participants as listed); `opener` rotates it to start there."""
+
+    order: tuple[str, ...] = ()
+    opener: str | None = None
+
+
+class StopSpec(msgspec.Struct, **_STRUCT):
+    """Extra stop conditions (besides run.max_turns and agents' own stops)."""
+
+    phrases: tuple[str, ...] = ()  # a message containing one ends the conversation
+    case_sensitive: bool = False
+    max_tokens: Positive | None = None  # a view's prompt would exceed this many tokens
+
+
+class BranchSpec(msgspec.Struct, **_STRUCT):
+    """``[[branches]]``: at message `at_turn` the speaker answers `n` times;
+    each answer continues as its own branch conversation (history shared)."""
+
+    at_turn: NonNegative
+    n: Annotated[int, msgspec.Meta(ge=2)] = 2
+
+
+class PluginSpec(msgspec.Struct, **_STRUCT):
+    """A scorer or exporter by plugin name, with its settings."""
+
+    name: Name
+    settings: dict[str, Any] = {}
+
+
+class Scenario(msgspec.Struct, weakref=True, **_STRUCT):
+    """A whole simulation: the root of a scenario file."""
+
+    participants: tuple[ParticipantSpec, ...]
+    run: RunSettings = RunSettings()
+    backends: dict[str, BackendSpec] = {}
+    turns: TurnsSpec = TurnsSpec()
+    stop: StopSpec = StopSpec()
+    branches: tuple[BranchSpec, ...] = ()
+    scorers: tuple[PluginSpec, ...] = ()
+    exporters: tuple[PluginSpec, ...] = (PluginSpec(name="openai-jsonl"),)
+
+    # -- construction -------------------------------------------------------------
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Scenario:
+        """Read and check a scenario file (plugin names are checked by `validate`)."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ScenarioError(f"cannot read scenario: {exc.strerror or exc}", file=str(path)) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            msg = str(exc)
+            m = re.search(r"\(at line (\d+), column \d+\)", msg)
+            line = int(m.group(1)) if m else None
+            reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg) or "invalid TOML"
+            raise ScenarioError(f"invalid TOML: {reason}", file=str(path), line=line) from None
+        return cls.from_dict(data, _source=(str(path), text))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, _source: tuple[str, str] | None = None) -> Scenario:
+        """Decode and check a scenario given as plain data (e.g. parsed TOML)."""
+        source = _Source(*_source) if _source else _Source(None, None)
+        if not isinstance(data, dict):
+            raise ScenarioError("a scenario must be a table/dict", file=source.file)
+        data = _normalize(data, source)
+        backends = data.get("backends")
+        if isinstance(backends, dict):
+            # Converted one by one: msgspec reports dict keys as `[...]`.
+            converted = {}
+            for name, table in backends.items():
+                try:
+                    converted[name] = msgspec.convert(table, BackendSpec)
+                except msgspec.ValidationError as exc:
+                    raise _from_validation(exc, source, prefix=("backends", name)) from None
+            data["backends"] = converted
+        try:
+            scenario = msgspec.convert(data, cls)
+        except msgspec.ValidationError as exc:
+            raise _from_validation(exc, source) from None
+        if source.file is not None:
+            _SOURCES[id(scenario)] = source
+            weakref.finalize(scenario, _SOURCES.pop, id(scenario), None)
+        _check_static(scenario, source)
+        return scenario
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that `from_dict` turns back into an equal scenario."""
+        return msgspec.to_builtins(self)
+
+    def validate(self, registry: Any | None = None) -> Scenario:
+        """Check types and cross-references; with a plugin `registry`, also that every
+        plugin name exists. Returns the scenario."""
+        source = _SOURCES.get(id(self), _Source(None, None))
+        # A scenario built in Python has had no type checks yet: round-trip it.
+        try:
+            msgspec.convert(msgspec.to_builtins(self), Scenario)
+        except msgspec.ValidationError as exc:
+            raise _from_validation(exc, source) from None
+        _check_static(self, source)
+        if registry is not None:
+            _check_plugins(self, registry, source)
+        return self
+
+    # -- derived views ------------------------------------------------------------
+
+    def participant_names(self) -> list[str]:
+        return [p.name for p in self.participants]
+
+    def turn_order(self) -> list[int]:
+        """Participant indices in speaking order (one round)."""
+        names = self.participant_names()
+        order = [names.index(n) for n in self.turns.order] if self.turns.order else list(range(len(names)))
+        if self.turns.opener is not None:
+            first = order.index(names.index(self.turns.opener))
+            order = order[first:] + order[:first]
+        return order
+
+    def backend_of(self, participant: ParticipantSpec) -> str | None:
+        """The backend a participant speaks through (the only one, when unnamed)."""
+        if participant.backend is not None:
+            return participant.backend
+        if len(self.backends) == 1:
+            return next(iter(self.backends))
+        return None
+
+    def with_run(self, **changes: Any) -> Scenario:
+        """A copy with some run settings replaced (e.g. conversations, seed, out)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            return self
+        scenario = msgspec.structs.replace(self, run=msgspec.structs.replace(self.run, **changes))
+        source = _SOURCES.get(id(self))
+        if source is not None:
+            _SOURCES[id(scenario)] = source
+            weakref.finalize(scenario, _SOURCES.pop, id(scenario), None)
+        return scenario.validate()
+
+
+def load_scenario(path: str | Path, registry: Any | None = None) -> Scenario:
+    """Read a scenario file; with a plugin registry, also check plugin names."""
+    scenario = Scenario.from_toml(path)
+    if registry is not None:
+        scenario.validate(registry)
+    return scenario
+
+
+# -- normalisation -------------------------------------------------------------------
+
+_BACKEND_KEYS = {f.name for f in msgspec.structs.fields(BackendSpec)} - {"settings"}
+
+
+def _normalize(data: dict[str, Any], source: _Source) -> dict[str, Any]:
+    """File conveniences: backend tables hold their factory settings inline, and
+    scorers/exporters may be plain names."""
+    data = dict(data)
+    backends = data.get("backends")
+    if isinstance(backends, dict):
+        out = {}
+        for name, table in backends.items():
+            if isinstance(table, dict):
+                table = dict(table)
+                settings = table.pop("settings", {})
+                if not isinstance(settings, dict):
+                    raise ScenarioError("must be a table", file=source.file,
+                                        line=source.line(("backends", name, "settings")),
+                                        path=f"backends.{name}.settings")
+                extra = {k: table.pop(k) for k in list(table) if k not in _BACKEND_KEYS}
+                table["settings"] = {**settings, **extra}
+            out[name] = table
+        data["backends"] = out
+    for key in ("scorers", "exporters"):
+        items = data.get(key)
+        if isinstance(items, str):
+            items = [items]
+        if isinstance(items, list):
+            data[key] = [{"name": x} if isinstance(x, str) else x for x in items]
+    return data
+
+
+# -- checks ----------------------------------------------------------------------
+
+
+def _check_static(s: Scenario, source: _Source) -> None:
+    def fail(path: tuple[Any, ...], message: str) -> typing.NoReturn:
+        raise ScenarioError(message, file=source.file, line=source.line(path), path=_render(path))
+
+    if not s.participants:
+        fail(("participants",), "at least one participant is needed")
+    names = s.participant_names()
+    seen: dict[str, int] = {}
+    for i, p in enumerate(s.participants):
+        if p.name in seen:
+            fail(("participants", i, "name"),
+                 f"duplicate participant name {p.name!r} (also participants[{seen[p.name]}])")
+        seen[p.name] = i
+        if p.backend is not None and p.backend not in s.backends:
+            fail(("participants", i, "backend"), _unknown("backend", p.backend, s.backends))
+        if p.sampling.seed is not None:
+            fail(("participants", i, "sampling", "seed"),
+                 "seeds are derived from run.seed per conversation and turn; remove this field")
+        if p.role is not None:
+            roles = _roles()
+            if roles and p.role not in roles:
+                fail(("participants", i, "role"), _unknown("role", p.role, roles))
+    for j, name in enumerate(s.turns.order):
+        if name not in seen:
+            fail(("turns", "order", j), _unknown("participant", name, names))
+    if s.turns.opener is not None:
+        allowed = list(s.turns.order) or names
+        if s.turns.opener not in allowed:
+            fail(("turns", "opener"), _unknown("participant", s.turns.opener, allowed))
+    at: dict[int, int] = {}
+    for j, b in enumerate(s.branches):
+        if b.at_turn >= s.run.max_turns:
+            fail(("branches", j, "at_turn"),
+                 f"turn {b.at_turn} is never reached (run.max_turns = {s.run.max_turns})")
+        if b.at_turn in at:
+            fail(("branches", j, "at_turn"), f"branches[{at[b.at_turn]}] already branches at turn {b.at_turn}")
+        at[b.at_turn] = j
+    for j, phrase in enumerate(s.stop.phrases):
+        if not phrase:
+            fail(("stop", "phrases", j), "an empty stop phrase would match every message")
+
+
+def _check_plugins(s: Scenario, registry: Any, source: _Source) -> None:
+    def fail(path: tuple[Any, ...], message: str) -> typing.NoReturn:
+        raise ScenarioError(message, file=source.file, line=source.line(path), path=_render(path))
+
+    agents = plugin_names(registry, "agents")
+    environments = plugin_names(registry, "environments")
+    for i, p in enumerate(s.participants):
+        if p.agent in agents:
+            if s.backend_of(p) is None:
+                if not s.backends:
+                    fail(("participants", i, "agent"),
+                         f"agent {p.agent!r} needs a backend, and the scenario defines none ([backends.NAME])")
+                fail(("participants", i, "backend"),
+                     f"agent {p.agent!r} needs a backend; choose one of: {', '.join(sorted(s.backends))}")
+        elif p.agent in environments:
+            if p.backend is not None:
+                fail(("participants", i, "backend"),
+                     f"{p.agent!r} is an environment and speaks through no backend; remove this field")
+        else:
+            fail(("participants", i, "agent"), _unknown("agent", p.agent, sorted(agents | environments)))
+        if p.sampler is not None:
+            samplers = plugin_names(registry, "samplers")
+            if p.sampler not in samplers:
+                fail(("participants", i, "sampler"), _unknown("sampler", p.sampler, samplers))
+    backends = plugin_names(registry, "backends")
+    for name, b in s.backends.items():
+        if b.type not in backends:
+            fail(("backends", name, "type"), _unknown("backend type", b.type, backends))
+    for kind, specs in (("scorers", s.scorers), ("exporters", s.exporters)):
+        available = plugin_names(registry, kind)
+        for j, spec in enumerate(specs):
+            if spec.name not in available:
+                fail((kind, j, "name"), _unknown(kind[:-1], spec.name, available))
+
+
+def plugin_names(registry: Any, kind: str) -> set[str]:
+    """Names registered for `kind` in a plugin registry."""
+    for attr in ("names", "available", "list"):
+        fn = getattr(registry, attr, None)
+        if callable(fn):
+            try:
+                return set(fn(kind))
+            except TypeError:
+                continue
+    table = getattr(registry, "factories", None) or getattr(registry, "_factories", None)
+    if isinstance(table, dict):
+        return set(table.get(kind, ()))
+    raise TypeError(f"cannot list the {kind} of {registry!r}")
+
+
+def _roles() -> tuple[str, ...]:
+    try:
+        from turnloom._core import ROLES
+    except ImportError:
+        return ()
+    return tuple(ROLES)
+
+
+def _unknown(what: str, name: str, allowed: Iterable[str]) -> str:
+    allowed = sorted(allowed)
+    hint = ""
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    if close:
+        hint = f"; did you mean {close[0]!r}?"
+    listing = ", ".join(allowed) if allowed else "none"
+    return f"unknown {what} {name!r}{hint} (available: {listing})"
+
+
+# -- msgspec errors -> ScenarioError ---------------------------------------------------
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _from_validation(exc: msgspec.ValidationError, source: _Source,
+                     prefix: tuple[Any, ...] = ()) -> ScenarioError:
+    m = _AT.match(str(exc))
+    msg, raw = (m.group("msg"), m.group("path") or "") if m else (str(exc), "")
+    path = prefix + _parse_path(raw)
+    unknown = re.match(r"Object contains unknown field `(.+)`", msg)
+    missing = re.match(r"Object missing required field `(.+)`", msg)
+    if unknown:
+        name = unknown.group(1)
+        fields = _fields_at(path)
+        close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        reason = f"unknown field {name!r}{hint} (allowed: {', '.join(fields)})"
+        path = path + (name,)
+    elif missing:
+        reason = "required field is missing"
+        line = source.line(path)
+        path = path + (missing.group(1),)
+        return ScenarioError(reason, file=source.file, line=line, path=_render(path))
+    else:
+        reason = msg[0].lower() + msg[1:] if msg else "invalid value"
+        reason = reason.replace("`", "")
+    return ScenarioError(reason, file=source.file, line=source.line(path), path=_render(path) or None)
+
+
+def _parse_path(raw: str) -> tuple[Any, ...]:
+    parts: list[Any] = []
+    for m in re.finditer(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]", raw):
+        if m.group(1) is not None:
+            parts.append(m.group(1))
+        elif m.group(2) == "...":
+            parts.append("...")
+        else:
+            parts.append(int(m.group(2)))
+    return tuple(parts)
+
+
+def _render(path: Sequence[Any]) -> str:
+    out = ""
+    for p in path:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out
+
+
+def _fields_at(path: Sequence[Any]) -> list[str]:
+    """Field names of the Struct type found at `path` below Scenario."""
+    tp: Any = Scenario
+    for part in path:
+        tp = _step(tp, part)
+        if tp is None:
+            return []
+    tp = _struct_in(_unwrap(tp))
+    return [f.name for f in msgspec.structs.fields(tp)] if tp is not None else []
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip Annotated and optional-None layers."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            rest = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(rest) != 1:
+                return tp
+            tp = rest[0]
+        else:
+            return tp
+
+
+def _struct_in(tp: Any) -> Any:
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _struct_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _step(tp: Any, part: Any) -> Any:
+    tp = _unwrap(tp)
+    if isinstance(part, str) and part != "...":
+        st = _struct_in(tp)
+        return typing.get_type_hints(st, include_extras=True).get(part) if st is not None else None
+    args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list) and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    return None
+
+
+# -- where a key sits in the TOML text ----------------------------------------------------
+
+_SOURCES: dict[int, _Source] = {}
+
+
+class _Source:
+    """A scenario's file and text, for turning field paths into line numbers."""
+
+    def __init__(self, file: str | None, text: str | None) -> None:
+        self.file = file
+        self.text = text
+        self._index: dict[tuple[Any, ...], int] | None = None
+
+    def line(self, path: Sequence[Any]) -> int | None:
+        if self.text is None:
+            return None
+        if self._index is None:
+            self._index = _line_index(self.text)
+        path = tuple(path)
+        while path:
+            if "..." in path:
+                path = path[: path.index("...")]
+                continue
+            found = self._index.get(path)
+            if found is not None:
+                return found
+            path = path[:-1]
+        return None
+
+
+_HEADER_ARRAY = re.compile(r"^\[\[\s*(.+?)\s*\]\]\s*(#.*)?$")
+_HEADER = re.compile(r"^\[\s*(.+?)\s*\]\s*(#.*)?$")
+_KEY = re.compile(r"""^((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
+_INLINE_KEY = re.compile(r"[{,]\s*([A-Za-z0-9_-]+)\s*=")
+
+
+def _split_key(key: str) -> list[str]:
+    parts = re.findall(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""", key)
+    return [p[1:-1] if p[:1] in "\"'" else p for p in parts]
+
+
+def _line_index(text: str) -> dict[tuple[Any, ...], int]:
+    """Map every table and key path in a TOML text to the line that defines it;
+    arrays of tables get their element index, so `participants[1].sampling.x` resolves."""
+    index: dict[tuple[Any, ...], int] = {}
+    arrays: dict[tuple[Any, ...], int] = {}
+    current: tuple[Any, ...] = ()
+    in_multiline: str | None = None
+
+    def resolve(keys: list[str]) -> tuple[Any, ...]:
+        out: tuple[Any, ...] = ()
+        for k in keys:
+            out += (k,)
+            if out in arrays:
+                out += (arrays[out],)
+        return out
+
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if in_multiline is not None:
+            if in_multiline in line:
+                in_multiline = None
+            continue
+        if not line or line.startswith("#"):
+            continue
+        m = _HEADER_ARRAY.match(line)
+        if m:
+            keys = _split_key(m.group(1))
+            base = resolve(keys[:-1]) + tuple(keys[-1:])
+            n = arrays.get(base, -1) + 1
+            arrays[base] = n
+            current = base + (n,)
+            index.setdefault(current, lineno)
+            index.setdefault(base, lineno)
+            continue
+        m = _HEADER.match(line)
+        if m:
+            current = resolve(_split_key(m.group(1)))
+            for i in range(1, len(current) + 1):
+                index.setdefault(current[:i], lineno)
+            continue
+        m = _KEY.match(line)
+        if m:
+            keys = current + tuple(_split_key(m.group(1)))
+            for i in range(len(current) + 1, len(keys) + 1):
+                index.setdefault(keys[:i], lineno)
+            for km in _INLINE_KEY.finditer(line):
+                index.setdefault(keys + (km.group(1),), lineno)
+            rest = line[m.end():]
+            for quote in ('"""', "'''"):
+                if rest.count(quote) == 1:
+                    in_multiline = quote
+    return index

@@ -1,0 +1,91 @@
+"""The run directory: its files, its manifest, and creating it safely."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from turnloom.export import atomic_write
+
+MANIFEST = "manifest.json"
+WAL = "turns.wal"
+CONVERSATIONS = "conversations.jsonl"
+SCORES = "scores.jsonl"
+SUMMARY = "summary.json"
+FORMAT = 1
+
+
+class RunDirError(Exception):
+    """The run directory cannot be used (exists, is not a run, is incomplete)."""
+
+
+def prepare(path: Path, overwrite: bool) -> Path:
+    """Create an empty run directory. An existing non-empty one is replaced only
+    with `overwrite`, and only if it is a turnloom run directory."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise RunDirError(f"{path} exists and is not a directory")
+        if any(path.iterdir()):
+            if not overwrite:
+                raise RunDirError(f"{path} already exists; pass --overwrite to replace it, "
+                                  f"or `turnloom resume {path}` to continue it")
+            if not (path / MANIFEST).is_file():
+                raise RunDirError(f"refusing to overwrite {path}: it is not a turnloom run "
+                                  f"directory (no {MANIFEST})")
+            shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def versions() -> dict[str, str | None]:
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    try:
+        from turnloom._core import __version__ as core
+    except ImportError:
+        core = None
+    return {"turnloom": version("turnloom"), "core": core, "python": platform.python_version(),
+            "msgspec": version("msgspec"), "pluggy": version("pluggy")}
+
+
+def write_manifest(path: Path, scenario: dict[str, Any], *, scenario_file: str | None,
+                   plugins: list[dict[str, Any]]) -> dict[str, Any]:
+    manifest = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "scenario_file": scenario_file,
+        "scenario": scenario,
+        "seeds": {
+            "run": scenario.get("run", {}).get("seed", 0),
+            "conversation": "blake2b-64('{run}/conversation/{index}') & (2**63-1)",
+            "turn": "blake2b-32('{conversation}/turn/{branch}/{turn}') & (2**31-1)",
+        },
+        "versions": versions(),
+        "plugins": plugins,
+    }
+    atomic_write(Path(path) / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+    return manifest
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    file = Path(path) / MANIFEST
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is not a turnloom run directory (no {MANIFEST})") from None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"cannot read {file}: {exc}") from None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(Path(path), json.dumps(obj, indent=2, sort_keys=False).encode() + b"\n")

@@ -1,0 +1,33 @@
+"""Seed derivation: run seed -> conversation seed -> turn seed.
+
+Stable across processes and platforms (blake2b, not Python's `hash`), so a
+resumed run draws exactly what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+
+_MASK63 = (1 << 63) - 1
+# Sampling seeds stay below 2**31: some backends (numpy, int32 APIs) reject more.
+_MASK31 = (1 << 31) - 1
+
+
+def derive(seed: int, *parts: object) -> int:
+    """A 63-bit seed from `seed` and a path of labels/integers."""
+    h = blake2b(f"{seed}/{'/'.join(map(str, parts))}".encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little") & _MASK63
+
+
+def conversation_seed(run_seed: int, index: int) -> int:
+    return derive(run_seed, "conversation", index)
+
+
+def turn_seed(conversation_seed: int, branch: int, turn: int) -> int:
+    """The sampling seed of one turn; sibling branches at a fork get different ones."""
+    h = blake2b(f"{conversation_seed}/turn/{branch}/{turn}".encode(), digest_size=4)
+    return int.from_bytes(h.digest(), "little") & _MASK31
+
+
+def profile_seed(conversation_seed: int, participant: str) -> int:
+    return derive(conversation_seed, "profile", participant)

@@ -1,0 +1,469 @@
+"""A loopback server that speaks SGLang's native HTTP protocol.
+
+Routes and shapes follow SGLang's `http_server.py` and `io_struct.py`:
+
+- ``POST /generate``: ``input_ids`` (one list, or a batch of lists) or
+  ``text``; ``sampling_params`` (one dict for all, or one per request);
+  ``rid``; ``return_logprob`` / ``return_text_in_logprobs``; ``stream``.
+  A single prompt is answered with one object, a batch with a list:
+  ``{"text", "output_ids", "meta_info": {"id", "finish_reason",
+  "prompt_tokens", "completion_tokens", "cached_tokens", "e2e_latency", ...}}``.
+  ``output_ids`` keep the matched stop token and stop-string tokens, as
+  SGLang's do; ``text`` has them trimmed.
+- ``GET /health``, ``/health_generate``: 200, empty body.
+- ``GET /get_model_info`` (and ``/model_info``), ``/get_server_info`` (and
+  ``/server_info``) with ``model_path``, ``max_total_num_tokens``,
+  ``max_req_input_len``, ``context_length`` ...; ``GET /v1/models``.
+- ``GET|POST /flush_cache``: 200, or 400 while requests are running.
+- Invalid input: 400 with ``{"error": {"message": ...}}``; a bad JSON body:
+  400 with ``{"object": "error", "message", "type", "param", "code"}``;
+  wrong API key: 401 ``{"error": "Unauthorized"}``.
+
+``cached_tokens`` come from a radix-cache model (`turnloom._core.RadixCache`
+by default): a request matches on arrival, pins its cached prefix while it
+runs and on finish caches prompt + output (less the last sampled token,
+whose KV does not exist yet, as in SGLang).
+
+Deviation: unknown sampling parameters get a 400 here (SGLang raises a
+TypeError, which surfaces as a 500).
+
+Run standalone: ``python -m turnloom.testing.sglang_server --port 30000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import msgspec
+
+from turnloom.testing._httpserver import LoopbackServer, Reply, Request
+from turnloom.testing.fake_model import (
+    Detokenizer,
+    Generation,
+    HashModel,
+    TokenModel,
+    decode_loop,
+    output_text,
+)
+from turnloom.testing.faults import Fault, FaultSchedule
+from turnloom.tokenizer import ByteTokenizer
+
+SAMPLING_KEYS = frozenset({
+    "max_new_tokens", "stop", "stop_token_ids", "stop_regex", "temperature", "top_p", "top_k",
+    "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "min_new_tokens",
+    "n", "json_schema", "regex", "ebnf", "structural_tag", "ignore_eos", "skip_special_tokens",
+    "spaces_between_special_tokens", "no_stop_trim", "custom_params", "stream_interval",
+    "logit_bias", "sampling_seed",
+})
+UNSUPPORTED_SAMPLING = ("json_schema", "regex", "ebnf", "structural_tag", "stop_regex")
+UNSUPPORTED_INPUTS = ("input_embeds", "image_data", "video_data", "audio_data")
+
+
+class BadRequest(ValueError):
+    """Answered with SGLang's 400 error body."""
+
+
+@dataclass
+class _Item:
+    rid: str
+    input_ids: list[int]
+    params: dict[str, Any]
+    return_logprob: bool
+    logprob_text: bool = False
+    cached: int = 0
+    gen: Generation | None = None
+
+
+class SGLangTestServer(LoopbackServer):
+    """SGLang's native protocol over loopback, with a radix-cache model and faults.
+
+    model: token stream per request (default `HashModel`, or a real model's step
+    function); detokenizer: ids -> text for ``text``, stop strings and logprob
+    text; latency: seconds per HTTP request, plus `per_token_latency` per output
+    token of the longest item and `prefill_latency` per uncached prompt token.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
+                 model_path: str = "turnloom/hash-model", cache_capacity: int = 1 << 16,
+                 context_length: int = 32768, model: TokenModel | None = None,
+                 tokenizer: Any = None, detokenizer: Detokenizer | None = None,
+                 eos_token_ids: Sequence[int] | None = None,
+                 latency: float = 0.0, per_token_latency: float = 0.0,
+                 prefill_latency: float = 0.0, faults: FaultSchedule | None = None,
+                 api_key: str | None = None, cache: Any = None) -> None:
+        super().__init__(host, port)
+        self.model_path = model_path
+        self.context_length = context_length
+        self.tokenizer = tokenizer or ByteTokenizer()
+        self.detok = detokenizer or (Detokenizer.bytes() if tokenizer is None
+                                     else Detokenizer(self.tokenizer.decode))
+        self.eos_token_ids = tuple(self.tokenizer.eos_token_ids if eos_token_ids is None
+                                   else eos_token_ids)
+        self.model: TokenModel = model or HashModel(
+            eos_token_id=self.eos_token_ids[0] if self.eos_token_ids else None)
+        if cache is None:
+            from turnloom._core import RadixCache
+
+            cache = RadixCache(cache_capacity)
+        self.cache = cache
+        self.latency = latency
+        self.per_token_latency = per_token_latency
+        self.prefill_latency = prefill_latency
+        self.faults = faults or FaultSchedule()
+        self.api_key = api_key
+        self.running = 0
+        self.requests: deque[dict[str, Any]] = deque(maxlen=10_000)
+        """Bodies of the latest /generate requests (for tests to inspect)."""
+
+    # -- introspection (thread-safe) ---------------------------------------
+
+    def cache_stats(self) -> dict[str, int]:
+        return dict(self.call(self.cache.stats))
+
+    def inject(self, kind: str, times: int = 1, **kw: Any) -> None:
+        """Shorthand for faults.push(Fault(kind, ...), times)."""
+        self.faults.push(Fault(kind, **kw), times)
+
+    # -- routing -----------------------------------------------------------
+
+    async def handle(self, request: Request) -> Reply:
+        if self.api_key and not request.path.startswith(("/health", "/metrics")):
+            if request.headers.get("authorization") != f"Bearer {self.api_key}":
+                return Reply.json({"error": "Unauthorized"}, status=401)
+        fault = self.faults.draw(request.path)
+        if fault is not None and fault.kind not in ("slow", "malformed", "truncate", "wrong_batch"):
+            return self._fault_reply(fault)
+        reply = await self._route(request, fault)
+        if fault is not None:
+            reply = self._apply_late_fault(fault, reply)
+        return reply
+
+    async def _route(self, request: Request, fault: Fault | None) -> Reply:
+        routes: dict[str, tuple[tuple[str, ...], Callable[..., Any]]] = {
+            "/generate": (("POST", "PUT"), self._generate),
+            "/health": (("GET",), self._health),
+            "/health_generate": (("GET",), self._health),
+            "/get_model_info": (("GET",), self._model_info),
+            "/model_info": (("GET",), self._model_info),
+            "/get_server_info": (("GET",), self._server_info),
+            "/server_info": (("GET",), self._server_info),
+            "/flush_cache": (("GET", "POST"), self._flush_cache),
+            "/v1/models": (("GET",), self._models),
+        }
+        entry = routes.get(request.path)
+        if entry is None:
+            return Reply.json({"detail": "Not Found"}, status=404)
+        methods, fn = entry
+        if request.method not in methods:
+            return Reply.json({"detail": "Method Not Allowed"}, status=405)
+        if fault is not None and fault.kind == "slow":
+            await asyncio.sleep(fault.delay)
+        if fn == self._generate:
+            return await self._generate(request, fault)
+        return await fn(request) if asyncio.iscoroutinefunction(fn) else fn(request)
+
+    def _fault_reply(self, fault: Fault) -> Reply:
+        if fault.kind == "reset":
+            return Reply(reset=True)
+        if fault.kind == "hang":
+            return Reply(hang=True)
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = f"{fault.retry_after:g}"
+        return Reply.json(_http_exception_body(fault.status, "injected fault"),
+                          status=fault.status, headers=headers, delay=fault.delay)
+
+    @staticmethod
+    def _apply_late_fault(fault: Fault, reply: Reply) -> Reply:
+        if fault.kind == "malformed":
+            return Reply(status=200, body=b'{"text": "oops", "meta_info": ')
+        if fault.kind == "truncate":
+            return Reply(status=200, body=reply.body, truncate=max(1, len(reply.body) // 2))
+        return reply
+
+    # -- simple routes ------------------------------------------------------
+
+    def _health(self, request: Request) -> Reply:
+        return Reply(status=200)
+
+    def _model_info(self, request: Request) -> Reply:
+        return Reply.json({
+            "model_path": self.model_path,
+            "tokenizer_path": self.model_path,
+            "is_generation": True,
+            "preferred_sampling_params": None,
+            "weight_version": "default",
+        })
+
+    def _server_info(self, request: Request) -> Reply:
+        capacity = int(self.cache.capacity)
+        return Reply.json({
+            "model_path": self.model_path,
+            "tokenizer_path": self.model_path,
+            "served_model_name": self.model_path,
+            "context_length": self.context_length,
+            "skip_tokenizer_init": False,
+            "disable_radix_cache": False,
+            "schedule_policy": "fcfs",
+            "tp_size": 1,
+            "dp_size": 1,
+            "api_key": None,
+            "status": "ready",
+            "max_total_num_tokens": capacity,
+            "max_req_input_len": min(self.context_length, capacity) - 1,
+            "internal_states": [{"last_gen_throughput": 0.0, "num_running_reqs": self.running}],
+            "version": "turnloom-test-server",
+        })
+
+    def _models(self, request: Request) -> Reply:
+        return Reply.json({"object": "list", "data": [{
+            "id": self.model_path, "object": "model", "created": int(time.time()),
+            "owned_by": "sglang", "root": self.model_path, "max_model_len": self.context_length,
+        }]})
+
+    def _flush_cache(self, request: Request) -> Reply:
+        if self.running:
+            return Reply.text(
+                "Cache not flushed: requests are running or waiting.\n", status=400)
+        self.cache.clear()
+        return Reply.text("Cache flushed.\n")
+
+    # -- /generate ----------------------------------------------------------
+
+    async def _generate(self, request: Request, fault: Fault | None) -> Reply:
+        try:
+            body = request.json()
+        except msgspec.DecodeError as e:
+            return Reply.json(_validation_error_body(f"JSON decode error: {e}"), status=400)
+        if not isinstance(body, dict):
+            return Reply.json(_validation_error_body("Input should be a valid dictionary"),
+                              status=400)
+        self.requests.append(body)
+        try:
+            items, single = self._parse_generate(body)
+        except BadRequest as e:
+            return Reply.json({"error": {"message": str(e)}}, status=400)
+        outs = await self._run_items(items)
+        if fault is not None and fault.kind == "wrong_batch" and not single:
+            outs = outs[:-1]
+        if body.get("stream"):
+            chunks = []
+            for i, out in enumerate(outs):
+                if not single:
+                    out = {**out, "index": i}
+                chunks.append(b"data: " + msgspec.json.encode(out) + b"\n\n")
+            chunks.append(b"data: [DONE]\n\n")
+            return Reply(body=b"".join(chunks), content_type="text/event-stream")
+        return Reply.json(outs[0] if single else outs)
+
+    def _parse_generate(self, body: dict[str, Any]) -> tuple[list[_Item], bool]:
+        for key in UNSUPPORTED_INPUTS:
+            if body.get(key) is not None:
+                raise BadRequest(f"{key} is not supported by this test server")
+        text, input_ids = body.get("text"), body.get("input_ids")
+        if (text is None) == (input_ids is None):
+            raise BadRequest("Either text, input_ids or input_embeds should be provided.")
+        if input_ids is not None:
+            if not isinstance(input_ids, list) or len(input_ids) == 0:
+                raise BadRequest("input_ids cannot be empty.")
+            single = isinstance(input_ids[0], int)
+            prompts = [input_ids] if single else input_ids
+            for p in prompts:
+                if not isinstance(p, list) or not all(isinstance(t, int) for t in p):
+                    raise BadRequest("input_ids should be a list of ints or a list of lists of ints.")
+                if not p:
+                    raise BadRequest("input_ids cannot be empty.")
+        else:
+            single = isinstance(text, str)
+            texts = [text] if single else text
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise BadRequest("Text should be a list for batch processing.")
+            prompts = self.tokenizer.encode_batch(texts)
+        n = len(prompts)
+        rids = self._rids(body.get("rid"), n, single)
+        params = self._params(body.get("sampling_params"), n)
+        logprob = body.get("return_logprob") or False
+        logprobs = logprob if isinstance(logprob, list) else [bool(logprob)] * n
+        if len(logprobs) != n:
+            raise BadRequest("return_logprob should have the same length as the batch.")
+        with_text = bool(body.get("return_text_in_logprobs"))
+        items = []
+        for prompt, rid, p, lp in zip(prompts, rids, params, logprobs):
+            if len(prompt) >= self.context_length:
+                raise BadRequest(
+                    f"The input ({len(prompt)} tokens) is longer than the model's context "
+                    f"length ({self.context_length} tokens).")
+            items.append(_Item(rid, list(prompt), p, bool(lp), with_text))
+        return items, single
+
+    @staticmethod
+    def _rids(rid: Any, n: int, single: bool) -> list[str]:
+        if rid is None:
+            return [uuid.uuid4().hex for _ in range(n)]
+        if single:
+            if not isinstance(rid, str):
+                raise BadRequest("The rid should be a string for a single request.")
+            return [rid]
+        if isinstance(rid, str):
+            return [f"{rid}_{i}" for i in range(n)]
+        if not isinstance(rid, list) or not all(isinstance(r, str) for r in rid):
+            raise BadRequest("The rid should be a string or a list of strings.")
+        if len(rid) != n:
+            raise BadRequest(
+                "The specified rids length mismatch with the batch_size for batch processing.")
+        if len(set(rid)) != len(rid):
+            dupes = sorted({r for r in rid if rid.count(r) > 1})
+            raise BadRequest(f"Duplicate request IDs detected within the request: {dupes}")
+        return rid
+
+    @staticmethod
+    def _params(sp: Any, n: int) -> list[dict[str, Any]]:
+        if sp is None:
+            sp = {}
+        if isinstance(sp, dict):
+            sp = [sp] * n
+        if not isinstance(sp, list) or not all(isinstance(p, dict) for p in sp):
+            raise BadRequest("sampling_params should be a dict or a list of dicts.")
+        if len(sp) != n:
+            raise BadRequest("The length of sampling_params should be equal to the batch size.")
+        return [_check_sampling(p) for p in sp]
+
+    async def _run_items(self, items: list[_Item]) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        for item in items:
+            # At least one prompt token is always computed, so never all cached.
+            item.cached = self.cache.match_len(item.input_ids[:-1])
+            self.cache.pin(item.input_ids[: item.cached])
+        self.running += len(items)
+        try:
+            for item in items:
+                item.gen = decode_loop(self.model, item.input_ids, item.params, self.detok,
+                                       self.eos_token_ids)
+            longest = max(len(i.gen.output_ids) for i in items if i.gen is not None)
+            uncached = sum(len(i.input_ids) - i.cached for i in items)
+            delay = (self.latency + self.per_token_latency * longest
+                     + self.prefill_latency * uncached)
+            if delay > 0:
+                await asyncio.sleep(delay)
+        finally:
+            self.running -= len(items)
+            for item in items:
+                self.cache.unpin(item.input_ids[: item.cached])
+        for item in items:
+            assert item.gen is not None
+            self.cache.insert(item.input_ids + item.gen.output_ids[:-1])
+        elapsed = time.perf_counter() - started
+        return [self._output(item, elapsed) for item in items]
+
+    def _output(self, item: _Item, elapsed: float) -> dict[str, Any]:
+        gen = item.gen
+        assert gen is not None
+        skip = item.params.get("skip_special_tokens", True) is not False
+        meta: dict[str, Any] = {
+            "id": item.rid,
+            "finish_reason": gen.finish,
+            "prompt_tokens": len(item.input_ids),
+            "weight_version": "default",
+            "completion_tokens": len(gen.output_ids),
+            "cached_tokens": item.cached,
+            "e2e_latency": elapsed,
+        }
+        if item.return_logprob:
+            with_text = item.logprob_text
+            meta["input_token_logprobs"] = []
+            meta["output_token_logprobs"] = [
+                [_fake_logprob(t, k), t, self.detok.text([t], False) if with_text else None]
+                for k, t in enumerate(gen.output_ids)]
+        return {
+            "text": output_text(gen, self.detok, skip, bool(item.params.get("no_stop_trim"))),
+            "output_ids": list(gen.output_ids),
+            "meta_info": meta,
+        }
+
+
+def _check_sampling(p: dict[str, Any]) -> dict[str, Any]:
+    for key in p:
+        if key not in SAMPLING_KEYS:
+            raise BadRequest(f"Unexpected keyword argument '{key}'")
+    for key in UNSUPPORTED_SAMPLING:
+        if p.get(key) is not None:
+            raise BadRequest(f"sampling_params.{key} is not supported by this test server")
+    if (p.get("n") or 1) != 1:
+        raise BadRequest("n > 1 is not supported by this test server")
+    t = p.get("temperature", 1.0)
+    t = 1.0 if t is None else t
+    if not isinstance(t, (int, float)) or t < 0:
+        raise BadRequest(f"temperature must be a non-negative finite number, got {t}.")
+    top_p = p.get("top_p", 1.0)
+    top_p = 1.0 if top_p is None else top_p
+    if not 0.0 < top_p <= 1.0:
+        raise BadRequest(f"top_p must be in (0, 1], got {top_p}.")
+    top_k = p.get("top_k", -1)
+    top_k = -1 if top_k is None else top_k
+    if top_k < 1 and top_k != -1:
+        raise BadRequest(f"top_k must be -1 (disable) or at least 1, got {top_k}.")
+    rp = p.get("repetition_penalty", 1.0)
+    rp = 1.0 if rp is None else rp
+    if not 0.0 < rp <= 2.0:
+        raise BadRequest(
+            f"repetition_penalty must be in (0, 2] (1.0 = no penalty), got {rp}.")
+    mnt = p.get("max_new_tokens", 128)
+    if mnt is not None and (not isinstance(mnt, int) or mnt < 0):
+        raise BadRequest(f"max_new_tokens must be at least 0, got {mnt}.")
+    stop_ids = p.get("stop_token_ids")
+    if stop_ids is not None and not all(isinstance(t, int) for t in stop_ids):
+        raise BadRequest("stop_token_ids should be a list of ints.")
+    return p
+
+
+def _fake_logprob(token: int, position: int) -> float:
+    return -((token * 2654435761 + position) % 1000) / 250.0
+
+
+def _http_exception_body(status: int, message: str) -> dict[str, Any]:
+    return {"object": "error", "message": message, "type": str(status), "param": None,
+            "code": status}
+
+
+def _validation_error_body(message: str) -> dict[str, Any]:
+    return {"object": "error", "message": message, "type": "Bad Request", "param": None,
+            "code": 400}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m turnloom.testing.sglang_server",
+        description="Serve SGLang's native HTTP protocol from a deterministic hash model.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=30000)
+    parser.add_argument("--model-path", default="turnloom/hash-model")
+    parser.add_argument("--cache-capacity", type=int, default=1 << 16)
+    parser.add_argument("--context-length", type=int, default=32768)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--per-token-latency", type=float, default=0.0)
+    parser.add_argument("--prefill-latency", type=float, default=0.0)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--fault-kinds", default="status",
+                        help="comma-separated: status,reset,hang,malformed,truncate,wrong_batch,slow")
+    parser.add_argument("--fault-status", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    faults = FaultSchedule(rate=args.fault_rate, kinds=args.fault_kinds.split(","),
+                           status=args.fault_status, seed=args.seed)
+    server = SGLangTestServer(
+        host=args.host, port=args.port, model_path=args.model_path,
+        cache_capacity=args.cache_capacity, context_length=args.context_length,
+        latency=args.latency, per_token_latency=args.per_token_latency,
+        prefill_latency=args.prefill_latency, faults=faults, api_key=args.api_key)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
