@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import random
 
 import pytest
 
+import turnloom
 from turnloom.agents import Environment, Reply
 from turnloom.plugins import Registry, first_result_safely, get_plugin_manager
 from turnloom.records import ConversationState, TurnRecord
@@ -116,9 +116,37 @@ def test_goodbye_stops_the_conversation(example, text, meta, stop):
     assert (result, errors) == (stop, [])
 
 
-ENGINE = importlib.util.find_spec("turnloom.api") is not None
+def test_scenario_with_the_example_plugin_runs_end_to_end(example, tmp_path, monkeypatch):
+    monkeypatch.delenv("TURNLOOM_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setenv("TURNLOOM_PLUGINS", "example")  # no other third-party plugin
+    scenario = turnloom.Scenario.from_dict({
+        "run": {"name": "example", "conversations": 16, "max_turns": 20, "seed": 5},
+        "backends": {"sim": {"type": "scripted",
+                             "lines": ["What is left?", "Fine, carry on.", "Goodbye!"]}},
+        "participants": [
+            {"name": "clock", "agent": "countdown", "settings": {"turns": 3}},
+            {"name": "bot", "agent": "assistant"},
+        ],
+        "scorers": [{"name": "question-rate", "settings": {"participant": "bot"}}],
+    })
+    records = turnloom.run(scenario, out=tmp_path / "run", progress=False).conversations()
 
-
-@pytest.mark.skipif(not ENGINE, reason="the engine (turnloom.api) is not in this tree yet")
-def test_scenario_with_the_example_plugin_runs_end_to_end(tmp_path):
-    raise NotImplementedError
+    assert len(records) == 16
+    reasons = set()
+    for record in records:
+        assert record["errors"] == []
+        spoken = [(m["name"], m["content"]) for m in record["messages"] if m["role"] != "system"]
+        reasons.add(record["stop_reason"])
+        if record["stop_reason"] == "countdown finished":
+            assert [text for name, text in spoken if name == "clock"] == ["2", "1", "0"]
+            assert spoken[-1] == ("clock", "0")
+        else:
+            assert record["stop_reason"] == "goodbye"
+            assert spoken[-1] == ("bot", "Goodbye!")
+        bot = [text for name, text in spoken if name == "bot"]
+        rate = record["scores"]["question-rate"]["question_rate"]
+        assert rate == pytest.approx(sum("?" in text for text in bot) / len(bot))
+        for (name, text), turn in zip(spoken, record["turns"]):
+            expected = {"asks_question": int("?" in text)} if name == "bot" else None
+            assert turn["scores"].get("question-rate") == expected
+    assert reasons == {"countdown finished", "goodbye"}  # both ways of ending were taken

@@ -98,9 +98,15 @@ class Forest:
         """live_nodes, freed_nodes, roots, tokens, token_capacity, text_bytes, bytes_estimate."""
 
 class RadixCache:
-    """Model of a backend's radix prefix cache: token radix tree, capacity, LRU leaf eviction."""
+    """Model of a backend's radix prefix cache: token radix tree, capacity, LRU leaf eviction.
 
-    def __init__(self, capacity: int) -> None: ...
+    Like SGLang, a match or insert that ends inside an edge splits it; whole unpinned
+    leaves are evicted, least recently used first; time is a logical clock (one tick
+    per call), so results are deterministic. Token ids are ints in 0..2**32.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        """InvalidArgumentError unless `capacity` >= 1."""
     @property
     def capacity(self) -> int: ...
     @property
@@ -120,7 +126,8 @@ class RadixCache:
     def pin(self, tokens: Sequence[int]) -> int:
         """Pin the cached prefix of `tokens` (a request in flight); returns its length."""
     def unpin(self, tokens: Sequence[int]) -> int:
-        """Undo one pin of the same sequence; returns the unpinned length."""
+        """Undo the most recent pin of the same sequence; returns the length it pinned.
+        InvalidArgumentError if that sequence is not pinned."""
     def evict(self, tokens: int) -> int:
         """Evict at least `tokens` unpinned tokens, LRU leaves first; returns how many."""
     def clear(self) -> None:
@@ -138,7 +145,21 @@ class Scheduler:
         output_reserve: int = 256,
     ) -> None:
         """`token_budget` caps the tokens of admitted (active) conversation trees;
-        None means unlimited. No job waits more than `starvation_limit` pops."""
+        None means unlimited.
+
+        Order: jobs that have waited `starvation_limit` pops first (oldest first);
+        then jobs of admitted trees by priority, cached_len, earlier admitted tree,
+        push order; then the tree first pushed earliest is admitted if it fits.
+        Starvation: every pop serves jobs that have waited `starvation_limit` pops
+        before all others, oldest first (skipping trees the budget cannot admit), so
+        the oldest waiting job never waits more than `starvation_limit` pops and a job
+        with A older jobs still waiting when it reaches the limit waits at most
+        `starvation_limit` + A pops.
+        Footprint of a tree: its largest prompt_len pushed so far + `output_reserve`
+        per job of it waiting or in flight. A tree is admitted if admitted_tokens +
+        footprint <= token_budget, or if no tree is admitted; jobs of admitted trees
+        are never held back (new turns may take admitted_tokens over the budget, and
+        then no new tree is admitted until it is back under)."""
     def __len__(self) -> int:
         """Jobs waiting."""
     def push_many(
@@ -149,14 +170,18 @@ class Scheduler:
         priorities: Sequence[int] | None = None,
         cached_lens: Sequence[int] | None = None,
     ) -> None:
-        """Queue jobs; a job's tree is its conversation root (the affinity and admission unit)."""
-    def update_cached(self, job_ids: Sequence[int], cached_lens: Sequence[int]) -> None: ...
+        """Queue jobs; a job's tree is its conversation root (the affinity and admission unit).
+        JobError if an id is waiting or in flight; cached_len <= prompt_len; all-or-nothing."""
+    def update_cached(self, job_ids: Sequence[int], cached_lens: Sequence[int]) -> None:
+        """Re-rank waiting jobs by a new cached prefix length; JobError if one is not waiting."""
     def pop_batch(self, max_requests: int, max_tokens: int) -> list[int]:
         """Job ids to run now, at most `max_requests` and `max_tokens` prompt tokens
-        (a single job larger than `max_tokens` is still returned alone)."""
+        (a single job larger than `max_tokens` is still returned alone; jobs are never
+        skipped to fill a batch). [] only when nothing waits or the budget is full."""
     def complete_many(self, job_ids: Sequence[int]) -> None:
-        """Mark popped jobs finished (releases their in-flight reserve)."""
+        """Mark popped jobs finished (releases their reserve); JobError if one is not in flight."""
     def finish_tree(self, tree: int) -> None:
-        """The conversation tree is done: release its admission budget."""
+        """The conversation tree is done: release its admission budget. Unknown trees are
+        ignored; InvalidArgumentError while jobs of it still wait."""
     def stats(self) -> dict[str, int]:
-        """waiting, in_flight, admitted_trees, admitted_tokens, pops, max_wait."""
+        """waiting, in_flight, admitted_trees, admitted_tokens, pops, max_wait (longest wait, in pops)."""

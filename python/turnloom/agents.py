@@ -9,20 +9,20 @@ A *sampler* draws the profile a participant plays in one conversation.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+import msgspec
 
 from turnloom.records import ConversationState
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(msgspec.Struct, frozen=True):
     """What a participant says this turn. `stop` ends the conversation after it
-    (with `text` kept unless empty); `meta` is stored on the message node."""
+    (with `text` kept unless empty); `meta` is kept with the turn (JSON-serialisable)."""
 
     text: str
     stop: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = {}
 
 
 @runtime_checkable

@@ -76,7 +76,7 @@ class BackendSpec(msgspec.Struct, **_STRUCT):
     engine settings are passed to the backend's factory as `settings`."""
 
     type: Name
-    tokenizer: Name = "bytes"  # chat-format spec the engine tokenizes with
+    tokenizer: str | None = None  # chat-format spec (default: the backend's own, else "bytes")
     max_inflight: Positive | None = None
     batch_size: Positive | None = None
     max_batch_tokens: Positive | None = None
@@ -238,6 +238,12 @@ class Scenario(msgspec.Struct, weakref=True, **_STRUCT):
             _SOURCES[id(scenario)] = source
             weakref.finalize(scenario, _SOURCES.pop, id(scenario), None)
         return scenario.validate()
+
+
+def error_at(scenario: Scenario, path: Sequence[Any], message: str) -> ScenarioError:
+    """A ScenarioError about `path` of `scenario`, with its file and line when known."""
+    source = _SOURCES.get(id(scenario), _Source(None, None))
+    return ScenarioError(message, file=source.file, line=source.line(path), path=_render(path))
 
 
 def load_scenario(path: str | Path, registry: Any | None = None) -> Scenario:

@@ -133,7 +133,7 @@ class PluginManager(pluggy.PluginManager):
     implementations in call order (invalidated on every (un)registration)."""
 
     def __init__(self, strict: bool = False) -> None:
-        super().__init__(ENTRY_POINT_GROUP)
+        super().__init__(hookspecs.hookspec.project_name)
         self.strict = strict
         self.load_errors: list[PluginLoadError] = []
         self.distributions: dict[str, tuple[str | None, str | None]] = {}
@@ -332,28 +332,17 @@ class Registry:
             strict = getattr(pm, "strict", False)
         registry = cls()
         for kind in KINDS:
-            registry._collect(pm, kind, strict)
+            registry._call_register_hook(pm, kind, strict)
         for error in registry.errors:
             log.warning("%s", error)
         return registry
 
-    def _collect(self, pm: pluggy.PluginManager, kind: str, strict: bool) -> None:
+    def _call_register_hook(self, pm: pluggy.PluginManager, kind: str, strict: bool) -> None:
         hook_name = f"register_{kind}"
         for impl in _impls(pm, hook_name):
             # Buffered, so that a hook that raises half-way leaves nothing behind.
             pending: list[tuple[str, Callable[..., Any]]] = []
-
-            def register(name: str, factory: Callable[..., Any], _plugin: str = impl.plugin,
-                         _pending: list = pending) -> None:
-                problem = _invalid(name, factory)
-                if problem is None:
-                    _pending.append((name, factory))
-                    return
-                message = f"plugin {_plugin!r} registered an invalid {_singular(kind)}: {problem}"
-                if strict:
-                    raise PluginError(message)
-                self.errors.append(message)
-
+            register = self._registrar(kind, impl.plugin, strict, pending)
             try:
                 impl.function(*_arguments(impl, {"register": register}))
             except Exception as exc:
@@ -366,6 +355,22 @@ class Registry:
                 continue
             for name, factory in pending:
                 self._add(kind, name, factory, impl.plugin, strict)
+
+    def _registrar(self, kind: str, plugin: str, strict: bool,
+                   pending: list[tuple[str, Callable[..., Any]]]) -> hookspecs.Register:
+        """The `register` callable handed to one plugin's registration hook."""
+
+        def register(name: str, factory: Callable[..., Any]) -> None:
+            problem = _invalid(name, factory)
+            if problem is None:
+                pending.append((name, factory))
+                return
+            message = f"plugin {plugin!r} registered an invalid {_singular(kind)}: {problem}"
+            if strict:
+                raise PluginError(message)
+            self.errors.append(message)
+
+        return register
 
     def _add(self, kind: str, name: str, factory: Callable[..., Any], plugin: str,
              strict: bool) -> None:

@@ -63,7 +63,10 @@ class SGLangHTTPSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
         if not urls:
             raise ValueError("urls: at least one URL is needed")
         for url in urls:
-            split_url(url)
+            try:
+                split_url(url)
+            except ValueError as e:
+                raise ValueError(f"urls: {e}") from None
         for name in ("timeout", "connect_timeout", "health_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")

@@ -7,10 +7,11 @@
 //! # Order
 //! Each slot of a batch is filled by the first rule that yields a job:
 //! 1. **Starvation.** The earliest pushed waiting job, if it has waited
-//!    `starvation_limit` pops or more. If its tree is not admitted yet, the
-//!    tree is admitted now when the budget allows; otherwise starving jobs of
-//!    that tree are skipped for the rest of the pop (starvation never forces
-//!    an admission over the budget).
+//!    `starvation_limit` pops or more. If its tree is not admitted yet (it is
+//!    then the first tree in admission order), the tree is admitted now when
+//!    the budget allows; otherwise no tree is admitted for the rest of the
+//!    pop and only starving jobs of admitted trees are taken (starvation
+//!    never forces an admission over the budget).
 //! 2. **Cache reuse.** A waiting job of an admitted tree: higher priority
 //!    first, then longer cached prefix, then the tree admitted earlier (so
 //!    conversations run to completion, depth-first-ish, before new ones start
@@ -25,26 +26,32 @@
 //! `max_tokens` is returned alone).
 //!
 //! # Starvation guarantee
-//! The *wait* of a job is the number of pops that ended while it was waiting.
-//! At every pop, jobs whose wait is at least `starvation_limit` are taken
-//! before all other jobs, oldest push first, skipping only jobs of trees the
-//! budget cannot admit. Hence, when the budget does not block (for example
-//! `token_budget` is None) and at most `k` jobs are pushed between two pops
-//! while every batch has room for `k` jobs, no job waits more than
-//! `starvation_limit` pops. With smaller batches a starving job is still
-//! served first among the jobs pushed after it.
+//! The *wait* of a job is the number of pops that ended while it was waiting
+//! (counted from its push). Every pop first takes the jobs whose wait is at
+//! least `starvation_limit`, oldest push first, before any other job,
+//! skipping only jobs of trees the budget cannot admit yet. A pop always
+//! takes at least one job when one is ready (`max_requests` >= 1 and a first
+//! job is taken whatever its size), so a job that reaches the limit while
+//! `A` older jobs still wait is served within `A` more pops: its wait is at
+//! most `starvation_limit + A` pops, unless the budget holds back its tree.
+//! In particular the oldest waiting job is served at the very pop where it
+//! reaches the limit, so with no older backlog no job waits more than
+//! `starvation_limit` pops. (No order can promise that bound for every job of
+//! a burst larger than one batch.)
 //!
 //! # Admission accounting
-//! The footprint of an admitted tree is its largest prompt length pushed so
-//! far plus `output_reserve` per job of it in flight; `admitted_tokens` is
-//! the sum over admitted trees. A tree is admitted only if `admitted_tokens`
-//! plus its projected footprint (largest prompt + `output_reserve` for each
-//! of its jobs waiting or in flight) fits `token_budget`, or if no tree is
-//! admitted (so the scheduler always makes progress). Jobs of admitted trees
-//! are never held back by the budget: once started, a conversation runs, and
-//! `admitted_tokens` can pass the budget only when jobs pushed to admitted
-//! trees add reserve or a longer prompt. `finish_tree` releases the tree's
-//! whole footprint.
+//! The footprint of a tree is its largest prompt length pushed so far (the
+//! context the cache holds for it) plus `output_reserve` for each of its jobs
+//! waiting or in flight (waiting jobs of an admitted tree run next, so their
+//! output is reserved up front). `admitted_tokens` is the sum over admitted
+//! trees. A tree is admitted only if `admitted_tokens` plus its footprint
+//! fits `token_budget`, or if no tree is admitted (so the scheduler always
+//! makes progress). Jobs of admitted trees are never held back by the
+//! budget: once started, a conversation runs. So `admitted_tokens` exceeds
+//! the budget only with a lone admitted tree, or after jobs are pushed to
+//! admitted trees (a new turn adds its reserve and may lengthen the prompt);
+//! then no new tree is admitted until completions and `finish_tree` (which
+//! releases the whole footprint) bring it back under.
 
 mod ready;
 
@@ -90,7 +97,6 @@ struct Job {
 /// One incarnation of a conversation tree: from its first push until
 /// `finish_tree` (a later push of the same id starts a new incarnation).
 struct Tree {
-    id: u64,
     /// Admission order, while admitted.
     admitted: Option<u64>,
     /// Set by `finish_tree` while jobs of the tree are still in flight.
@@ -132,7 +138,8 @@ fn invalid(msg: String) -> CoreError {
 
 impl Scheduler {
     /// `token_budget` caps the footprint of admitted trees (None: no cap);
-    /// `output_reserve` is the footprint of one job in flight.
+    /// `output_reserve` is the footprint of one job of an admitted tree
+    /// (waiting or in flight) on top of its largest prompt.
     pub fn new(token_budget: Option<u64>, starvation_limit: u64, output_reserve: u64) -> CoreResult<Self> {
         if output_reserve > MAX_TOKENS {
             return Err(invalid(format!("output_reserve {output_reserve} is above {MAX_TOKENS}")));
@@ -223,12 +230,11 @@ impl Scheduler {
             None => self.new_tree(tree_id, seq),
         };
         let tree = self.trees.get_mut(&serial).expect("current trees exist");
+        let before = footprint(tree, self.output_reserve);
         tree.waiting += 1;
-        if prompt_len > tree.max_prompt {
-            if tree.admitted.is_some() {
-                self.admitted_tokens += prompt_len - tree.max_prompt;
-            }
-            tree.max_prompt = prompt_len;
+        tree.max_prompt = tree.max_prompt.max(prompt_len);
+        if tree.admitted.is_some() {
+            self.admitted_tokens += footprint(tree, self.output_reserve) - before;
         }
         let admit_order = tree.admitted;
         if admit_order.is_none() {
@@ -247,7 +253,6 @@ impl Scheduler {
         self.trees.insert(
             serial,
             Tree {
-                id,
                 admitted: None,
                 finished: false,
                 first_seq: seq,
@@ -323,24 +328,22 @@ impl Scheduler {
     /// `blocked` records that the budget refused the head pending tree.
     fn next_job(&mut self, now: u64, blocked: &mut bool) -> Option<u64> {
         loop {
-            // Rule 1. Push order and wait agree, so only the oldest waiting
-            // job of each kind can be the oldest starving one. The oldest
-            // job of a non-admitted tree belongs to the head pending tree.
+            // Rule 1. Wait grows with age, so only the oldest waiting job can
+            // be the oldest starving one; the oldest job of a non-admitted
+            // tree is the first job of the head pending tree.
             let oldest_ready = self.ready.oldest();
             let head = if *blocked { None } else { self.pending.first_key_value().map(|(&s, &t)| (s, t)) };
-            match (oldest_ready, head) {
-                (ready, Some((seq, serial))) if ready.is_none_or(|(r, _)| seq < r) => {
-                    if self.starving(self.trees[&serial].first_push_pop, now) {
-                        *blocked = !self.try_admit(serial);
-                        continue;
-                    }
+            if let Some((seq, serial)) = head {
+                let older = oldest_ready.is_none_or(|(r, _)| seq < r);
+                if older && self.starving(self.trees[&serial].first_push_pop, now) {
+                    *blocked = !self.try_admit(serial);
+                    continue;
                 }
-                (Some((_, id)), _) => {
-                    if self.starving(self.jobs[&id].push_pop, now) {
-                        return Some(id);
-                    }
+            }
+            if let Some((_, id)) = oldest_ready {
+                if self.starving(self.jobs[&id].push_pop, now) {
+                    return Some(id);
                 }
-                (None, None) => {}
             }
             // Rule 2.
             if let Some(id) = self.ready.best() {
@@ -358,13 +361,12 @@ impl Scheduler {
         }
     }
 
-    /// Admit the tree if its projected footprint fits the budget (or nothing
-    /// is admitted); its waiting jobs become ready.
+    /// Admit the tree if its footprint fits the budget (or nothing is
+    /// admitted); its waiting jobs become ready.
     fn try_admit(&mut self, serial: u64) -> bool {
-        let reserve = self.output_reserve;
         let tree = self.trees.get_mut(&serial).expect("pending trees exist");
-        let projected = tree.max_prompt + reserve * (tree.waiting + tree.in_flight);
-        let fits = self.token_budget.is_none_or(|b| self.admitted_tokens + projected <= b);
+        let fp = footprint(tree, self.output_reserve);
+        let fits = self.token_budget.is_none_or(|b| self.admitted_tokens + fp <= b);
         if !fits && self.admitted_trees > 0 {
             return false;
         }
@@ -373,7 +375,7 @@ impl Scheduler {
         tree.admitted = Some(order);
         self.pending.remove(&tree.first_seq);
         self.admitted_trees += 1;
-        self.admitted_tokens += tree.max_prompt + reserve * tree.in_flight;
+        self.admitted_tokens += fp;
         for id in std::mem::take(&mut tree.pending_jobs) {
             self.ready.insert(ready_job(id, &self.jobs[&id], order));
         }
@@ -389,7 +391,6 @@ impl Scheduler {
         job.in_flight = true;
         tree.waiting -= 1;
         tree.in_flight += 1;
-        self.admitted_tokens += self.output_reserve;
         self.in_flight += 1;
         self.max_wait = self.max_wait.max(now - job.push_pop);
     }
@@ -430,7 +431,7 @@ impl Scheduler {
         }
         // Without waiting jobs a tree is never pending, so it is admitted.
         if tree.admitted.take().is_some() {
-            self.admitted_tokens -= tree.max_prompt + self.output_reserve * tree.in_flight;
+            self.admitted_tokens -= footprint(tree, self.output_reserve);
             self.admitted_trees -= 1;
         }
         self.current.remove(&tree_id);
@@ -441,6 +442,11 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// Largest prompt plus the output reserve of every job waiting or in flight.
+fn footprint(tree: &Tree, output_reserve: u64) -> u64 {
+    tree.max_prompt + output_reserve * (tree.waiting + tree.in_flight)
 }
 
 fn ready_job(id: u64, job: &Job, admit_order: u64) -> ReadyJob {
@@ -467,11 +473,11 @@ impl Scheduler {
         for (&serial, t) in &self.trees {
             let waiting = self.jobs.values().filter(|j| j.tree == serial && !j.in_flight).count() as u64;
             let in_flight = self.jobs.values().filter(|j| j.tree == serial && j.in_flight).count() as u64;
-            assert_eq!((t.waiting, t.in_flight), (waiting, in_flight), "tree {} counts", t.id);
-            assert_eq!(t.finished, self.current.get(&t.id) != Some(&serial));
-            if let Some(_) = t.admitted {
+            assert_eq!((t.waiting, t.in_flight), (waiting, in_flight), "tree {serial} counts");
+            assert_eq!(t.finished, !self.current.values().any(|&s| s == serial));
+            if t.admitted.is_some() {
                 admitted += 1;
-                admitted_tokens += t.max_prompt + self.output_reserve * t.in_flight;
+                admitted_tokens += footprint(t, self.output_reserve);
                 ready += waiting;
                 assert!(t.pending_jobs.is_empty());
             } else if !t.finished {

@@ -44,8 +44,12 @@ impl Model {
     pub fn admitted_tokens(&self) -> u64 {
         (0..self.trees.len())
             .filter(|&t| self.trees[t].admitted.is_some())
-            .map(|t| self.trees[t].max_prompt + self.reserve * self.count(t, true))
+            .map(|t| self.footprint(t))
             .sum()
+    }
+
+    fn footprint(&self, tree: usize) -> u64 {
+        self.trees[tree].max_prompt + self.reserve * (self.count(tree, false) + self.count(tree, true))
     }
 
     pub fn admitted_trees(&self) -> usize {
@@ -94,9 +98,7 @@ impl Model {
     }
 
     fn try_admit(&mut self, tree: usize) -> bool {
-        let projected = self.trees[tree].max_prompt
-            + self.reserve * (self.count(tree, false) + self.count(tree, true));
-        let fits = self.budget.is_none_or(|b| self.admitted_tokens() + projected <= b);
+        let fits = self.budget.is_none_or(|b| self.admitted_tokens() + self.footprint(tree) <= b);
         if fits || self.admitted_trees() == 0 {
             self.trees[tree].admitted = Some(self.admits);
             self.admits += 1;

@@ -53,6 +53,7 @@ impl ReadySet {
         self.by_seq.first_key_value().map(|(&s, &id)| (s, id))
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         debug_assert_eq!(self.order.len(), self.by_seq.len());
         self.order.len()

@@ -1,0 +1,144 @@
+"""The Python API: run a scenario, resume an interrupted run.
+
+    result = turnloom.run("study.toml", out="runs/study")
+    result = await turnloom.arun(scenario)          # inside a pipeline's event loop
+    result = turnloom.resume("runs/study")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from turnloom import rundir
+from turnloom.config import Scenario, ScenarioError, load_scenario
+from turnloom.engine import Engine
+from turnloom.progress import Progress
+
+__all__ = ["RunResult", "arun", "aresume", "resume", "run"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a run wrote its outputs, and its summary."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def conversations_path(self) -> Path:
+        return self.run_dir / rundir.CONVERSATIONS
+
+    @property
+    def scores_path(self) -> Path:
+        return self.run_dir / rundir.SCORES
+
+    def conversations(self) -> list[dict[str, Any]]:
+        """The exported conversation records (reads the whole file)."""
+        with open(self.conversations_path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+
+def run(scenario: Scenario | str | Path, out: str | Path | None = None, overwrite: bool = False,
+        progress: bool = True, *, plugin_manager: Any = None) -> RunResult:
+    """Run a scenario (or a scenario file) to completion; see `arun`."""
+    return asyncio.run(arun(scenario, out, overwrite, progress, plugin_manager=plugin_manager))
+
+
+async def arun(scenario: Scenario | str | Path, out: str | Path | None = None,
+               overwrite: bool = False, progress: bool = True, *,
+               plugin_manager: Any = None) -> RunResult:
+    """Run a scenario in the current event loop. `out` defaults to the scenario's
+    run.out, else ``runs/NAME``; an existing run directory is replaced only with
+    `overwrite`. Raises ScenarioError for a bad scenario, RunDirError for an
+    unusable output directory."""
+    pm, registry = _plugins(plugin_manager)
+    source = None
+    if not isinstance(scenario, Scenario):
+        source = str(scenario)
+        scenario = load_scenario(scenario)
+    scenario = scenario.validate(registry)
+    run_dir = Path(out or scenario.run.out or Path("runs") / scenario.run.name)
+    engine = Engine(scenario, run_dir, pm, registry)
+    rundir.prepare(run_dir, overwrite)
+    rundir.write_manifest(run_dir, scenario.to_dict(), scenario_file=source,
+                          plugins=_plugin_rows(pm))
+    return await _drive(engine, progress, events=None)
+
+
+def resume(run_dir: str | Path, progress: bool = True, *, plugin_manager: Any = None) -> RunResult:
+    """Finish an interrupted run; see `aresume`."""
+    return asyncio.run(aresume(run_dir, progress, plugin_manager=plugin_manager))
+
+
+async def aresume(run_dir: str | Path, progress: bool = True, *,
+                  plugin_manager: Any = None) -> RunResult:
+    """Continue a run from its write-ahead log, with the scenario saved in its
+    manifest. Turns already logged are not generated again; the outputs equal
+    those of an uninterrupted run. A finished run is returned as it is."""
+    from turnloom.wal import read_events
+
+    run_dir = Path(run_dir)
+    manifest = rundir.read_manifest(run_dir)
+    summary_file = run_dir / rundir.SUMMARY
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        if summary.get("status") == "complete":
+            return RunResult(run_dir, summary)
+    pm, registry = _plugins(plugin_manager)
+    try:
+        scenario = Scenario.from_dict(manifest["scenario"])
+    except (KeyError, ScenarioError) as exc:
+        raise rundir.RunDirError(f"{run_dir / rundir.MANIFEST}: bad scenario: {exc}") from None
+    scenario = scenario.validate(registry)
+    engine = Engine(scenario, run_dir, pm, registry)
+    wal = run_dir / rundir.WAL
+    events = list(read_events(wal)) if wal.is_file() else []
+    return await _drive(engine, progress, events=events)
+
+
+async def _drive(engine: Engine, progress: bool, events: list[Any] | None) -> RunResult:
+    bar = Progress(engine.scenario.run.conversations, enabled=progress)
+    try:
+        await engine.start_backends()
+        engine.open_outputs()
+        assert engine.collector is not None and engine.wal is not None
+        try:
+            if events is not None:
+                from turnloom.replay import restore
+
+                restore(engine, events)
+                del events[:]
+            engine.progress = bar
+            await engine.run()
+            engine.wal.flush(sync=True)
+            engine.collector.close()
+            summary = engine.summary()
+            rundir.write_json(engine.run_dir / rundir.SUMMARY, summary)
+        except BaseException:
+            engine.collector.abort()
+            raise
+        finally:
+            engine.wal.close()
+            c = engine.collector
+            bar.close(c.trees, engine.turns_done, engine.tokens_done, c.failures)
+    finally:
+        await engine.close_backends()
+    return RunResult(engine.run_dir, summary)
+
+
+def _plugins(pm: Any) -> tuple[Any, Any]:
+    from turnloom.plugins import Registry, get_plugin_manager
+
+    pm = pm or get_plugin_manager()
+    return pm, Registry.from_plugin_manager(pm)
+
+
+def _plugin_rows(pm: Any) -> list[dict[str, Any]]:
+    from turnloom.plugins import describe_plugins
+
+    return [{k: row[k] for k in ("name", "distribution", "version", "hooks", "error")}
+            for row in describe_plugins(pm)]

@@ -1,0 +1,121 @@
+"""Finished conversation trees -> exporters, scores.jsonl and run statistics,
+in a deterministic order (conversation index, then branch) whatever order they
+finished in."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import msgspec
+
+from turnloom.export import AtomicFile
+from turnloom.records import ConversationRecord
+from turnloom.rundir import SCORES
+
+log = logging.getLogger(__name__)
+_MAX_ERROR_SAMPLES = 20
+
+
+class Collector:
+    def __init__(self, run_dir: Path, exporters: Sequence[tuple[str, Any]]) -> None:
+        self.exporters = list(exporters)
+        self.plugin_errors: list[str] = []
+        for name, exp in list(self.exporters):
+            self._guard(name, exp, "open", Path(run_dir))
+        self._scores = AtomicFile(Path(run_dir) / SCORES)
+        self._encode = msgspec.json.Encoder().encode
+        self.next_index = 0
+        self._pending: dict[int, list[ConversationRecord]] = {}
+        self.trees = 0
+        self.records = 0
+        self.turns = 0
+        self.failures = 0
+        self.stop_reasons: Counter[str] = Counter()
+        self.error_samples: list[str] = []
+        self._sums: dict[str, list[float]] = {}
+
+    def add_tree(self, index: int, records: Sequence[ConversationRecord]) -> None:
+        self.trees += 1
+        self._pending[index] = sorted(records, key=lambda r: r.branch)
+        while self.next_index in self._pending:
+            for record in self._pending.pop(self.next_index):
+                self._emit(record)
+            self.next_index += 1
+
+    def skip_to(self, index: int) -> None:
+        """Indices below `index` will never come (a run asked for fewer)."""
+        self.next_index = max(self.next_index, index)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._pending)
+
+    def _emit(self, record: ConversationRecord) -> None:
+        self.records += 1
+        self.turns += len(record.turns)
+        self.stop_reasons[record.stop_reason] += 1
+        if record.stop_reason == "error":
+            self.failures += 1
+        for err in record.errors:
+            if len(self.error_samples) < _MAX_ERROR_SAMPLES:
+                self.error_samples.append(f"{record.conversation_id}#{record.branch}: {err}")
+        for name, exp in list(self.exporters):
+            self._guard(name, exp, "write", record)
+        self._scores.write(self._encode({
+            "conversation_id": record.conversation_id, "index": record.index,
+            "branch": record.branch, "stop_reason": record.stop_reason,
+            "scores": record.scores, "turn_scores": [t.scores for t in record.turns],
+        }) + b"\n")
+        self._add_scores("", record.scores)
+        for t in record.turns:
+            self._add_scores("turn:", t.scores)
+
+    def _add_scores(self, prefix: str, scores: dict[str, Any]) -> None:
+        for scorer, values in scores.items():
+            if not isinstance(values, dict):
+                continue
+            for metric, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    acc = self._sums.setdefault(f"{prefix}{scorer}.{metric}", [0.0, 0])
+                    acc[0] += value
+                    acc[1] += 1
+
+    def mean_scores(self) -> dict[str, float]:
+        return {k: round(s / n, 6) for k, (s, n) in sorted(self._sums.items()) if n}
+
+    def _guard(self, name: str, exp: Any, method: str, *args: Any) -> None:
+        # A broken exporter is dropped and reported; the run and other outputs go on.
+        try:
+            getattr(exp, method)(*args)
+        except Exception as exc:
+            msg = f"exporter {name!r} raised in {method}: {type(exc).__name__}: {exc}; disabled"
+            log.warning("%s", msg)
+            self.plugin_errors.append(msg)
+            self.exporters = [(n, e) for n, e in self.exporters if e is not exp]
+            abort = getattr(exp, "abort", None)
+            if callable(abort):
+                try:
+                    abort()
+                except Exception:
+                    pass
+
+    def close(self) -> None:
+        if self._pending:
+            raise RuntimeError(f"conversations {sorted(self._pending)[:5]}... finished but "
+                               f"conversation {self.next_index} never did")
+        self._scores.commit()
+        for name, exp in list(self.exporters):
+            self._guard(name, exp, "close")
+
+    def abort(self) -> None:
+        self._scores.abort()
+        for _, exp in self.exporters:
+            abort = getattr(exp, "abort", None)
+            if callable(abort):
+                try:
+                    abort()
+                except Exception:
+                    pass

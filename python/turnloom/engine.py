@@ -1,0 +1,773 @@
+"""The simulation engine: one asyncio loop over the Rust forest and schedulers.
+
+Per turn: the scheduler pops ready jobs; their prompts are the speaker's lanes
+(`Forest.lanes_for`) plus the generation prefix; on completion the speaker's
+agent turns the output into a Reply and the engine appends one node holding a
+token segment per view (the speaker's own view gets its exact generated ids,
+the others the reply rendered in their chat format, tokenized in one batch).
+Environments answer inline. Every completed turn and finished conversation is
+logged to the write-ahead log; finished trees are exported in index order and
+freed from the forest, so memory tracks the active frontier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import msgspec
+
+from turnloom import _core
+from turnloom.agents import Reply
+from turnloom.backends.base import GenRequest, GenResult
+from turnloom.collect import Collector
+from turnloom.config import Scenario
+from turnloom.plugins import call_hook_safely, first_result_safely
+from turnloom.records import ConversationRecord, ConversationState, Message, TurnInfo, TurnRecord
+from turnloom.rundir import WAL
+from turnloom.runtime import (
+    BackendRT,
+    ParticipantRT,
+    Usage,
+    build_backends,
+    build_participants,
+    build_plugins,
+)
+from turnloom.seeds import conversation_seed, profile_seed, turn_seed
+from turnloom.wal import EndEvent, TurnEvent, WalWriter
+
+log = logging.getLogger(__name__)
+
+_replace = msgspec.structs.replace
+_START_CHUNK = 1024
+
+
+class Tree:
+    """One conversation: a root and every branch grown from it."""
+
+    __slots__ = ("index", "cid", "seed", "root", "live", "records", "backends", "state0")
+
+    def __init__(self, index: int, cid: str, seed: int) -> None:
+        self.index = index
+        self.cid = cid
+        self.seed = seed
+        self.root = -1
+        self.live = 0
+        self.records: list[ConversationRecord] = []
+        self.backends: set[BackendRT] = set()
+        self.state0: ConversationState | None = None
+
+
+class Branch:
+    """A root-to-leaf path being grown: one conversation as hooks see it."""
+
+    __slots__ = ("tree", "state", "branch", "node", "node_owner", "turn", "lens")
+
+    def __init__(self, tree: Tree, state: ConversationState, branch: int, node: int,
+                 node_owner: int, turn: int, lens: list[int]) -> None:
+        self.tree = tree
+        self.state = state
+        self.branch = branch
+        self.node = node
+        self.node_owner = node_owner  # branch that created `node` (-1: the root)
+        self.turn = turn  # index of the next message
+        self.lens = lens  # lane length per view
+
+
+class Job:
+    __slots__ = ("br", "p", "seed", "attempt", "cached")
+
+    def __init__(self, br: Branch, p: ParticipantRT, seed: int) -> None:
+        self.br = br
+        self.p = p
+        self.seed = seed
+        self.attempt = 0
+        self.cached = -1
+
+
+class RunStalled(RuntimeError):
+    """Conversations are active but nothing can make progress (an engine bug)."""
+
+
+class Engine:
+    def __init__(self, scenario: Scenario, run_dir: Path, pm: Any, registry: Any, *,
+                 progress: Any = None) -> None:
+        self.scenario = scenario
+        self.run_dir = Path(run_dir)
+        self.pm = pm
+        self.registry = registry
+        self.progress = progress
+        run = scenario.run
+        self.max_turns = run.max_turns
+        self.max_retries = run.max_retries
+        self.backoff = run.retry_backoff_s
+        self.backends = build_backends(scenario, registry)
+        self.participants = build_participants(scenario, registry, self.backends)
+        self.views = [p for p in self.participants if p.is_agent]
+        self.order = [self.participants[i] for i in scenario.turn_order()]
+        # roles[v][s]: the role a message by participant s has in view v
+        self.roles = {v.index: [v.obj.role_in_view(s.name, v.name) for s in self.participants]
+                      for v in self.views}
+        scorers = build_plugins(scenario, registry, "scorers", scenario.scorers)
+        self.turn_scorers = [(n, s) for n, s in scorers if callable(getattr(s, "score_turn", None))]
+        self.conv_scorers = [(n, s) for n, s in scorers
+                             if callable(getattr(s, "score_conversation", None))]
+        self.exporters = build_plugins(scenario, registry, "exporters", scenario.exporters)
+        # Branch ids are mixed-radix numbers of the choices made at each fork,
+        # so they do not depend on completion order.
+        self.forks: dict[int, tuple[int, int]] = {}
+        mult = 1
+        for b in sorted(scenario.branches, key=lambda b: b.at_turn):
+            self.forks[b.at_turn] = (b.n, mult)
+            mult *= b.n
+        self.phrases = scenario.stop.phrases
+        self.case_sensitive = scenario.stop.case_sensitive
+        if not self.case_sensitive:
+            self.phrases = tuple(p.lower() for p in self.phrases)
+        self.max_tokens = scenario.stop.max_tokens
+        self.hooks = {name: bool(_impls(pm, name)) for name in
+                      ("on_conversation_start", "on_turn_end", "should_stop", "on_conversation_end")}
+        self.forest: Any = _core.Forest()
+        self.jobs: dict[int, Job] = {}
+        self._next_job = 0
+        self.trees: dict[int, Tree] = {}
+        self.to_start: list[int] = list(range(run.conversations - 1, -1, -1))  # a stack
+        self.tasks: dict[asyncio.Future[Any], tuple[Any, ...]] = {}
+        self.wal: WalWriter | None = None
+        self.collector: Collector | None = None
+        self.turns_done = 0
+        self.tokens_done = 0
+        self.replayed_turns = 0
+        self.peak_live_nodes = 0
+        self.peak_active = 0
+        self.t0 = 0.0
+        self.wall_s = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start_backends(self) -> None:
+        run = self.scenario.run
+        for be in self.backends.values():
+            await be.backend.start()
+            be.info = info = be.backend.info()
+            spec = be.spec
+            be.batch_size = max(1, min(spec.batch_size or run.batch_size, info.max_batch or 1 << 30))
+            be.max_inflight = spec.max_inflight or run.max_inflight
+            cap = info.cache_capacity_tokens
+            be.max_batch_tokens = spec.max_batch_tokens or cap or (1 << 40)
+            be.sched = _core.Scheduler(token_budget=cap) if cap else _core.Scheduler()
+            if cap:
+                be.cache = _core.RadixCache(cap)
+
+    async def close_backends(self) -> None:
+        for be in self.backends.values():
+            try:
+                await be.backend.close()
+            except Exception as exc:  # closing must not mask the run's outcome
+                log.warning("backend %r raised on close: %s", be.name, exc)
+
+    def open_outputs(self) -> None:
+        self.wal = WalWriter(self.run_dir / WAL, sync_s=self.scenario.run.wal_sync_s)
+        self.collector = Collector(self.run_dir, self.exporters)
+
+    @property
+    def max_active(self) -> int:
+        if self.scenario.run.max_active:
+            return self.scenario.run.max_active
+        lanes = sum(be.batch_size * be.max_inflight for be in self.backends.values())
+        return max(64, 4 * lanes)
+
+    async def run(self) -> None:
+        """Drive every conversation to its end (outputs must be open)."""
+        self.t0 = time.perf_counter()
+        try:
+            await self._loop()
+        finally:
+            self.wall_s = time.perf_counter() - self.t0
+            for task in self.tasks:
+                task.cancel()
+
+    async def _loop(self) -> None:
+        assert self.wal is not None and self.collector is not None
+        backends = list(self.backends.values())
+        while True:
+            self._top_up()
+            for be in backends:
+                self._dispatch(be)
+            self.wal.flush()
+            n_live = len(self.forest)
+            if n_live > self.peak_live_nodes:
+                self.peak_live_nodes = n_live
+            if self.progress is not None:
+                c = self.collector
+                self.progress.update(c.trees, self.turns_done, self.tokens_done, c.failures)
+            if not self.tasks:
+                if not self.trees and not self.to_start:
+                    return
+                raise RunStalled(f"{len(self.trees)} conversations active, nothing in flight "
+                                 f"({sum(len(b.sched) for b in backends)} jobs waiting)")
+            done, _ = await asyncio.wait(list(self.tasks), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                what = self.tasks.pop(task)
+                if what[0] == "retry":
+                    self._push(what[1])
+                else:
+                    self._on_batch(task, *what)
+
+    # -- starting conversations -----------------------------------------------------------
+
+    def _top_up(self) -> None:
+        room = self.max_active - len(self.trees)
+        if room <= 0 or not self.to_start:
+            return
+        k = min(room, _START_CHUNK, len(self.to_start))
+        indices = [self.to_start.pop() for _ in range(k)]
+        self._advance_branches(self._start(indices))
+        if len(self.trees) > self.peak_active:
+            self.peak_active = len(self.trees)
+
+    def _new_tree(self, index: int) -> tuple[Tree, ConversationState]:
+        seed = conversation_seed(self.scenario.run.seed, index)
+        tree = Tree(index, f"{self.scenario.run.name}-{index:06d}", seed)
+        state = ConversationState(tree.cid, index, seed, 0)
+        for p in self.participants:
+            if p.sampler is None:
+                continue
+            try:
+                profile = p.sampler.sample(random.Random(profile_seed(seed, p.name)), index)
+                if not isinstance(profile, dict):
+                    raise TypeError(f"returned {type(profile).__name__}, expected dict")
+                state.profiles[p.name] = profile
+            except Exception as exc:
+                state.errors.append(f"sampler {p.spec.sampler!r} of {p.name!r} failed: "
+                                    f"{type(exc).__name__}: {exc}")
+        if not state.errors:
+            for v in self.views:
+                try:
+                    sp = v.obj.system_prompt(state, v.name)
+                    if sp is not None and not isinstance(sp, str):
+                        raise TypeError(f"returned {type(sp).__name__}, expected str or None")
+                except Exception as exc:
+                    state.errors.append(f"agent {v.spec.agent!r} of {v.name!r} failed in "
+                                        f"system_prompt: {type(exc).__name__}: {exc}")
+                    continue
+                if sp is not None:
+                    state.system_prompts[v.name] = sp
+        return tree, state
+
+    def _start(self, indices: Sequence[int]) -> list[Branch]:
+        """Create conversations (roots with each view's system prompt) and return
+        the branches ready for their first turn."""
+        made = [self._new_tree(i) for i in indices]
+        segs = self._root_segments([state for _, state in made])
+        out = []
+        for (tree, state), seg in zip(made, segs):
+            tree.root = self.forest.add_root(0, "system", "", seg)
+            tree.state0 = state
+            self.trees[tree.index] = tree
+            tree.live = 1
+            br = Branch(tree, state, 0, tree.root, -1, 0, self._lens(seg))
+            if state.errors:
+                self._finish(br, "error")
+                continue
+            if self.hooks["on_conversation_start"]:
+                n = len(state.errors)
+                call_hook_safely(self.pm, "on_conversation_start", state.errors, conversation=state)
+                if len(state.errors) > n:
+                    self._finish(br, "error")
+                    continue
+            out.append(br)
+        return out
+
+    def _root_segments(self, states: Sequence[ConversationState]) -> list[dict[int, list[int]]]:
+        segs: list[dict[int, list[int]]] = [{} for _ in states]
+        for v in self.views:
+            idx = [k for k, st in enumerate(states) if v.name in st.system_prompts]
+            if not idx:
+                continue
+            texts = [states[k].system_prompts[v.name] for k in idx]
+            for k, ids in zip(idx, v.fmt.segments(["system"] * len(texts), texts)):
+                segs[k][v.index] = ids
+        return segs
+
+    def _lens(self, seg: dict[int, list[int]]) -> list[int]:
+        lens = [0] * len(self.participants)
+        for v, ids in seg.items():
+            lens[v] = len(ids)
+        return lens
+
+    # -- scheduling -----------------------------------------------------------------------
+
+    def _advance_branches(self, branches: list[Branch], forked: bool = False) -> None:
+        """Schedule branches' next turns; environments answer inline, repeatedly.
+        `forked`: the branches are already the children of a fork at their next turn."""
+        while branches:
+            env_work = self._schedule(branches, forked)
+            forked = False
+            if not env_work:
+                return
+            branches = self._apply(self._respond(env_work))
+
+    def _schedule(self, branches: Sequence[Branch],
+                  forked: bool = False) -> list[tuple[Branch, ParticipantRT, int]]:
+        order = self.order
+        n_order = len(order)
+        forks = self.forks
+        env_work = []
+        pushes: dict[BackendRT, list[Job]] = {}
+        for br in branches:
+            t = br.turn
+            speaker = order[t % n_order]
+            group = [br]
+            fork = None if forked else forks.get(t)
+            if fork is not None:
+                group.extend(self._fork(br, *fork))
+            for b in group:
+                seed = turn_seed(b.tree.seed, b.branch, t)
+                be = speaker.backend
+                if be is None:
+                    env_work.append((b, speaker, seed))
+                else:
+                    pushes.setdefault(be, []).append(Job(b, speaker, seed))
+        for be, jobs in pushes.items():
+            self._push(jobs)
+        return env_work
+
+    def _fork(self, br: Branch, n: int, mult: int) -> list[Branch]:
+        out = []
+        for c in range(1, n):
+            bid = br.branch + c * mult
+            child = Branch(br.tree, br.state.fork(bid, br.turn), bid, br.node, br.node_owner,
+                           br.turn, list(br.lens))
+            br.tree.live += 1
+            out.append(child)
+        return out
+
+    def _push(self, jobs: Sequence[Job]) -> None:
+        be = jobs[0].p.backend
+        assert be is not None
+        ids = []
+        trees = []
+        lens = []
+        for job in jobs:
+            jid = self._next_job
+            self._next_job = jid + 1
+            self.jobs[jid] = job
+            ids.append(jid)
+            tree = job.br.tree
+            trees.append(tree.root)
+            tree.backends.add(be)
+            lens.append(job.br.lens[job.p.index] + len(job.p.prefix))
+        if be.cache is not None and not be.reports_cached:
+            prompts = self._prompts(jobs)
+            cached = be.cache.match_many(prompts)
+            for job, c in zip(jobs, cached):
+                job.cached = c
+            be.sched.push_many(ids, trees, lens, None, cached)
+        else:
+            be.sched.push_many(ids, trees, lens)
+
+    def _prompts(self, jobs: Sequence[Job]) -> list[list[int]]:
+        lanes = self.forest.lanes_for([j.br.node for j in jobs], [j.p.index for j in jobs])
+        for lane, job in zip(lanes, jobs):
+            lane += job.p.prefix
+        return lanes
+
+    def _dispatch(self, be: BackendRT) -> None:
+        sched = be.sched
+        while be.inflight < be.max_inflight and len(sched):
+            jids = sched.pop_batch(be.batch_size, be.max_batch_tokens)
+            if not jids:
+                return
+            jobs = [self.jobs[j] for j in jids]
+            prompts = self._prompts(jobs)
+            reqs = [GenRequest(rid=str(jid), input_ids=prompt,
+                               params=_replace(job.p.params, seed=job.seed),
+                               affinity=job.br.tree.root)
+                    for jid, job, prompt in zip(jids, jobs, prompts)]
+            task = asyncio.ensure_future(be.backend.generate(reqs))
+            self.tasks[task] = (be, jids, reqs, time.perf_counter())
+            be.inflight += 1
+
+    # -- completions --------------------------------------------------------------------
+
+    def _on_batch(self, task: asyncio.Future[Any], be: BackendRT, jids: list[int],
+                  reqs: list[GenRequest], t0: float) -> None:
+        be.inflight -= 1
+        be.sched.complete_many(jids)
+        elapsed = time.perf_counter() - t0
+        results = _checked_results(task, reqs)
+        usage = be.usage
+        usage.requests += len(reqs)
+        model_cache = be.cache is not None and not be.reports_cached
+        items = []
+        retry: list[Job] = []
+        for jid, req, res in zip(jids, reqs, results):
+            job = self.jobs.pop(jid)
+            p = job.p
+            pu = p.usage
+            pu.requests += 1
+            latency = res.latency_s or elapsed
+            usage.latency_s += latency
+            pu.latency_s += latency
+            if res.finish_reason == "error":
+                usage.errors += 1
+                pu.errors += 1
+                if job.attempt < self.max_retries:
+                    job.attempt += 1
+                    usage.retries += 1
+                    pu.retries += 1
+                    retry.append(job)
+                else:
+                    job.br.state.errors.append(
+                        f"backend {be.name!r} failed {job.attempt + 1} times: {res.error}")
+                    self._finish(job.br, "error")
+                continue
+            cached = res.cached_tokens
+            if cached:
+                be.reports_cached = True
+            elif model_cache:
+                cached = max(job.cached, 0)
+                be.cache.insert(req.input_ids + res.output_ids)
+            n_out = len(res.output_ids)
+            usage.prompt_tokens += res.prompt_tokens
+            usage.completion_tokens += n_out
+            usage.cached_tokens += cached
+            pu.prompt_tokens += res.prompt_tokens
+            pu.completion_tokens += n_out
+            pu.cached_tokens += cached
+            self.tokens_done += n_out
+            state = job.br.state
+            try:
+                reply = p.obj.on_output(state, p.name, res.text, res.finish_reason)
+                if type(reply) is not Reply and not isinstance(reply, Reply):
+                    raise TypeError(f"returned {type(reply).__name__}, expected Reply")
+            except Exception as exc:
+                state.errors.append(f"agent {p.spec.agent!r} of {p.name!r} failed in on_output: "
+                                    f"{type(exc).__name__}: {exc}")
+                self._finish(job.br, "error")
+                continue
+            items.append((job.br, p, reply, res, job.seed, latency, cached))
+        if retry:
+            self._retry(retry)
+        self._advance_branches(self._apply(items))
+
+    def _retry(self, jobs: list[Job]) -> None:
+        by_backend: dict[Any, list[Job]] = {}
+        for job in jobs:
+            by_backend.setdefault(job.p.backend, []).append(job)
+        for group in by_backend.values():
+            delay = self.backoff * (2 ** (min(j.attempt for j in group) - 1))
+            if delay <= 0:
+                self._push(group)
+            else:
+                task = asyncio.ensure_future(asyncio.sleep(delay))
+                self.tasks[task] = ("retry", group)
+
+    def _respond(self, work: Sequence[tuple[Branch, ParticipantRT, int]]) -> list[tuple[Any, ...]]:
+        items = []
+        for br, p, seed in work:
+            state = br.state
+            try:
+                reply = p.obj.respond(state, p.name, random.Random(seed))
+                if not isinstance(reply, Reply):
+                    raise TypeError(f"returned {type(reply).__name__}, expected Reply")
+            except Exception as exc:
+                state.errors.append(f"environment {p.spec.agent!r} of {p.name!r} failed in "
+                                    f"respond: {type(exc).__name__}: {exc}")
+                self._finish(br, "error")
+                continue
+            items.append((br, p, reply, None, seed, 0.0, 0))
+        return items
+
+    def _apply(self, items: Sequence[tuple[Any, ...]]) -> list[Branch]:
+        """Append the replies as nodes, log them, run scorers and hooks, and return
+        the branches that go on."""
+        if not items:
+            return []
+        parents = []
+        speakers = []
+        roles = []
+        texts = []
+        segs: list[dict[int, list[int]]] = []
+        finishes = []
+        kept = []
+        batches: dict[int, tuple[Any, list[str], list[str], list[tuple[int, int]]]] = {}
+        views = self.views
+        role_of = self.roles
+        for item in items:
+            br, p, reply, res = item[0], item[1], item[2], item[3]
+            text = reply.text
+            if not text and reply.stop:
+                self._finish(br, reply.stop)
+                continue
+            k = len(kept)
+            kept.append(item)
+            seg = {}
+            if res is not None:
+                seg[p.index] = p.prefix + p.fmt.close_generated(res.output_ids, res.finish_reason)
+                finishes.append(res.finish_reason)
+            else:
+                finishes.append("")
+            for v in views:
+                if v is not p:
+                    entry = batches.get(id(v.fmt))
+                    if entry is None:
+                        entry = batches[id(v.fmt)] = (v.fmt, [], [], [])
+                    entry[1].append(role_of[v.index][p.index])
+                    entry[2].append(text)
+                    entry[3].append((k, v.index))
+            segs.append(seg)
+            parents.append(br.node)
+            speakers.append(p.index)
+            roles.append(p.role)
+            texts.append(text)
+        if not kept:
+            return []
+        for fmt, rs, ts, targets in batches.values():
+            for (k, v), ids in zip(targets, fmt.segments(rs, ts)):
+                segs[k][v] = ids
+        nodes = self.forest.append_many(parents, speakers, roles, texts, segs, finishes)
+        go_on = []
+        wal = self.wal
+        for item, node, seg in zip(kept, nodes, segs):
+            br, p, reply, res, seed, latency, cached = item
+            stop = self._record_turn(br, p, reply, res, seed, latency, cached, node, seg)
+            if stop is None:
+                go_on.append(br)
+            else:
+                self._finish(br, stop)
+        return go_on
+
+    def _record_turn(self, br: Branch, p: ParticipantRT, reply: Reply, res: GenResult | None,
+                     seed: int, latency: float, cached: int, node: int,
+                     seg: dict[int, list[int]]) -> str | None:
+        t = br.turn
+        parent_owner = br.node_owner
+        br.node = node
+        br.node_owner = br.branch
+        br.turn = t + 1
+        lens = br.lens
+        for v, ids in seg.items():
+            lens[v] += len(ids)
+        state = br.state
+        text = reply.text
+        if res is not None:
+            prompt_tokens = res.prompt_tokens
+            completion = len(res.output_ids)
+            finish = res.finish_reason
+            output_ids = res.output_ids
+        else:
+            prompt_tokens = completion = 0
+            finish = "stop"
+            output_ids = None
+        rec = TurnRecord(conversation_id=state.conversation_id, branch=br.branch, turn=t,
+                         participant=p.name, role=p.role, text=text, node=node,
+                         parent_turn=t - 1 if t else None, prompt_tokens=prompt_tokens,
+                         completion_tokens=completion, cached_tokens=cached, latency_s=latency,
+                         finish_reason=finish, seed=seed, meta=reply.meta)
+        state.messages.append((p.name, p.role, text))
+        state.turns.append(rec)
+        n_err = len(state.errors)
+        scores: dict[str, Any] = {}
+        for name, scorer in self.turn_scorers:
+            try:
+                score = scorer.score_turn(state, rec)
+                if score is not None:
+                    if not isinstance(score, dict):
+                        raise TypeError(f"returned {type(score).__name__}, expected dict or None")
+                    scores[name] = score
+            except Exception as exc:
+                state.errors.append(f"scorer {name!r} failed on turn {t}: "
+                                    f"{type(exc).__name__}: {exc}")
+        state.turn_scores.append(scores)
+        stop = reply.stop
+        n_hook = len(state.errors)
+        hooks = self.hooks
+        if hooks["on_turn_end"]:
+            call_hook_safely(self.pm, "on_turn_end", state.errors, conversation=state, turn=rec)
+        if stop is None and hooks["should_stop"]:
+            result = first_result_safely(self.pm, "should_stop", state.errors,
+                                         conversation=state, turn=rec)
+            if result is not None:
+                stop = str(result)
+        if len(state.errors) > n_hook:
+            stop = "error"
+        if stop is None:
+            stop = self._stop_condition(br, text, t)
+        pu = p.usage
+        pu.turns += 1
+        self.turns_done += 1
+        self.wal.append(TurnEvent(  # type: ignore[union-attr]
+            index=state.index, branch=br.branch, parent_branch=parent_owner, turn=t,
+            speaker=p.index, role=p.role, text=text, output_ids=output_ids,
+            finish_reason=finish, seed=seed, prompt_tokens=prompt_tokens,
+            completion_tokens=completion, cached_tokens=cached, latency_s=latency,
+            reply_meta=reply.meta or None, scores=scores or None,
+            conv_meta=state.meta or None, errors=state.errors[n_err:] or None, stop=stop))
+        return stop
+
+    def _stop_condition(self, br: Branch, text: str, t: int) -> str | None:
+        if self.phrases:
+            hay = text if self.case_sensitive else text.lower()
+            for phrase in self.phrases:
+                if phrase in hay:
+                    return "stop_phrase"
+        if self.max_tokens is not None:
+            nxt = self.order[(t + 1) % len(self.order)]
+            if nxt.is_agent and br.lens[nxt.index] + len(nxt.prefix) > self.max_tokens:
+                return "max_tokens"
+        if t + 1 >= self.max_turns:
+            return "max_turns"
+        return None
+
+    # -- finishing -------------------------------------------------------------------
+
+    def _finish(self, br: Branch, reason: str) -> None:
+        state = br.state
+        state.stop_reason = reason
+        for name, scorer in self.conv_scorers:
+            try:
+                score = scorer.score_conversation(state)
+                if score is not None:
+                    if not isinstance(score, dict):
+                        raise TypeError(f"returned {type(score).__name__}, expected dict or None")
+                    state.scores[name] = score
+            except Exception as exc:
+                state.errors.append(f"scorer {name!r} failed on the conversation: "
+                                    f"{type(exc).__name__}: {exc}")
+        if self.hooks["on_conversation_end"]:
+            call_hook_safely(self.pm, "on_conversation_end", state.errors, conversation=state)
+        record = self._record(state)
+        tree = br.tree
+        tree.live -= 1
+        done = tree.live == 0
+        self.wal.append(EndEvent(index=tree.index, branch=br.branch, tree_done=done,  # type: ignore[union-attr]
+                                 record=record))
+        tree.records.append(record)
+        if done:
+            self._close_tree(tree)
+
+    def _close_tree(self, tree: Tree) -> None:
+        if tree.root >= 0 and self.forest.is_live(tree.root):
+            self.forest.free_subtree(tree.root)
+        for be in tree.backends:
+            be.sched.finish_tree(tree.root)
+        del self.trees[tree.index]
+        self.collector.add_tree(tree.index, tree.records)  # type: ignore[union-attr]
+
+    def _record(self, state: ConversationState) -> ConversationRecord:
+        messages = []
+        lead = self._lead_prompt(state)
+        if lead is not None:
+            messages.append(Message(role="system", content=lead))
+        tokens: dict[str, dict[str, int]] = {p.name: {"prompt": 0, "completion": 0}
+                                             for p in self.participants}
+        turns = []
+        for rec, scores in zip(state.turns, state.turn_scores):
+            messages.append(Message(role=rec.role, content=rec.text, name=rec.participant))
+            tk = tokens[rec.participant]
+            tk["prompt"] += rec.prompt_tokens
+            tk["completion"] += rec.completion_tokens
+            turns.append(TurnInfo(participant=rec.participant, role=rec.role, seed=rec.seed,
+                                  prompt_tokens=rec.prompt_tokens,
+                                  completion_tokens=rec.completion_tokens,
+                                  finish_reason=rec.finish_reason, scores=scores, meta=rec.meta))
+        participants = {}
+        for p in self.participants:
+            info: dict[str, Any] = {"agent": p.spec.agent, "role": p.role}
+            if p.backend is not None:
+                info["backend"] = p.backend.name
+            if p.name in state.profiles:
+                info["profile"] = state.profiles[p.name]
+            if p.name in state.system_prompts:
+                info["system_prompt"] = state.system_prompts[p.name]
+            participants[p.name] = info
+        return ConversationRecord(
+            conversation_id=state.conversation_id, index=state.index, branch=state.branch,
+            seed=state.seed, messages=messages, participants=participants, turns=turns,
+            tokens=tokens, stop_reason=state.stop_reason or "", scores=state.scores,
+            errors=state.errors, meta=state.meta)
+
+    def _lead_prompt(self, state: ConversationState) -> str | None:
+        for p in self.views:
+            if p.role == "assistant" and p.name in state.system_prompts:
+                return state.system_prompts[p.name]
+        return None
+
+    # -- summary ------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        c = self.collector
+        assert c is not None
+        backends = {}
+        prompt = cached = 0
+        for be in self.backends.values():
+            d = be.usage.as_dict()
+            d["type"] = be.spec.type
+            d["plugin"] = be.plugin
+            if be.info is not None:
+                d["info"] = msgspec.to_builtins(be.info)
+            d["cached_tokens_source"] = "backend" if be.reports_cached else (
+                "model" if be.cache is not None else "none")
+            backends[be.name] = d
+            prompt += be.usage.prompt_tokens
+            cached += be.usage.cached_tokens
+        wall = self.wall_s or 1e-9
+        new_turns = self.turns_done
+        return {
+            "name": self.scenario.run.name,
+            "status": "complete",
+            "conversations": c.trees,
+            "records": c.records,
+            "turns": c.turns,
+            "failures": c.failures,
+            "stop_reasons": dict(sorted(c.stop_reasons.items())),
+            "errors": c.error_samples,
+            "plugin_errors": list(getattr(self.registry, "errors", [])) + c.plugin_errors,
+            "participants": {p.name: p.usage.as_dict() for p in self.participants},
+            "backends": backends,
+            "cache": {"prompt_tokens": prompt, "cached_tokens": cached,
+                      "hit_rate": round(cached / prompt, 6) if prompt else 0.0},
+            "scores": c.mean_scores(),
+            "timing": {"wall_s": round(wall, 3),
+                       "turns_this_session": new_turns,
+                       "replayed_turns": self.replayed_turns,
+                       "turns_per_s": round(new_turns / wall, 1),
+                       "tokens_per_s": round(self.tokens_done / wall, 1)},
+            "memory": {"peak_live_nodes": self.peak_live_nodes,
+                       "peak_active_conversations": self.peak_active,
+                       "final_forest": self.forest.stats()},
+        }
+
+
+def _impls(pm: Any, name: str) -> list[Any]:
+    caller = getattr(pm.hook, name, None)
+    return caller.get_hookimpls() if caller is not None else []
+
+
+def _checked_results(task: asyncio.Future[Any], reqs: list[GenRequest]) -> list[GenResult]:
+    """The batch's results, or one error result per request if the backend raised
+    or broke the contract (so that the faults are retried like any other)."""
+    problem = None
+    try:
+        results = task.result()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        problem = f"generate raised {type(exc).__name__}: {exc}"
+    else:
+        if not isinstance(results, list) or len(results) != len(reqs):
+            problem = (f"generate returned {type(results).__name__} of "
+                       f"{len(results) if hasattr(results, '__len__') else '?'} results "
+                       f"for {len(reqs)} requests")
+        elif not all(isinstance(r, GenResult) for r in results):
+            problem = "generate returned something other than GenResult"
+        else:
+            return results
+    return [GenResult(rid=r.rid, output_ids=[], text="", finish_reason="error",
+                      prompt_tokens=len(r.input_ids), error=problem) for r in reqs]

@@ -1,0 +1,131 @@
+"""Resuming a run: replay the write-ahead log into a fresh engine.
+
+Finished trees go straight to the collector (their records are in the log).
+Unfinished ones are rebuilt in the forest from their logged turns — the
+speaker's own segment from its logged output ids, the other views re-rendered,
+which is deterministic — and their frontier (every branch that still owes a
+turn, including fork siblings never logged) is scheduled again. Conversations
+never logged start from scratch. Seeds depend only on (index, branch, turn), so
+the result equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from turnloom.engine import Branch, Engine, Tree
+from turnloom.records import ConversationRecord, ConversationState, TurnRecord
+from turnloom.wal import EndEvent, Event, TurnEvent
+
+
+def restore(engine: Engine, events: Iterable[Event]) -> None:
+    partial: dict[int, list[TurnEvent]] = {}
+    ends: dict[int, dict[int, ConversationRecord]] = {}
+    done: set[int] = set()
+    collector = engine.collector
+    assert collector is not None
+    for ev in events:
+        if type(ev) is TurnEvent:
+            partial.setdefault(ev.index, []).append(ev)
+            _account(engine, ev)
+        elif type(ev) is EndEvent:
+            branches = ends.setdefault(ev.index, {})
+            branches[ev.branch] = ev.record
+            if ev.tree_done:
+                del ends[ev.index]
+                partial.pop(ev.index, None)
+                done.add(ev.index)
+                collector.add_tree(ev.index, list(branches.values()))
+    n = engine.scenario.run.conversations
+    touched = (set(partial) | set(ends)) - done
+    engine.to_start = [i for i in range(n - 1, -1, -1) if i not in done and i not in touched]
+    frontier: list[Branch] = []
+    finishing: list[tuple[Branch, str]] = []
+    for index in sorted(touched):
+        _rebuild(engine, index, partial.get(index, []), ends.get(index, {}), frontier, finishing)
+    for br, reason in finishing:
+        engine._finish(br, reason)
+    engine._advance_branches(frontier, forked=True)
+
+
+def _account(engine: Engine, ev: TurnEvent) -> None:
+    p = engine.participants[ev.speaker]
+    engine.replayed_turns += 1
+    p.usage.turns += 1
+    if ev.output_ids is None or p.backend is None:
+        return
+    for u in (p.usage, p.backend.usage):
+        u.requests += 1
+        u.prompt_tokens += ev.prompt_tokens
+        u.completion_tokens += ev.completion_tokens
+        u.cached_tokens += ev.cached_tokens
+        u.latency_s += ev.latency_s
+
+
+def _rebuild(engine: Engine, index: int, events: list[TurnEvent],
+             ends: dict[int, ConversationRecord], frontier: list[Branch],
+             finishing: list[tuple[Branch, str]]) -> None:
+    tree, state = engine._new_tree(index)
+    seg = engine._root_segments([state])[0]
+    forest = engine.forest
+    tree.root = forest.add_root(0, "system", "", seg)
+    tree.state0 = state
+    tree.records = list(ends.values())
+    engine.trees[index] = tree
+    by_key = {(ev.branch, ev.turn): ev for ev in events}
+    stack: list[tuple[int, int, ConversationState, int, int, list[int]]] = [
+        (0, 0, state, tree.root, -1, engine._lens(seg))]
+    while stack:
+        owner, t, st, node, node_owner, lens = stack.pop()
+        children = [owner]
+        fork = engine.forks.get(t)
+        if fork is not None:
+            n, mult = fork
+            children += [owner + c * mult for c in range(1, n)]
+        # Siblings fork from the state as it was before any of them spoke.
+        states = {c: st if c == owner else st.fork(c, t) for c in children}
+        for c in children:
+            cst = states[c]
+            ev = by_key.get((c, t))
+            if ev is None:
+                if c not in ends:
+                    tree.live += 1
+                    frontier.append(Branch(tree, cst, c, node, node_owner, t, list(lens)))
+                continue
+            new, new_lens = _replay_turn(engine, tree, cst, ev, node, lens)
+            if ev.stop is not None:
+                if c not in ends:
+                    tree.live += 1
+                    finishing.append((Branch(tree, cst, c, new, c, t + 1, new_lens), ev.stop))
+                continue
+            stack.append((c, t + 1, cst, new, c, new_lens))
+    if tree.live == 0:
+        engine._close_tree(tree)
+
+
+def _replay_turn(engine: Engine, tree: Tree, state: ConversationState, ev: TurnEvent,
+                 parent: int, lens: list[int]) -> tuple[int, list[int]]:
+    p = engine.participants[ev.speaker]
+    seg: dict[int, list[int]] = {}
+    if ev.output_ids is not None and p.fmt is not None:
+        seg[p.index] = p.prefix + p.fmt.close_generated(ev.output_ids, ev.finish_reason)
+    for v in engine.views:
+        if v is not p:
+            seg[v.index] = v.fmt.segment(engine.roles[v.index][p.index], ev.text)
+    finish = ev.finish_reason if ev.output_ids is not None else ""
+    node = engine.forest.append(parent, ev.speaker, ev.role, ev.text, seg, finish)
+    new_lens = list(lens)
+    for v, ids in seg.items():
+        new_lens[v] += len(ids)
+    rec = TurnRecord(conversation_id=state.conversation_id, branch=ev.branch, turn=ev.turn,
+                     participant=p.name, role=ev.role, text=ev.text, node=node,
+                     parent_turn=ev.turn - 1 if ev.turn else None,
+                     prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens,
+                     cached_tokens=ev.cached_tokens, latency_s=ev.latency_s,
+                     finish_reason=ev.finish_reason, seed=ev.seed, meta=ev.reply_meta or {})
+    state.messages.append((p.name, ev.role, ev.text))
+    state.turns.append(rec)
+    state.turn_scores.append(dict(ev.scores or {}))
+    state.meta = dict(ev.conv_meta or {})
+    state.errors.extend(ev.errors or ())
+    return node, new_lens

@@ -1,0 +1,172 @@
+"""Live objects of a run, built from a scenario and the plugin registry:
+backends with their chat formats and schedulers, participants with their
+agents or environments, scorers and exporters."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from turnloom.agents import Agent, Environment, Sampler
+from turnloom.backends.base import Backend, BackendInfo, SamplingParams
+from turnloom.config import ParticipantSpec, Scenario, ScenarioError, error_at
+from turnloom.tokenizer import ChatFormat
+
+
+class Usage:
+    """Token, latency and request counters of one participant or backend."""
+
+    __slots__ = ("requests", "turns", "prompt_tokens", "completion_tokens", "cached_tokens",
+                 "latency_s", "errors", "retries")
+
+    def __init__(self) -> None:
+        self.requests = self.turns = self.prompt_tokens = self.completion_tokens = 0
+        self.cached_tokens = self.errors = self.retries = 0
+        self.latency_s = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__slots__}
+        d["latency_s"] = round(self.latency_s, 6)
+        d["mean_latency_s"] = round(self.latency_s / self.requests, 6) if self.requests else 0.0
+        d["cache_hit_rate"] = (round(self.cached_tokens / self.prompt_tokens, 6)
+                               if self.prompt_tokens else 0.0)
+        return d
+
+
+class BackendRT:
+    """A backend as the engine drives it."""
+
+    __slots__ = ("name", "spec", "backend", "fmt", "plugin", "info", "sched", "batch_size",
+                 "max_inflight", "max_batch_tokens", "inflight", "cache", "reports_cached",
+                 "usage")
+
+    def __init__(self, name: str, spec: Any, backend: Backend, fmt: ChatFormat,
+                 plugin: str) -> None:
+        self.name = name
+        self.spec = spec
+        self.backend = backend
+        self.fmt = fmt
+        self.plugin = plugin
+        self.info: BackendInfo | None = None
+        self.sched: Any = None
+        self.batch_size = 1
+        self.max_inflight = 1
+        self.max_batch_tokens = 1 << 40
+        self.inflight = 0
+        self.cache: Any = None  # RadixCache model, when the backend has a cache capacity
+        self.reports_cached = False  # seen a result with cached_tokens > 0
+        self.usage = Usage()
+
+
+class ParticipantRT:
+    """A participant as the engine drives it. Its index is also its view id."""
+
+    __slots__ = ("index", "name", "spec", "obj", "plugin", "is_agent", "role", "backend", "fmt",
+                 "prefix", "params", "sampler", "usage")
+
+    def __init__(self, index: int, spec: ParticipantSpec, obj: Any, plugin: str,
+                 is_agent: bool) -> None:
+        self.index = index
+        self.name = spec.name
+        self.spec = spec
+        self.obj = obj
+        self.plugin = plugin
+        self.is_agent = is_agent
+        self.role = spec.role or getattr(obj, "role", None) or ("assistant" if is_agent else "user")
+        self.backend: BackendRT | None = None
+        self.fmt: ChatFormat | None = None
+        self.prefix: list[int] = []
+        self.params: SamplingParams = spec.sampling
+        self.sampler: Sampler | None = None
+        self.usage = Usage()
+
+
+def build_backends(scenario: Scenario, registry: Any) -> dict[str, BackendRT]:
+    """Construct the backends that some participant speaks through."""
+    from turnloom.models import load_chat_format
+
+    used = {scenario.backend_of(p) for p in scenario.participants} - {None}
+    out: dict[str, BackendRT] = {}
+    for name, spec in scenario.backends.items():
+        if name not in used:
+            continue
+        factory = registry.get("backends", spec.type)
+        try:
+            backend = factory(dict(spec.settings))
+        except Exception as exc:
+            raise error_at(scenario, ("backends", name),
+                           f"backend {spec.type!r} rejected its settings: {_brief(exc)}") from exc
+        if not isinstance(backend, Backend):
+            raise error_at(scenario, ("backends", name, "type"),
+                           f"backend plugin {spec.type!r} built {type(backend).__name__}, "
+                           "not a turnloom Backend")
+        fmt = getattr(backend, "chat_format", None) if spec.tokenizer is None else None
+        if fmt is None:
+            try:
+                fmt = load_chat_format(spec.tokenizer or "bytes")
+            except Exception as exc:
+                raise error_at(scenario, ("backends", name, "tokenizer"),
+                               f"cannot load chat format {spec.tokenizer!r}: {_brief(exc)}") from exc
+            use = getattr(backend, "use_chat_format", None)
+            if callable(use):
+                use(fmt)
+        out[name] = BackendRT(name, spec, backend, fmt, registry.owner("backends", spec.type))
+    return out
+
+
+def build_participants(scenario: Scenario, registry: Any,
+                       backends: dict[str, BackendRT]) -> list[ParticipantRT]:
+    agents = set(registry.names("agents"))
+    out = []
+    for i, spec in enumerate(scenario.participants):
+        is_agent = spec.agent in agents
+        kind = "agents" if is_agent else "environments"
+        settings = dict(spec.settings)
+        if spec.system_prompt is not None:
+            if "system_prompt" in settings:
+                raise error_at(scenario, ("participants", i, "settings", "system_prompt"),
+                               "system_prompt is given twice (also on the participant)")
+            settings["system_prompt"] = spec.system_prompt
+        try:
+            obj = registry.get(kind, spec.agent)(settings)
+        except Exception as exc:
+            raise error_at(scenario, ("participants", i, "settings"),
+                           f"{spec.agent!r} rejected its settings: {_brief(exc)}") from exc
+        protocol = Agent if is_agent else Environment
+        if not isinstance(obj, protocol):
+            raise error_at(scenario, ("participants", i, "agent"),
+                           f"plugin {spec.agent!r} built {type(obj).__name__}, which lacks the "
+                           f"{protocol.__name__} methods")
+        p = ParticipantRT(i, spec, obj, registry.owner(kind, spec.agent), is_agent)
+        if is_agent:
+            be = backends[scenario.backend_of(spec)]  # type: ignore[index]
+            p.backend = be
+            p.fmt = be.fmt
+            p.prefix = list(be.fmt.generation_prefix(obj.role_in_view(spec.name, spec.name)))
+        if spec.sampler is not None:
+            try:
+                p.sampler = registry.get("samplers", spec.sampler)(dict(spec.sampler_settings))
+            except Exception as exc:
+                raise error_at(scenario, ("participants", i, "sampler_settings"),
+                               f"sampler {spec.sampler!r} rejected its settings: {_brief(exc)}") from exc
+        out.append(p)
+    return out
+
+
+def build_plugins(scenario: Scenario, registry: Any, kind: str,
+                  specs: Sequence[Any]) -> list[tuple[str, Any]]:
+    out = []
+    for j, spec in enumerate(specs):
+        try:
+            obj = registry.get(kind, spec.name)(dict(spec.settings))
+        except ScenarioError:
+            raise
+        except Exception as exc:
+            raise error_at(scenario, (kind, j, "settings"),
+                           f"{kind[:-1]} {spec.name!r} rejected its settings: {_brief(exc)}") from exc
+        out.append((spec.name, obj))
+    return out
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
