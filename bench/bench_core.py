@@ -214,6 +214,8 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
         popped = 0
         while len(scheduler):
             batch = scheduler.pop_batch(256, 256 * 512)
+            if not batch:
+                raise RuntimeError("scheduler returned no job while jobs wait")
             scheduler.complete_many(batch)
             popped += len(batch)
         for root in roots:

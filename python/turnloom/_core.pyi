@@ -95,7 +95,9 @@ class Forest:
     def free_subtree(self, node: int) -> int:
         """Free `node` and all its descendants; returns how many nodes were freed."""
     def stats(self) -> dict[str, int]:
-        """live_nodes, freed_nodes, roots, tokens, token_capacity, text_bytes, bytes_estimate."""
+        """live_nodes, freed_nodes, roots, tokens, token_capacity, text_bytes, bytes_estimate;
+        also text_capacity, slots, core_bytes (node records and segment table, without
+        token or text data) and compactions."""
 
 class RadixCache:
     """Model of a backend's radix prefix cache: token radix tree, capacity, LRU leaf eviction.

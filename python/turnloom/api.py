@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,20 +44,23 @@ class RunResult:
 
 
 def run(scenario: Scenario | str | Path, out: str | Path | None = None, overwrite: bool = False,
-        progress: bool = True, *, plugin_manager: Any = None) -> RunResult:
+        progress: bool = True, *, plugin_manager: Any = None,
+        scenario_file: str | None = None) -> RunResult:
     """Run a scenario (or a scenario file) to completion; see `arun`."""
-    return asyncio.run(arun(scenario, out, overwrite, progress, plugin_manager=plugin_manager))
+    return asyncio.run(arun(scenario, out, overwrite, progress, plugin_manager=plugin_manager,
+                            scenario_file=scenario_file))
 
 
 async def arun(scenario: Scenario | str | Path, out: str | Path | None = None,
                overwrite: bool = False, progress: bool = True, *,
-               plugin_manager: Any = None) -> RunResult:
+               plugin_manager: Any = None, scenario_file: str | None = None) -> RunResult:
     """Run a scenario in the current event loop. `out` defaults to the scenario's
     run.out, else ``runs/NAME``; an existing run directory is replaced only with
     `overwrite`. Raises ScenarioError for a bad scenario, RunDirError for an
-    unusable output directory."""
+    unusable output directory. `plugin_manager` defaults to the built-in and
+    installed plugins; `scenario_file` is recorded in the manifest."""
     pm, registry = _plugins(plugin_manager)
-    source = None
+    source = scenario_file
     if not isinstance(scenario, Scenario):
         source = str(scenario)
         scenario = load_scenario(scenario)
@@ -101,7 +105,8 @@ async def aresume(run_dir: str | Path, progress: bool = True, *,
 
 
 async def _drive(engine: Engine, progress: bool, events: list[Any] | None) -> RunResult:
-    bar = Progress(engine.scenario.run.conversations, enabled=progress)
+    interval = float(os.environ.get("TURNLOOM_PROGRESS_INTERVAL", "5"))
+    bar = Progress(engine.scenario.run.conversations, enabled=progress, interval_s=interval)
     try:
         await engine.start_backends()
         engine.open_outputs()

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 _replace = msgspec.structs.replace
 _START_CHUNK = 1024
+_MEMO_SIZE = 4096
 
 
 class Tree:
@@ -131,6 +132,7 @@ class Engine:
         self.max_tokens = scenario.stop.max_tokens
         self.hooks = {name: bool(_impls(pm, name)) for name in
                       ("on_conversation_start", "on_turn_end", "should_stop", "on_conversation_end")}
+        self._memo: dict[int, dict[tuple[str, str], list[int]]] = {}
         self.forest: Any = _core.Forest()
         self.jobs: dict[int, Job] = {}
         self._next_job = 0
@@ -529,7 +531,7 @@ class Engine:
         if not kept:
             return []
         for fmt, rs, ts, targets in batches.values():
-            for (k, v), ids in zip(targets, fmt.segments(rs, ts)):
+            for (k, v), ids in zip(targets, self._segments(fmt, rs, ts)):
                 segs[k][v] = ids
         nodes = self.forest.append_many(parents, speakers, roles, texts, segs, finishes)
         go_on = []
@@ -542,6 +544,28 @@ class Engine:
             else:
                 self._finish(br, stop)
         return go_on
+
+    def _segments(self, fmt: Any, roles: list[str], texts: list[str]) -> list[list[int]]:
+        """fmt.segments with a bounded memo: environments and scripted speakers repeat
+        their lines, and a segment depends only on (format, role, text)."""
+        memo = self._memo.get(id(fmt))
+        if memo is None:
+            memo = self._memo[id(fmt)] = {}
+        out: list[Any] = []
+        miss = []
+        for i, key in enumerate(zip(roles, texts)):
+            ids = memo.get(key)
+            out.append(ids)
+            if ids is None:
+                miss.append(i)
+        if miss:
+            fresh = fmt.segments([roles[i] for i in miss], [texts[i] for i in miss])
+            if len(memo) > _MEMO_SIZE:
+                memo.clear()
+            for i, ids in zip(miss, fresh):
+                out[i] = ids
+                memo[(roles[i], texts[i])] = ids
+        return out
 
     def _record_turn(self, br: Branch, p: ParticipantRT, reply: Reply, res: GenResult | None,
                      seed: int, latency: float, cached: int, node: int,
@@ -599,16 +623,15 @@ class Engine:
             stop = "error"
         if stop is None:
             stop = self._stop_condition(br, text, t)
-        pu = p.usage
-        pu.turns += 1
+        p.usage.turns += 1
+        if p.backend is not None:
+            p.backend.usage.turns += 1
         self.turns_done += 1
+        # Positional, in TurnEvent's field order (this is the hottest line of a run).
         self.wal.append(TurnEvent(  # type: ignore[union-attr]
-            index=state.index, branch=br.branch, parent_branch=parent_owner, turn=t,
-            speaker=p.index, role=p.role, text=text, output_ids=output_ids,
-            finish_reason=finish, seed=seed, prompt_tokens=prompt_tokens,
-            completion_tokens=completion, cached_tokens=cached, latency_s=latency,
-            reply_meta=reply.meta or None, scores=scores or None,
-            conv_meta=state.meta or None, errors=state.errors[n_err:] or None, stop=stop))
+            state.index, br.branch, parent_owner, t, p.index, p.role, text, output_ids,
+            finish, seed, prompt_tokens, completion, cached, latency, reply.meta or None,
+            scores or None, state.meta or None, state.errors[n_err:] or None, stop))
         return stop
 
     def _stop_condition(self, br: Branch, text: str, t: int) -> str | None:

@@ -19,15 +19,17 @@ pub(crate) fn extract(tokens: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
 }
 
 fn extract_list(list: &Bound<'_, PyList>) -> PyResult<Vec<u32>> {
-    let mut out = Vec::with_capacity(list.len());
-    // Indexing with the length re-read each step stays in bounds even if an
-    // item's conversion runs Python code that shrinks the list.
-    let mut i = 0;
-    while i < list.len() {
-        // SAFETY: `list` is a live list and `i` is in bounds; the borrowed item
-        // is used before anything else can run.
+    let len = list.len();
+    let mut out = Vec::with_capacity(len);
+    for i in 0..len {
+        // SAFETY: `list` is a live list. PyList_GetItem checks the index itself
+        // (the list can shrink if a non-int item's conversion runs Python code)
+        // and the borrowed item is used before anything else can run.
         let value = unsafe {
             let item = ffi::PyList_GetItem(list.as_ptr(), i as ffi::Py_ssize_t);
+            if item.is_null() {
+                return Err(PyErr::fetch(list.py()));
+            }
             if ffi::PyLong_CheckExact(item) != 0 {
                 let value = ffi::PyLong_AsUnsignedLong(item);
                 if value == std::os::raw::c_ulong::MAX && !ffi::PyErr_Occurred().is_null() {
@@ -37,11 +39,10 @@ fn extract_list(list: &Bound<'_, PyList>) -> PyResult<Vec<u32>> {
                     PyOverflowError::new_err(format!("token {value} does not fit in u32"))
                 })?
             } else {
-                list.get_item(i)?.extract::<u32>()?
+                Bound::from_borrowed_ptr(list.py(), item).extract::<u32>()?
             }
         };
         out.push(value);
-        i += 1;
     }
     Ok(out)
 }

@@ -1,0 +1,270 @@
+"""The `turnloom` command line.
+
+    turnloom run SCENARIO [--out DIR] [--overwrite] [--conversations N] [--seed S]
+    turnloom resume RUN_DIR
+    turnloom validate SCENARIO
+    turnloom show RUN_DIR
+    turnloom plugins
+
+Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+PROG = "turnloom"
+
+
+class BadInput(Exception):
+    """Reported as one line, exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`turnloom show RUN | head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        bad = _bad_input(exc)
+        if bad is not None:
+            print(f"{PROG}: error: {bad}", file=sys.stderr)
+            return 2
+        if os.environ.get("TURNLOOM_DEBUG"):
+            raise
+        print(f"{PROG}: run failed: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Simulate multi-turn LLM "
+                                     "conversations at scale.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a scenario file")
+    p.add_argument("scenario", type=Path)
+    p.add_argument("--out", type=Path, help="run directory (default: run.out, else runs/NAME)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--conversations", type=_positive, help="override run.conversations")
+    p.add_argument("--seed", type=_non_negative, help="override run.seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("resume", help="finish an interrupted run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("validate", help="check a scenario file without running it")
+    p.add_argument("scenario", type=Path)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("show", help="summarise a run directory")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print summary.json as it is")
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("plugins", help="list the installed plugins and their hooks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_plugins)
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _bad_input(exc: BaseException) -> str | None:
+    from turnloom.config import ScenarioError
+    from turnloom.plugins import PluginError
+    from turnloom.rundir import RunDirError
+
+    if isinstance(exc, (ScenarioError, RunDirError, BadInput, PluginError)):
+        return _one_line(str(exc))
+    return None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def _plugins() -> tuple[Any, Any]:
+    from turnloom.plugins import Registry, get_plugin_manager
+
+    pm = get_plugin_manager()
+    return pm, Registry.from_plugin_manager(pm)
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from turnloom.api import run
+    from turnloom.config import load_scenario
+
+    pm, registry = _plugins()
+    scenario = load_scenario(args.scenario, registry)
+    scenario = scenario.with_run(conversations=args.conversations, seed=args.seed)
+    result = run(scenario, out=args.out, overwrite=args.overwrite,
+                 progress=not args.no_progress, plugin_manager=pm, scenario_file=str(args.scenario))
+    _report(result)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from turnloom.api import resume
+
+    if not args.run_dir.is_dir():
+        raise BadInput(f"{args.run_dir} is not a directory")
+    pm, _ = _plugins()
+    result = resume(args.run_dir, progress=not args.no_progress, plugin_manager=pm)
+    _report(result)
+    return 0
+
+
+def _report(result: Any) -> None:
+    s = result.summary
+    print(f"{s['conversations']} conversations, {s['turns']} turns, {s['failures']} failed "
+          f"-> {result.run_dir}")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from turnloom.config import load_scenario
+
+    _, registry = _plugins()
+    scenario = load_scenario(args.scenario, registry)
+    names = ", ".join(f"{p.name} ({p.agent})" for p in scenario.participants)
+    print(f"{args.scenario}: ok — {scenario.run.conversations} conversations x "
+          f"{scenario.run.max_turns} turns; participants: {names}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from turnloom import rundir
+
+    run_dir: Path = args.run_dir
+    manifest = rundir.read_manifest(run_dir)
+    summary_file = run_dir / rundir.SUMMARY
+    if not summary_file.is_file():
+        _show_partial(run_dir, manifest)
+        return 0
+    s = json.loads(summary_file.read_text(encoding="utf-8"))
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(_render_summary(s))
+    return 0
+
+
+def _render_summary(s: dict[str, Any]) -> str:
+    branches = f" ({s['records']} branch records)" if s["records"] != s["conversations"] else ""
+    lines = [f"run {s['name']!r}: {s['conversations']} conversations{branches}, "
+             f"{s['turns']} turns, {s['failures']} failed"]
+    t = s.get("timing", {})
+    if t:
+        lines.append(f"  time: {t['wall_s']:.2f} s, {t['turns_per_s']:,.0f} turns/s, "
+                     f"{t['tokens_per_s']:,.0f} tokens/s"
+                     + (f" ({t['replayed_turns']} turns replayed)" if t.get("replayed_turns") else ""))
+    lines.append("  participants:")
+    for name, u in s["participants"].items():
+        lines.append(f"    {name:<16} {u['turns']:>8} turns  {u['prompt_tokens']:>10} prompt  "
+                     f"{u['completion_tokens']:>9} completion tokens"
+                     + (f"  {u['errors']} errors" if u.get("errors") else ""))
+    for name, b in s.get("backends", {}).items():
+        lines.append(f"  backend {name} ({b['type']}): {b['requests']} requests, "
+                     f"mean latency {b['mean_latency_s'] * 1000:.1f} ms, "
+                     f"cache hit rate {b['cache_hit_rate']:.1%} ({b['cached_tokens_source']})")
+    cache = s.get("cache", {})
+    lines.append(f"  cache hit rate: {cache.get('hit_rate', 0.0):.1%}")
+    reasons = ", ".join(f"{k}: {v}" for k, v in s["stop_reasons"].items()) or "none"
+    lines.append(f"  stop reasons: {reasons}")
+    if s.get("scores"):
+        lines.append("  mean scores:")
+        for k, v in s["scores"].items():
+            lines.append(f"    {k:<32} {v:.4g}")
+    for err in s.get("errors", [])[:5]:
+        lines.append(f"  error: {err}")
+    for err in s.get("plugin_errors", [])[:5]:
+        lines.append(f"  plugin error: {err}")
+    return "\n".join(lines)
+
+
+def _show_partial(run_dir: Path, manifest: dict[str, Any]) -> None:
+    from turnloom import rundir
+    from turnloom.wal import TurnEvent, read_events
+
+    turns = trees = 0
+    ended: Counter[str] = Counter()
+    per: Counter[int] = Counter()
+    wal = run_dir / rundir.WAL
+    if wal.is_file():
+        for ev in read_events(wal, truncate=False):
+            if type(ev) is TurnEvent:
+                turns += 1
+                per[ev.speaker] += 1
+            else:
+                ended[ev.record.stop_reason] += 1
+                trees += ev.tree_done
+    scenario = manifest.get("scenario", {})
+    total = scenario.get("run", {}).get("conversations", "?")
+    names = [p.get("name") for p in scenario.get("participants", [])]
+    print(f"incomplete run in {run_dir}: {trees} of {total} conversations finished, "
+          f"{turns} turns logged")
+    for i, n in sorted(per.items()):
+        print(f"    {names[i] if i < len(names) else i:<16} {n:>8} turns")
+    if ended:
+        print("  stop reasons: " + ", ".join(f"{k}: {v}" for k, v in sorted(ended.items())))
+    print(f"  continue it with: {PROG} resume {run_dir}")
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from turnloom.plugins import describe_plugins
+
+    pm, registry = _plugins()
+    rows = describe_plugins(pm)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        origin = " ".join(filter(None, (row.get("distribution"), row.get("version"))))
+        print(f"{row['name']}" + (f"  [{origin}]" if origin else ""))
+        if row.get("error"):
+            print(f"    failed to load: {row['error']}")
+        if row.get("hooks"):
+            print(f"    hooks: {', '.join(row['hooks'])}")
+    for kind in ("agents", "environments", "samplers", "scorers", "backends", "exporters"):
+        print(f"{kind}: {', '.join(registry.names(kind)) or '-'}")
+    for err in registry.errors:
+        print(f"error: {err}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
