@@ -8,9 +8,10 @@ against a real SGLang server instead:
     TURNLOOM_SGLANG_TOKENIZER=/path/to/tokenizer.json \\
     pytest tests/test_backend_sglang.py
 
-The tokenizer file (Hugging Face `tokenizer.json` of the served model) turns
-test prompts into the model's ids; TURNLOOM_SGLANG_EOS may list EOS ids
-("151645,151643") when the defaults found in the file are wrong. Start the
+TURNLOOM_SGLANG_TOKENIZER is the served model's Hugging Face tokenizer (a
+model directory, or its tokenizer.json); it turns test prompts into the
+model's ids. TURNLOOM_SGLANG_EOS may list EOS ids ("151645,151643") when
+the ones found there are wrong. Start the
 server with `--enable-deterministic-inference`: SGLang only honours
 `sampling_seed` in that mode, and the seed tests depend on it. Fault and
 replica tests always use loopback servers.
@@ -27,10 +28,12 @@ from typing import Any, AsyncIterator, Iterator
 
 import msgspec
 import pytest
+import tokenizers
 
 from turnloom.backends._http import HTTPClient
 from turnloom.backends.base import BackendError, GenRequest, SamplingParams
 from turnloom.backends.sglang_http import SGLangHTTPBackend
+from turnloom.hf_tokenizer import HFTokenizer
 from turnloom.testing.conformance import BackendConformance
 from turnloom.testing.faults import Fault, FaultSchedule
 from turnloom.testing.sglang_server import SGLangTestServer
@@ -41,37 +44,19 @@ FAST = dict(backoff=0.01, backoff_max=0.05, timeout=5.0)
 TOK = ByteTokenizer()
 
 
-class _FileTokenizer:
-    """A served model's tokenizer from its tokenizer.json (for real-server runs)."""
-
-    def __init__(self, path: str) -> None:
-        from tokenizers import Tokenizer
-
-        self._tok = Tokenizer.from_file(path)
-        self.name = path
-        env = os.environ.get("TURNLOOM_SGLANG_EOS")
-        if env:
-            self.eos_token_ids = tuple(int(x) for x in env.split(","))
-        else:
-            names = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>", "<|end_of_text|>")
-            found = (self._tok.token_to_id(n) for n in names)
-            self.eos_token_ids = tuple(i for i in found if i is not None)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
-
-    def decode(self, ids: Any) -> str:
-        return str(self._tok.decode(list(ids), skip_special_tokens=False))
-
-
-def _real_tokenizer() -> _FileTokenizer:
+def _real_tokenizer() -> HFTokenizer:
+    """The served model's tokenizer, from a directory or a tokenizer.json file."""
     path = os.environ.get("TURNLOOM_SGLANG_TOKENIZER")
     if not path:
         pytest.skip("TURNLOOM_SGLANG_URL is set but TURNLOOM_SGLANG_TOKENIZER is not")
-    return _FileTokenizer(path)
+    if os.path.isdir(path):
+        tok = HFTokenizer.from_dir(path)
+    else:
+        tok = HFTokenizer(tokenizers.Tokenizer.from_file(path), name=path)
+    env = os.environ.get("TURNLOOM_SGLANG_EOS")
+    if env:
+        tok.eos_token_ids = tuple(int(x) for x in env.split(","))
+    return tok
 
 
 @contextlib.contextmanager

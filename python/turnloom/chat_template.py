@@ -210,6 +210,8 @@ class TemplateChatFormat:
             try:
                 base = self.render_text(context)
                 renders = [self.render_text([*context, {"role": role, "content": s}]) for s in _SENTINELS]
+            except jinja2.exceptions.SecurityError:
+                raise
             except jinja2.exceptions.TemplateError as e:
                 errors.append(str(e))
                 continue
@@ -229,6 +231,8 @@ class TemplateChatFormat:
                 reason = self._check_probe(probe)
                 if reason is not None:
                     return False, reason
+        except jinja2.exceptions.SecurityError:
+            raise
         except (jinja2.exceptions.TemplateError, ValueError) as e:
             return False, f"probe failed to render: {e}"
         return True, None

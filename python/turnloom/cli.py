@@ -189,14 +189,14 @@ def _render_summary(s: dict[str, Any]) -> str:
              f"{s['turns']} turns, {s['failures']} failed"]
     t = s.get("timing", {})
     if t:
-        lines.append(f"  time: {t['wall_s']:.2f} s, {t['turns_per_s']:,.0f} turns/s, "
-                     f"{t['tokens_per_s']:,.0f} tokens/s"
+        lines.append(f"  time: {t['wall_s']:.2f} s, {_rate(t['turns_per_s'])} turns/s, "
+                     f"{_rate(t['tokens_per_s'])} tokens/s"
                      + (f" ({t['replayed_turns']} turns replayed)" if t.get("replayed_turns") else ""))
     lines.append("  participants:")
     for name, u in s["participants"].items():
         lines.append(f"    {name:<16} {u['turns']:>8} turns  {u['prompt_tokens']:>10} prompt  "
                      f"{u['completion_tokens']:>9} completion tokens"
-                     + (f"  {u['errors']} errors" if u.get("errors") else ""))
+                     + (f"  {u['errors']} backend errors" if u.get("errors") else ""))
     for name, b in s.get("backends", {}).items():
         lines.append(f"  backend {name} ({b['type']}): {b['requests']} requests, "
                      f"mean latency {b['mean_latency_s'] * 1000:.1f} ms, "
@@ -214,6 +214,10 @@ def _render_summary(s: dict[str, Any]) -> str:
     for err in s.get("plugin_errors", [])[:5]:
         lines.append(f"  plugin error: {err}")
     return "\n".join(lines)
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2g}"
 
 
 def _show_partial(run_dir: Path, manifest: dict[str, Any]) -> None:

@@ -130,8 +130,11 @@ class Engine:
         if not self.case_sensitive:
             self.phrases = tuple(p.lower() for p in self.phrases)
         self.max_tokens = scenario.stop.max_tokens
-        self.hooks = {name: bool(_impls(pm, name)) for name in
-                      ("on_conversation_start", "on_turn_end", "should_stop", "on_conversation_end")}
+        # Hooks nobody implements are not called at all (they are per turn).
+        self.hook_start = bool(_impls(pm, "on_conversation_start"))
+        self.hook_turn_end = bool(_impls(pm, "on_turn_end"))
+        self.hook_should_stop = bool(_impls(pm, "should_stop"))
+        self.hook_end = bool(_impls(pm, "on_conversation_end"))
         self._memo: dict[int, dict[tuple[str, str], list[int]]] = {}
         self.forest: Any = _core.Forest()
         self.jobs: dict[int, Job] = {}
@@ -276,7 +279,7 @@ class Engine:
             if state.errors:
                 self._finish(br, "error")
                 continue
-            if self.hooks["on_conversation_start"]:
+            if self.hook_start:
                 n = len(state.errors)
                 call_hook_safely(self.pm, "on_conversation_start", state.errors, conversation=state)
                 if len(state.errors) > n:
@@ -611,10 +614,9 @@ class Engine:
         state.turn_scores.append(scores)
         stop = reply.stop
         n_hook = len(state.errors)
-        hooks = self.hooks
-        if hooks["on_turn_end"]:
+        if self.hook_turn_end:
             call_hook_safely(self.pm, "on_turn_end", state.errors, conversation=state, turn=rec)
-        if stop is None and hooks["should_stop"]:
+        if stop is None and self.hook_should_stop:
             result = first_result_safely(self.pm, "should_stop", state.errors,
                                          conversation=state, turn=rec)
             if result is not None:
@@ -663,7 +665,7 @@ class Engine:
             except Exception as exc:
                 state.errors.append(f"scorer {name!r} failed on the conversation: "
                                     f"{type(exc).__name__}: {exc}")
-        if self.hooks["on_conversation_end"]:
+        if self.hook_end:
             call_hook_safely(self.pm, "on_conversation_end", state.errors, conversation=state)
         record = self._record(state)
         tree = br.tree
@@ -747,7 +749,8 @@ class Engine:
             "status": "complete",
             "conversations": c.trees,
             "records": c.records,
-            "turns": c.turns,
+            "turns": sum(p.usage.turns for p in self.participants),  # each shared turn once
+            "record_turns": c.turns,  # summed over branch records
             "failures": c.failures,
             "stop_reasons": dict(sorted(c.stop_reasons.items())),
             "errors": c.error_samples,

@@ -99,6 +99,7 @@ def prepare(force: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
     try:
         _convert(gguf, tmp)
         if force and target.exists():

@@ -35,7 +35,7 @@ class Progress:
             return
         self._last = now
         elapsed = max(now - self.t0, 1e-9)
-        stats = f"{turns / elapsed:,.0f} turns/s, {tokens / elapsed:,.0f} tok/s, {failures} failed"
+        stats = f"{_rate(turns / elapsed)} turns/s, {_rate(tokens / elapsed)} tok/s, {failures} failed"
         if self._bar is not None:
             self._bar.update(done - self._done)
             self._bar.set_postfix_str(stats, refresh=False)
@@ -57,3 +57,7 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2g}" if x >= 0.01 else "0"

@@ -1,11 +1,12 @@
 """The write-ahead log: completed turns and finished conversations, append-only.
 
-Each record is ``<u32 length><u32 crc32><msgpack payload>``; the payload is a
-tagged union of event types. Records are appended to an in-memory buffer,
-written to the file on `flush` and fsync'd at most every `sync_s` seconds, so
-a crash loses at most the unsynced tail, which a resumed run regenerates
-identically. A torn or corrupt record ends the log: `read_events` stops there
-and truncates the file to the last good record.
+The file is a magic header, then records ``<u32 length><u32 crc32><payload>``;
+a payload is a msgpack array of events (a tagged union), all those appended
+since the previous `flush` — one record per engine step, so a record is never
+half of a step. Records are written on `flush` and fsync'd at most every
+`sync_s` seconds: a crash loses at most the unsynced tail, which a resumed run
+regenerates identically. A torn or corrupt record ends the log: `read_events`
+stops there and truncates the file to the last good record.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class WalWriter:
         self._f = open(self.path, "ab", buffering=0)
         if new:
             self._f.write(MAGIC)
-        self._buf = bytearray()
+        self._pending: list[Event] = []
         self._enc = msgspec.msgpack.Encoder()
         self.sync_s = sync_s
         self._last_sync = time.monotonic()
@@ -81,16 +82,16 @@ class WalWriter:
         self._dirty = False
 
     def append(self, event: Event) -> None:
-        payload = self._enc.encode(event)
-        self._buf += _HEADER.pack(len(payload), zlib.crc32(payload))
-        self._buf += payload
-        self.records += 1
+        self._pending.append(event)
 
     def flush(self, sync: bool = False) -> None:
-        """Hand buffered records to the OS; fsync when `sync` or `sync_s` has passed."""
-        if self._buf:
-            self._f.write(self._buf)
-            self._buf.clear()
+        """Write the pending events as one record; fsync when `sync` or when
+        `sync_s` has passed since the last fsync."""
+        if self._pending:
+            payload = self._enc.encode(self._pending)
+            self.records += len(self._pending)
+            self._pending.clear()
+            self._f.write(_HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
             self._dirty = True
         if self._dirty and (sync or time.monotonic() - self._last_sync >= self.sync_s):
             os.fsync(self._f.fileno())
@@ -107,7 +108,7 @@ def read_events(path: Path, truncate: bool = True) -> Iterator[Event]:
     """The log's events in order. A torn or corrupt tail is dropped (and, with
     `truncate`, cut from the file once the iterator is exhausted)."""
     path = Path(path)
-    dec = msgspec.msgpack.Decoder(Event)
+    dec = msgspec.msgpack.Decoder(list[Event])
     good = len(MAGIC)
     with open(path, "rb") as f:
         data = f.read()
@@ -128,11 +129,11 @@ def read_events(path: Path, truncate: bool = True) -> Iterator[Event]:
         if len(payload) < n or zlib.crc32(payload) != crc:
             break
         try:
-            event = dec.decode(payload)
+            events = dec.decode(payload)
         except msgspec.DecodeError:
             break
         pos = good = start + n
-        yield event
+        yield from events
     if good < end or not data:
         if data:
             log.warning("%s: dropped %d bytes of a torn or corrupt record at offset %d",

@@ -238,7 +238,7 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], stat
     if status in (204, 304) or 100 <= status < 200:
         return b""
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size_line = await reader.readline()
             if not size_line:

@@ -164,6 +164,10 @@ class SGLangHTTPBackend(Backend):
                    fail_threshold=settings.fail_threshold, wait_ready=settings.wait_ready,
                    model=settings.model, **kwargs)
 
+    def use_chat_format(self, fmt: Any) -> None:
+        """The engine's chat format: its tokenizer cuts stop-string matches locally."""
+        self._decode = fmt.tokenizer.decode
+
     # -- lifecycle ----------------------------------------------------------
 
     async def start(self) -> None:

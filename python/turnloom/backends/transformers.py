@@ -26,6 +26,7 @@ import collections
 import inspect
 import itertools
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Sequence
@@ -66,7 +67,6 @@ class TransformersBackend(Backend):
     def __init__(self, settings: TransformersSettings | None = None) -> None:
         self.settings = settings or TransformersSettings()
         self._runner: _Runner | None = None
-        self._lock = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> TransformersBackend:
@@ -80,7 +80,9 @@ class TransformersBackend(Backend):
             self._runner = await asyncio.to_thread(_Runner.load, self.settings)
 
     async def close(self) -> None:
-        self._runner = None
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.store.clear()
 
     @property
     def tokenizer(self) -> HFTokenizer:
@@ -100,10 +102,7 @@ class TransformersBackend(Backend):
     async def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         if not requests:
             return []
-        runner = self._started()
-        # One batch at a time: the model is not re-entrant, and the cores are already busy.
-        async with self._lock:
-            return await asyncio.to_thread(runner.generate, list(requests))
+        return await asyncio.to_thread(self._started().generate, list(requests))
 
     def _started(self) -> _Runner:
         if self._runner is None:
@@ -222,6 +221,8 @@ class _Runner:
         import torch
 
         self.torch = torch
+        # One batch at a time: the model is not re-entrant, and the cores are already busy.
+        self.lock = threading.Lock()
         self.settings = settings
         self.model = model
         self.tokenizer = tokenizer
@@ -250,15 +251,15 @@ class _Runner:
 
     @classmethod
     def load(cls, settings: TransformersSettings) -> _Runner:
+        from turnloom.hf_tokenizer import HFTokenizer
+        from turnloom.models import resolve_model
+
+        path = resolve_model(settings.model)
         try:
             import torch
             from transformers import AutoModelForCausalLM
         except ImportError as e:
             raise BackendError(f"the transformers backend needs the hf extra ({e}): pip install 'turnloom[hf]'") from e
-        from turnloom.hf_tokenizer import HFTokenizer
-        from turnloom.models import resolve_model
-
-        path = resolve_model(settings.model)
         device = _pick_device(torch, settings.device)
         dtype = _pick_dtype(torch, settings.dtype, device)
         if settings.threads is not None:
@@ -272,11 +273,19 @@ class _Runner:
                 f"backend runs full-attention models only"
             )
         tokenizer = HFTokenizer.from_dir(path, name=settings.model)
-        return cls(settings, model, tokenizer, device)
+        runner = cls(settings, model, tokenizer, device)
+        # Touch every weight once (they may be memory-mapped), so the first batch is not slow.
+        with torch.inference_mode():
+            model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device))
+        return runner
 
     # -- one call ------------------------------------------------------------------
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        with self.lock:
+            return self._generate(requests)
+
+    def _generate(self, requests: list[GenRequest]) -> list[GenResult]:
         start = time.perf_counter()
         results: list[GenResult | None] = [None] * len(requests)
         rows: list[_Row] = []

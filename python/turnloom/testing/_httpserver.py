@@ -86,7 +86,7 @@ class LoopbackServer:
     def start(self) -> "LoopbackServer":
         if self._thread is not None:
             raise RuntimeError("server already started")
-        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
+        self._thread = threading.Thread(target=self._thread_main, name=type(self).__name__, daemon=True)
         self._thread.start()
         self._ready.wait(10)
         if self._error is not None:
@@ -113,9 +113,9 @@ class LoopbackServer:
 
     def serve_forever(self) -> None:
         """Run in the calling thread until interrupted (the command-line entry)."""
-        self._run(announce=True)
+        self._thread_main(announce=True)
 
-    def _run(self, announce: bool = False) -> None:
+    def _thread_main(self, announce: bool = False) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:

@@ -9,6 +9,7 @@
 
 mod arena;
 mod codes;
+mod packed;
 mod read;
 mod slot;
 mod write;
@@ -19,6 +20,7 @@ mod proptests;
 mod tests;
 
 pub use codes::{finish_code, narrow_u16, role_code, FINISH_REASONS, ROLES};
+pub use packed::split_segments;
 pub use read::NodeView;
 pub use slot::NodeId;
 

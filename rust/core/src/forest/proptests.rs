@@ -464,5 +464,58 @@ proptest! {
                 .collect();
             prop_assert_eq!(lane, &concat);
         }
+        let (tokens, offsets) = forest.lanes_packed(&live, &views).unwrap();
+        prop_assert_eq!(offsets.len(), live.len() + 1);
+        for (i, lane) in lanes.iter().enumerate() {
+            prop_assert_eq!(&tokens[offsets[i] as usize..offsets[i + 1] as usize], lane.as_slice());
+        }
+    }
+
+    /// A packed batch (one token buffer, uniform views, roots and children
+    /// mixed) adds the same nodes, under the same ids, as one call per node.
+    #[test]
+    fn packed_batch_matches_one_by_one(ops in prop::collection::vec(op(), 1..30),
+                                       views in prop::sample::subsequence((0..VIEWS).collect::<Vec<_>>(), 0..=VIEWS as usize),
+                                       batch in prop::collection::vec((prop::option::of(any::<Index>()), 0..ROLES.len(),
+                                                                       prop::collection::vec(tokens(), VIEWS as usize)), 0..6),
+                                       lead in 0usize..3) {
+        let mut forest = Forest::with_compaction_floor(1);
+        let mut model = Model::default();
+        for op in &ops {
+            step(&mut forest, &mut model, op).map_err(TestCaseError::fail)?;
+        }
+        let live: Vec<NodeId> = model.live.keys().copied().collect();
+        let parents: Vec<Option<NodeId>> = batch.iter()
+            .map(|(p, _, _)| p.as_ref().filter(|_| !live.is_empty()).map(|i| live[i.index(live.len())]))
+            .collect();
+        // Tokens start `lead` items in, as a slice of a larger buffer would.
+        let mut flat = vec![7u32; lead];
+        let mut offsets = vec![lead as u64];
+        for (_, _, segs) in &batch {
+            for &view in &views {
+                flat.extend(&segs[usize::from(view)]);
+                offsets.push(flat.len() as u64);
+            }
+        }
+        let split = split_segments(batch.len(), &views, &flat, &offsets).unwrap();
+        let nodes: Vec<NewNode> = batch.iter().zip(split)
+            .map(|((_, role, _), segments)| NewNode { role: ROLES[*role], segments, ..NewNode::default() })
+            .collect();
+        let mut one_by_one = forest.clone();
+        let ids = forest.add_many(&parents, &nodes).unwrap();
+        for ((&parent, node), &id) in parents.iter().zip(&nodes).zip(&ids) {
+            let got = match parent {
+                Some(p) => one_by_one.append(p, node),
+                None => one_by_one.add_root(node),
+            };
+            prop_assert_eq!(got, Ok(id));
+        }
+        for &id in &ids {
+            prop_assert_eq!(forest.node(id), one_by_one.node(id));
+            for view in 0..VIEWS {
+                prop_assert_eq!(forest.lane(id, view), one_by_one.lane(id, view));
+                prop_assert_eq!(forest.segment(id, view), one_by_one.segment(id, view));
+            }
+        }
     }
 }

@@ -125,7 +125,7 @@ impl Forest {
         Ok(out)
     }
 
-    fn segment_of(&self, slot: u32, view: u16) -> Option<&[u32]> {
+    pub(super) fn segment_of(&self, slot: u32, view: u16) -> Option<&[u32]> {
         self.entry_index(slot, view).map(|i| {
             let entry = self.segs[i];
             &self.tokens[entry.offset as usize..(entry.offset + entry.len) as usize]
@@ -144,7 +144,7 @@ impl Forest {
         Ok(self.lane_len_of(slot, view))
     }
 
-    fn lane_len_of(&self, slot: u32, view: u16) -> usize {
+    pub(super) fn lane_len_of(&self, slot: u32, view: u16) -> usize {
         self.ancestry(slot)
             .map(|s| self.segment_of(s, view).map_or(0, <[u32]>::len))
             .sum()
@@ -164,16 +164,26 @@ impl Forest {
         // Walk up twice (lengths, then copies filled back to front) rather than
         // materialising the path.
         let start = out.len();
-        let mut end = start + self.lane_len_of(slot, view);
-        out.resize(end, 0);
+        out.resize(start + self.lane_len_of(slot, view), 0);
+        let exact = self.fill_lane(slot, view, &mut out[start..]);
+        debug_assert!(exact);
+        Ok(())
+    }
+
+    /// Write the slot's lane for `view` into `out`, back to front; false
+    /// (with `out` partly written) unless the lane is exactly `out.len()` long.
+    pub(super) fn fill_lane(&self, slot: u32, view: u16, out: &mut [u32]) -> bool {
+        let mut end = out.len();
         for s in self.ancestry(slot) {
             if let Some(tokens) = self.segment_of(s, view) {
-                out[end - tokens.len()..end].copy_from_slice(tokens);
-                end -= tokens.len();
+                let Some(start) = end.checked_sub(tokens.len()) else {
+                    return false;
+                };
+                out[start..end].copy_from_slice(tokens);
+                end = start;
             }
         }
-        debug_assert_eq!(end, start);
-        Ok(())
+        end == 0
     }
 
     /// Lanes of `(ids[i], views[i])` for every i.

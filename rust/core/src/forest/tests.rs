@@ -310,3 +310,87 @@ fn core_bytes_per_node_stay_under_100() {
     let per_node = stats.core_bytes as f64 / stats.live_nodes as f64;
     assert!(per_node < 100.0, "{per_node} bytes per node");
 }
+
+#[test]
+fn split_segments_locates_each_node_view() {
+    let tokens = [1, 2, 3, 4, 5, 6, 7];
+    let split = split_segments(2, &[0, 3], &tokens, &[1, 3, 3, 6, 7]).unwrap();
+    let expected: Vec<Vec<(u16, &[u32])>> = vec![
+        vec![(0, &[2, 3]), (3, &[])],
+        vec![(0, &[4, 5, 6]), (3, &[7])],
+    ];
+    assert_eq!(split, expected);
+    assert_eq!(split_segments(0, &[0], &[], &[0]), Ok(vec![]));
+    assert_eq!(split_segments(2, &[], &[], &[0]), Ok(vec![vec![], vec![]]));
+    let invalid = |r: CoreResult<Vec<Vec<(u16, &[u32])>>>| matches!(r, Err(CoreError::InvalidArgument(_)));
+    assert!(invalid(split_segments(2, &[0], &tokens, &[0, 1])));
+    assert!(invalid(split_segments(0, &[0], &tokens, &[])));
+    assert!(invalid(split_segments(2, &[0], &tokens, &[0, 3, 2])));
+    assert!(invalid(split_segments(2, &[0], &tokens, &[0, 3, 8])));
+    assert!(invalid(split_segments(usize::MAX, &[0, 1], &tokens, &[0])));
+}
+
+#[test]
+fn add_many_takes_roots_and_children_all_or_nothing() {
+    let mut forest = Forest::new();
+    let (root, user, _) = conversation(&mut forest);
+    let nodes = vec![
+        msg("system", "new tree", vec![(0, &[40])]),
+        msg("user", "turn", vec![(0, &[41])]),
+    ];
+    let ids = forest.add_many(&[None, Some(user)], &nodes).unwrap();
+    assert_eq!(forest.parent(ids[0]), Ok(None));
+    assert_eq!(forest.lane(ids[1], 0), Ok(vec![1, 2, 3, 41]));
+    assert_eq!(forest.stats().roots, 2);
+    forest.free_subtree(ids[0]).unwrap();
+    let before = forest.stats();
+    assert_eq!(
+        forest.add_many(&[None, Some(ids[0])], &nodes),
+        Err(CoreError::StaleNode(ids[0]))
+    );
+    let bad = vec![msg("system", "", vec![]), msg("wizard", "", vec![])];
+    assert!(matches!(forest.add_many(&[None, Some(root)], &bad), Err(CoreError::InvalidArgument(_))));
+    assert!(matches!(forest.add_many(&[None], &nodes), Err(CoreError::InvalidArgument(_))));
+    assert_eq!(forest.stats(), before);
+}
+
+#[test]
+fn lanes_packed_matches_lanes_for() {
+    let mut forest = Forest::new();
+    let (root, user, reply) = conversation(&mut forest);
+    let (ids, views) = ([reply, user, root, reply], [1, 0, 0, 7]);
+    let (tokens, offsets) = forest.lanes_packed(&ids, &views).unwrap();
+    assert_eq!(offsets, vec![0, 3, 6, 8, 8]);
+    let lanes = forest.lanes_for(&ids, &views).unwrap();
+    assert_eq!(tokens, lanes.concat());
+    assert_eq!(forest.lanes_packed(&[], &[]), Ok((vec![], vec![0])));
+    assert!(matches!(forest.lane_offsets(&[root], &[]), Err(CoreError::InvalidArgument(_))));
+    forest.free_subtree(user).unwrap();
+    assert_eq!(forest.lanes_packed(&[root, reply], &[0, 0]), Err(CoreError::StaleNode(reply)));
+}
+
+#[test]
+fn write_lanes_rejects_offsets_that_do_not_fit() {
+    let mut forest = Forest::new();
+    let (root, user, reply) = conversation(&mut forest);
+    let (ids, views) = ([reply, root], [0, 0]);
+    let mut out = vec![0; 7];
+    forest.write_lanes(&ids, &views, &[0, 5, 7], &mut out).unwrap();
+    assert_eq!(out, vec![1, 2, 3, 6, 7, 1, 2]);
+    for (offsets, len) in [
+        (&[0, 5][..], 7),
+        (&[0, 5, 7], 6),
+        (&[1, 5, 7], 7),
+        (&[0, 8, 7], 7),
+        (&[0, 4, 7], 7),
+        (&[0, 6, 7], 7),
+    ] {
+        let mut out = vec![0; len];
+        assert!(
+            matches!(forest.write_lanes(&ids, &views, offsets, &mut out), Err(CoreError::InvalidArgument(_))),
+            "{offsets:?} into {len}"
+        );
+    }
+    forest.free_subtree(user).unwrap();
+    assert_eq!(forest.write_lanes(&ids, &views, &[0, 5, 7], &mut out), Err(CoreError::StaleNode(reply)));
+}

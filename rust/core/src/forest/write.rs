@@ -39,6 +39,15 @@ fn check(node: &NewNode<'_>) -> CoreResult<Codes> {
     Ok(codes)
 }
 
+fn check_batch(parents: usize, nodes: usize) -> CoreResult<()> {
+    if parents == nodes {
+        return Ok(());
+    }
+    Err(CoreError::InvalidArgument(format!(
+        "{parents} parents for {nodes} nodes"
+    )))
+}
+
 fn capacity(what: &str) -> CoreError {
     CoreError::Capacity(format!("{what} arena would exceed {ARENA_LIMIT} items"))
 }
@@ -66,17 +75,32 @@ impl Forest {
         parents: &[NodeId],
         nodes: &[NewNode<'_>],
     ) -> CoreResult<Vec<NodeId>> {
-        if parents.len() != nodes.len() {
-            return Err(CoreError::InvalidArgument(format!(
-                "{} parents for {} nodes",
-                parents.len(),
-                nodes.len()
-            )));
-        }
+        check_batch(parents.len(), nodes.len())?;
         let parents = parents
             .iter()
             .map(|&p| self.live_slot(p))
             .collect::<CoreResult<Vec<_>>>()?;
+        self.insert_batch(&parents, nodes)
+    }
+
+    /// Like [`Forest::append_many`], but a `None` parent starts a new tree,
+    /// so one call can add roots and turns alike.
+    pub fn add_many(
+        &mut self,
+        parents: &[Option<NodeId>],
+        nodes: &[NewNode<'_>],
+    ) -> CoreResult<Vec<NodeId>> {
+        check_batch(parents.len(), nodes.len())?;
+        let parents = parents
+            .iter()
+            .map(|p| p.map_or(Ok(NIL), |p| self.live_slot(p)))
+            .collect::<CoreResult<Vec<_>>>()?;
+        self.insert_batch(&parents, nodes)
+    }
+
+    /// Check every node, reserve room for all, then insert them under their
+    /// parent slots (NIL for a root): nothing changes unless all fit.
+    fn insert_batch(&mut self, parents: &[u32], nodes: &[NewNode<'_>]) -> CoreResult<Vec<NodeId>> {
         let codes = nodes.iter().map(check).collect::<CoreResult<Vec<_>>>()?;
         self.reserve_nodes(nodes)?;
         Ok(parents

@@ -1,0 +1,408 @@
+"""B2: prefix reuse under a fixed-capacity radix cache, by submission policy.
+
+A discrete-event model of one GPU inference server: continuous batching of at
+most `--max-batch` running requests, an LRU radix prefix cache of fixed token
+capacity (the real `turnloom._core.RadixCache`), and a cost model:
+
+    prefill      PREFILL_MS per uncached prompt token
+    decode step  DECODE_BASE_MS + DECODE_SEQ_MS x running requests
+                 (one output token per running request per step)
+
+Every server step first admits waiting requests into free batch slots
+(prefill: cached = match_len(prompt), insert(prompt), pin(prompt)), then runs one
+decode step; a request that has produced its last token is unpinned and
+`prompt + output` is inserted, as SGLang does. Tokens being decoded are not
+counted against the cache (at most max_batch x reply length, under 1%).
+
+Workload: conversations of `--turns` turns under a few shared system prompts;
+each turn is a user message and an assistant reply (one request). At turn
+`--branch-turn` the reply is sampled `--branches` times (best-of-n) and each
+branch continues to the last turn with its own messages. A conversation's next
+request is ready only when its previous one finished (a client loop).
+
+Policies, all against the same server and cache capacity:
+  naive     every ready request goes straight to the server; server FCFS.
+  lpm       the same, but the server orders its queue by longest cached prefix,
+            falling back to FCFS while more than 128 requests wait (SGLang `lpm`).
+  turnloom  ready requests go to `turnloom._core.Scheduler` on the client side;
+            only popped jobs are sent, keeping at most max_batch outstanding.
+
+    .venv/bin/python bench/bench_prefix_reuse.py
+    .venv/bin/python bench/bench_prefix_reuse.py --conversations 200 --capacity-fraction 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from turnloom._core import RadixCache, Scheduler
+
+PREFILL_MS = 0.02
+DECODE_BASE_MS = 8.0
+DECODE_SEQ_MS = 0.05
+LPM_FCFS_ABOVE = 128  # SGLang's lpm turns into FCFS when more requests wait
+VOCAB_IDS = list(range(1_000, 33_000))  # shared int objects keep token lists small
+UNBOUNDED = 1 << 60
+
+
+# --- workload ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    turns: int = 8
+    branch_turn: int = 3
+    branches: int = 4
+    system_prompts: int = 4
+    system_len: tuple[int, int] = (280, 320)
+    user_len: tuple[int, int] = (30, 50)
+    reply_len: tuple[int, int] = (45, 75)
+
+
+@dataclass
+class Conversation:
+    """Token ids of one conversation tree, stored as its distinct parts.
+
+    `trunk` holds the messages up to the branch turn's user message and
+    `tails[b]` branch b's messages after it; `trunk_ends`/`tail_ends` are the
+    end offsets of every message in those lists (user, reply, user, reply …).
+    """
+
+    system: list[int]
+    trunk: list[int]
+    trunk_ends: list[int]
+    tails: list[list[int]]
+    tail_ends: list[list[int]]
+    branches_left: int = 0
+
+
+@dataclass(frozen=True)
+class Request:
+    job: int
+    conv: int
+    branch: int  # -1 before the branch turn
+    turn: int  # 1-based
+    prompt: list[int]
+    output: list[int]
+
+
+def draw(rng: random.Random, bounds: tuple[int, int]) -> list[int]:
+    return rng.choices(VOCAB_IDS, k=rng.randint(*bounds))
+
+
+def append_message(tokens: list[int], ends: list[int], message: list[int]) -> None:
+    tokens.extend(message)
+    ends.append(len(tokens))
+
+
+def build_workload(conversations: int, shape: Shape, seed: int) -> list[Conversation]:
+    systems_rng = random.Random(f"{seed}:systems")
+    systems = [draw(systems_rng, shape.system_len) for _ in range(shape.system_prompts)]
+    out = []
+    for conv in range(conversations):
+        rng = random.Random(f"{seed}:{conv}")
+        trunk: list[int] = []
+        trunk_ends: list[int] = []
+        for turn in range(1, shape.branch_turn + 1):
+            append_message(trunk, trunk_ends, draw(rng, shape.user_len))
+            if turn < shape.branch_turn:
+                append_message(trunk, trunk_ends, draw(rng, shape.reply_len))
+        tails, tail_ends = [], []
+        for _ in range(shape.branches):
+            tail: list[int] = []
+            ends: list[int] = []
+            append_message(tail, ends, draw(rng, shape.reply_len))
+            for _turn in range(shape.branch_turn + 1, shape.turns + 1):
+                append_message(tail, ends, draw(rng, shape.user_len))
+                append_message(tail, ends, draw(rng, shape.reply_len))
+            tails.append(tail)
+            tail_ends.append(ends)
+        out.append(Conversation(systems[conv % len(systems)], trunk, trunk_ends, tails, tail_ends))
+    return out
+
+
+def make_request(convs: list[Conversation], shape: Shape, job: int, conv: int, branch: int, turn: int) -> Request:
+    """Prompt = history up to turn's user message; output = that turn's reply."""
+    c = convs[conv]
+    if turn < shape.branch_turn:
+        start, end = c.trunk_ends[2 * turn - 2], c.trunk_ends[2 * turn - 1]
+        return Request(job, conv, branch, turn, c.system + c.trunk[:start], c.trunk[start:end])
+    ends = c.tail_ends[branch]
+    k = turn - shape.branch_turn  # 0 for the branch turn itself
+    start = ends[2 * k - 1] if k else 0
+    tail = c.tails[branch]
+    return Request(job, conv, branch, turn, c.system + c.trunk + tail[:start], tail[start:ends[2 * k]])
+
+
+class Client:
+    """A conversation's next request exists only once its previous one finished."""
+
+    def __init__(self, convs: list[Conversation], shape: Shape) -> None:
+        self.convs, self.shape = convs, shape
+        self.next_job = 0
+        self.requests = 0
+
+    def _new(self, conv: int, branch: int, turn: int) -> Request:
+        self.next_job += 1
+        self.requests += 1
+        return make_request(self.convs, self.shape, self.next_job, conv, branch, turn)
+
+    def first_requests(self) -> list[Request]:
+        return [self._new(conv, -1, 1) for conv in range(len(self.convs))]
+
+    def follow_ups(self, done: Request) -> tuple[list[Request], bool]:
+        """Requests made ready by `done`, and whether its conversation is over."""
+        shape, conv = self.shape, self.convs[done.conv]
+        if done.turn + 1 == shape.branch_turn:
+            conv.branches_left = shape.branches
+            return [self._new(done.conv, b, done.turn + 1) for b in range(shape.branches)], False
+        if done.turn < shape.turns:
+            return [self._new(done.conv, done.branch, done.turn + 1)], False
+        if done.branch >= 0:
+            conv.branches_left -= 1
+            return [], conv.branches_left == 0
+        return [], True  # no branch turn within the conversation
+
+
+def exact_unique_and_floor(convs: list[Conversation], shape: Shape) -> tuple[int, int, int]:
+    """Unique tokens = distinct prefixes of all prompt+output sequences (trie nodes),
+    the prefill floor (an unbounded cache, any causal order), and total prompt tokens."""
+    cache = RadixCache(UNBOUNDED)
+    client = Client(convs, shape)
+    floor = prompt_tokens = 0
+    for conv in range(len(convs)):
+        pending = deque([client._new(conv, -1, 1)])
+        while pending:
+            req = pending.popleft()
+            floor += len(req.prompt) - cache.match_len(req.prompt)
+            prompt_tokens += len(req.prompt)
+            cache.insert(req.prompt + req.output)
+            pending.extend(client.follow_ups(req)[0])
+    for conv in convs:
+        conv.branches_left = 0
+    return cache.size, floor, prompt_tokens
+
+
+# --- server -----------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    capacity: int
+    max_batch: int
+    lpm: bool = False
+    cache: RadixCache = field(init=False)
+    queue: deque[Request] = field(default_factory=deque)
+    running: list[list] = field(default_factory=list)  # [remaining steps, request]
+    prefilled: int = 0
+    prompt_tokens: int = 0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    steps: int = 0
+    decoded: int = 0
+
+    def __post_init__(self) -> None:
+        self.cache = RadixCache(self.capacity)
+
+    def submit(self, requests: Iterable[Request]) -> None:
+        self.queue.extend(requests)
+
+    def _order_queue(self) -> None:
+        if self.lpm and 1 < len(self.queue) <= LPM_FCFS_ABOVE:
+            # Stable sort: equal matches keep arrival order, as in SGLang.
+            matched = self.cache.match_many([r.prompt for r in self.queue])
+            order = sorted(range(len(matched)), key=lambda i: -matched[i])
+            self.queue = deque(self.queue[i] for i in order)
+
+    def _prefill(self, req: Request) -> None:
+        cached = self.cache.match_len(req.prompt)
+        fresh = len(req.prompt) - cached
+        self.prefilled += fresh
+        self.prompt_tokens += len(req.prompt)
+        self.prefill_ms += PREFILL_MS * fresh
+        self.cache.insert(req.prompt)
+        self.cache.pin(req.prompt)
+        self.running.append([len(req.output), req])
+
+    def step(self) -> list[Request]:
+        """Admit into free slots, run one decode step; returns finished requests."""
+        self._order_queue()
+        while self.queue and len(self.running) < self.max_batch:
+            self._prefill(self.queue.popleft())
+        if not self.running:
+            return []
+        self.steps += 1
+        self.decoded += len(self.running)
+        self.decode_ms += DECODE_BASE_MS + DECODE_SEQ_MS * len(self.running)
+        finished, still = [], []
+        for entry in self.running:
+            entry[0] -= 1
+            if entry[0] > 0:
+                still.append(entry)
+            else:
+                finished.append(entry[1])
+        self.running = still
+        for req in finished:
+            self.cache.unpin(req.prompt)
+            self.cache.insert(req.prompt + req.output)
+        return finished
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue or self.running)
+
+
+# --- policies ---------------------------------------------------------------
+
+
+def run_direct(server: Server, client: Client) -> None:
+    """naive / lpm: the client sends every request the moment it is ready."""
+    server.submit(client.first_requests())
+    while server.busy:
+        for done in server.step():
+            server.submit(client.follow_ups(done)[0])
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    budget_fraction: float
+    output_reserve: int
+    starvation_limit: int
+
+
+def run_turnloom(server: Server, client: Client, settings: SchedulerSettings) -> dict[str, int]:
+    """Ready jobs wait in the client-side Scheduler; its cache model is a separate
+    RadixCache updated from completions (the client cannot see the server's)."""
+    model = RadixCache(server.capacity)
+    sched = Scheduler(
+        token_budget=max(1, int(server.capacity * settings.budget_fraction)),
+        starvation_limit=settings.starvation_limit,
+        output_reserve=settings.output_reserve,
+    )
+    waiting: dict[int, Request] = {}
+    peak_admitted = 0
+
+    def push(reqs: list[Request]) -> None:
+        if not reqs:
+            return
+        cached = model.match_many([r.prompt for r in reqs])
+        sched.push_many([r.job for r in reqs], [r.conv for r in reqs], [len(r.prompt) for r in reqs],
+                        cached_lens=cached)
+        waiting.update((r.job, r) for r in reqs)
+
+    push(client.first_requests())
+    in_flight = 0
+    while waiting or in_flight:
+        free = server.max_batch - in_flight
+        if free > 0 and waiting:
+            batch = sched.pop_batch(free, UNBOUNDED)
+            server.submit(waiting.pop(job) for job in batch)
+            in_flight += len(batch)
+            peak_admitted = max(peak_admitted, sched.stats()["admitted_tokens"])
+        if not server.busy:
+            raise RuntimeError(f"scheduler holds {len(waiting)} jobs with nothing in flight")
+        finished = server.step()
+        if not finished:
+            continue
+        in_flight -= len(finished)
+        sched.complete_many([r.job for r in finished])
+        model.insert_many([r.prompt + r.output for r in finished])
+        for done in finished:
+            ready, over = client.follow_ups(done)
+            push(ready)
+            if over:
+                sched.finish_tree(done.conv)
+    stats = sched.stats()
+    return {"max_wait": stats["max_wait"], "peak_admitted_tokens": peak_admitted}
+
+
+# --- report -----------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    policy: str
+    server: Server
+    seconds: float
+    extra: dict[str, int]
+
+    @property
+    def gpu_s(self) -> float:
+        return (self.server.prefill_ms + self.server.decode_ms) / 1000
+
+
+def simulate(policy: str, convs: list[Conversation], shape: Shape, args: argparse.Namespace,
+             capacity: int) -> Result:
+    for conv in convs:
+        conv.branches_left = 0
+    server = Server(capacity, args.max_batch, lpm=policy == "lpm")
+    client = Client(convs, shape)
+    t = time.perf_counter()
+    extra: dict[str, int] = {}
+    if policy == "turnloom":
+        settings = SchedulerSettings(args.budget_fraction, args.output_reserve, args.starvation_limit)
+        extra = run_turnloom(server, client, settings)
+    else:
+        run_direct(server, client)
+    extra["requests"] = client.requests
+    return Result(policy, server, time.perf_counter() - t, extra)
+
+
+def print_table(results: list[Result], unique: int, floor: int, prompt_tokens: int, capacity: int,
+                out: Callable[[str], None] = print) -> None:
+    base = results[0].gpu_s
+    out(f"{'policy':<10}{'prefilled':>13}{'/unique':>9}{'hit rate':>10}{'prefill s':>11}"
+        f"{'decode s':>10}{'GPU s':>10}{'vs naive':>10}{'avg batch':>11}")
+    for r in results:
+        s = r.server
+        hit = 1 - s.prefilled / s.prompt_tokens
+        out(f"{r.policy:<10}{s.prefilled:>13,}{s.prefilled / unique:>9.3f}{hit:>10.1%}"
+            f"{s.prefill_ms / 1000:>11.1f}{s.decode_ms / 1000:>10.1f}{r.gpu_s:>10.1f}"
+            f"{base / r.gpu_s:>9.2f}x{s.decoded / max(1, s.steps):>11.1f}")
+    out(f"unique tokens (trie nodes over all prompt+output sequences): {unique:,}; "
+        f"cache capacity {capacity:,}")
+    out(f"prefill floor (unbounded cache): {floor:,} = {floor / unique:.3f} of unique, "
+        f"hit rate {1 - floor / prompt_tokens:.1%}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conversations", type=int, default=2_000)
+    parser.add_argument("--turns", type=int, default=8)
+    parser.add_argument("--branch-turn", type=int, default=3)
+    parser.add_argument("--branches", type=int, default=4)
+    parser.add_argument("--capacity-fraction", type=float, default=0.10, help="of the unique tokens")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget-fraction", type=float, default=0.5,
+                        help="Scheduler token_budget as a fraction of the cache capacity")
+    parser.add_argument("--output-reserve", type=int, default=512)
+    parser.add_argument("--starvation-limit", type=int, default=64)
+    parser.add_argument("--policies", default="naive,lpm,turnloom")
+    args = parser.parse_args(argv)
+
+    shape = Shape(turns=args.turns, branch_turn=args.branch_turn, branches=args.branches)
+    convs = build_workload(args.conversations, shape, args.seed)
+    unique, floor, prompt_tokens = exact_unique_and_floor(convs, shape)
+    capacity = max(1, int(unique * args.capacity_fraction))
+    print(f"{args.conversations:,} conversations x {args.turns} turns, best-of-{args.branches} at turn "
+          f"{args.branch_turn}, {shape.system_prompts} system prompts; seed {args.seed}")
+    print(f"server: continuous batching, max_batch {args.max_batch}; prefill {PREFILL_MS} ms/token, "
+          f"decode step {DECODE_BASE_MS} ms + {DECODE_SEQ_MS} ms x batch")
+    print(f"turnloom: token_budget = {args.budget_fraction:g} x capacity, output_reserve "
+          f"{args.output_reserve}, starvation_limit {args.starvation_limit}")
+    results = []
+    for policy in args.policies.split(","):
+        results.append(simulate(policy, convs, shape, args, capacity))
+        print(f"  {policy}: simulated in {results[-1].seconds:.1f} s {results[-1].extra}", file=sys.stderr)
+    print_table(results, unique, floor, prompt_tokens, capacity)
+
+
+if __name__ == "__main__":
+    main()

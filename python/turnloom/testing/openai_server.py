@@ -1,0 +1,280 @@
+"""A loopback server for the OpenAI-compatible API (as vLLM and SGLang serve it).
+
+- ``POST /v1/completions``: ``prompt`` as a string, a list of token ids, or a
+  list of either (one choice per prompt); ``max_tokens``, ``temperature``,
+  ``top_p``, ``stop``, ``seed``, plus vLLM's ``top_k``, ``repetition_penalty``,
+  ``stop_token_ids``, ``ignore_eos`` and ``return_token_ids`` (which adds
+  ``token_ids`` to each choice and ``prompt_token_ids``).
+- ``POST /v1/chat/completions``: ``messages`` rendered as ChatML with the
+  server's tokenizer, then generated the same way.
+- ``GET /v1/models``.
+
+Replies carry ``usage`` with ``prompt_tokens_details.cached_tokens`` from the
+same radix-cache model as the SGLang test server. Errors use OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``. Rate limiting: a
+`requests_per_minute` limit answers 429 with Retry-After when exceeded, and
+`FaultSchedule` faults (route "/v1/completions" or "/v1/chat/completions")
+inject 429s, 5xx, resets, hangs and malformed bodies.
+
+Run standalone: ``python -m turnloom.testing.openai_server --port 8000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections import deque
+from typing import Any, Sequence
+
+import msgspec
+
+from turnloom.testing._httpserver import LoopbackServer, Reply, Request
+from turnloom.testing.fake_model import (
+    Detokenizer,
+    Generation,
+    HashModel,
+    TokenModel,
+    decode_loop,
+    output_text,
+)
+from turnloom.testing.faults import Fault, FaultSchedule
+from turnloom.tokenizer import ByteTokenizer
+
+ROUTES = ("/v1/completions", "/v1/chat/completions")
+
+
+class InvalidRequest(ValueError):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class OpenAITestServer(LoopbackServer):
+    """OpenAI-style completions over loopback, from a deterministic model."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
+                 model_name: str = "turnloom/hash-model", model: TokenModel | None = None,
+                 tokenizer: Any = None, detokenizer: Detokenizer | None = None,
+                 cache_capacity: int = 1 << 16, cache: Any = None,
+                 faults: FaultSchedule | None = None, api_key: str | None = None,
+                 requests_per_minute: float | None = None, latency: float = 0.0) -> None:
+        super().__init__(host, port)
+        self.model_name = model_name
+        self.tokenizer = tokenizer or ByteTokenizer()
+        self.detok = detokenizer or (Detokenizer.bytes() if tokenizer is None
+                                     else Detokenizer(self.tokenizer.decode))
+        self.eos_token_ids = tuple(self.tokenizer.eos_token_ids)
+        self.model: TokenModel = model or HashModel(
+            eos_token_id=self.eos_token_ids[0] if self.eos_token_ids else None)
+        if cache is None:
+            from turnloom._core import RadixCache
+
+            cache = RadixCache(cache_capacity)
+        self.cache = cache
+        self.faults = faults or FaultSchedule(routes=ROUTES)
+        self.api_key = api_key
+        self.requests_per_minute = requests_per_minute
+        self.latency = latency
+        self._window: deque[float] = deque()
+        self.requests: deque[dict[str, Any]] = deque(maxlen=10_000)
+        """Bodies of the latest completion requests (for tests to inspect)."""
+
+    def inject(self, kind: str, times: int = 1, route: str = "/v1/completions", **kw: Any) -> None:
+        self.faults.push(Fault(kind, route=route, **kw), times)
+
+    async def handle(self, request: Request) -> Reply:
+        if self.api_key and request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_request_error",
+                          code="invalid_api_key")
+        if request.path == "/v1/models":
+            return Reply.json({"object": "list", "data": [{
+                "id": self.model_name, "object": "model", "created": int(time.time()),
+                "owned_by": "turnloom"}]})
+        if request.path not in ROUTES:
+            return _error(404, f"Unknown route {request.path}", "invalid_request_error")
+        if request.method != "POST":
+            return _error(405, "Method Not Allowed", "invalid_request_error")
+        fault = self.faults.draw(request.path)
+        if fault is not None:
+            if fault.kind == "reset":
+                return Reply(reset=True)
+            if fault.kind == "hang":
+                return Reply(hang=True)
+            if fault.kind == "status":
+                return self._fault_status(fault)
+            if fault.kind == "slow":
+                await asyncio.sleep(fault.delay)
+        if self._rate_limited():
+            return _error(429, "Rate limit reached for requests.", "requests",
+                          code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        try:
+            body = request.json()
+            if not isinstance(body, dict):
+                raise InvalidRequest("The request body must be a JSON object.")
+            self.requests.append(body)
+            chat = request.path == "/v1/chat/completions"
+            reply = await (self._chat(body) if chat else self._completions(body))
+        except msgspec.DecodeError as e:
+            return _error(400, f"We could not parse the JSON body of your request: {e}",
+                          "invalid_request_error")
+        except InvalidRequest as e:
+            return _error(400, str(e), "invalid_request_error", param=e.param)
+        if fault is not None and fault.kind == "malformed":
+            return Reply(status=200, body=b'{"id": "cmpl-x", "choices": [')
+        if fault is not None and fault.kind == "truncate":
+            return Reply(status=200, body=reply.body, truncate=max(1, len(reply.body) // 2))
+        return reply
+
+    def _fault_status(self, fault: Fault) -> Reply:
+        headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+        if fault.status == 429:
+            return _error(429, "Rate limit reached for tokens per min.", "tokens",
+                          code="rate_limit_exceeded", headers=headers)
+        return _error(fault.status, "The server had an error while processing your request.",
+                      "server_error", headers=headers)
+
+    def _rate_limited(self) -> bool:
+        if self.requests_per_minute is None:
+            return False
+        now = time.monotonic()
+        while self._window and now - self._window[0] > 60.0:
+            self._window.popleft()
+        if len(self._window) >= self.requests_per_minute:
+            return True
+        self._window.append(now)
+        return False
+
+    # -- endpoints --------------------------------------------------------------
+
+    async def _completions(self, body: dict[str, Any]) -> Reply:
+        prompt = body.get("prompt")
+        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt
+                                       and isinstance(prompt[0], int)):
+            prompts = [prompt]
+        elif isinstance(prompt, list) and prompt:
+            prompts = prompt
+        else:
+            raise InvalidRequest("prompt must be a string, a list of token ids, or a list of those",
+                                 "prompt")
+        ids_list = []
+        for p in prompts:
+            if isinstance(p, str):
+                ids_list.append(self.tokenizer.encode(p))
+            elif isinstance(p, list) and p and all(isinstance(t, int) for t in p):
+                ids_list.append(list(p))
+            else:
+                raise InvalidRequest("each prompt must be a non-empty string or list of token ids",
+                                     "prompt")
+        params = self._params(body)
+        gens, cached = await self._generate_all(ids_list, params)
+        choices = []
+        for i, gen in enumerate(gens):
+            choice: dict[str, Any] = {"index": i, "text": self._text(gen, params),
+                                      "logprobs": None, "finish_reason": _finish(gen)}
+            if body.get("return_token_ids"):
+                choice["token_ids"] = list(gen.output_ids)
+                choice["prompt_token_ids"] = ids_list[i]
+            choices.append(choice)
+        return Reply.json({
+            "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+            "created": int(time.time()), "model": self.model_name, "choices": choices,
+            "usage": _usage(ids_list, gens, cached)})
+
+    async def _chat(self, body: dict[str, Any]) -> Reply:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("messages must be a non-empty list", "messages")
+        rendered = ""
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
+                    or not isinstance(m.get("content"), str):
+                raise InvalidRequest("each message needs a string role and content", "messages")
+            rendered += f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+        ids = self.tokenizer.encode(rendered + "<|im_start|>assistant\n")
+        params = self._params(body)
+        (gen,), cached = await self._generate_all([ids], params)
+        return Reply.json({
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "created": int(time.time()), "model": self.model_name,
+            "choices": [{"index": 0, "finish_reason": _finish(gen),
+                         "message": {"role": "assistant", "content": self._text(gen, params)}}],
+            "usage": _usage([ids], [gen], cached)})
+
+    def _params(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("stream"):
+            raise InvalidRequest("stream is not supported by this test server", "stream")
+        if (body.get("n") or 1) != 1:
+            raise InvalidRequest("n must be 1 on this test server", "n")
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 16))
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            raise InvalidRequest("max_tokens must be a positive integer", "max_tokens")
+        temperature = body.get("temperature", 1.0)
+        if temperature is not None and not 0 <= temperature <= 2:
+            raise InvalidRequest("temperature must be between 0 and 2", "temperature")
+        stop = body.get("stop")
+        if isinstance(stop, str):
+            stop = [stop]
+        return {
+            "max_new_tokens": 16 if max_tokens is None else max_tokens,
+            "temperature": 1.0 if temperature is None else temperature,
+            "seed": body.get("seed"),
+            "stop": stop or [],
+            "stop_token_ids": body.get("stop_token_ids") or [],
+            "ignore_eos": bool(body.get("ignore_eos", False)),
+        }
+
+    async def _generate_all(self, prompts: list[list[int]],
+                   params: dict[str, Any]) -> tuple[list[Generation], list[int]]:
+        cached = [self.cache.match_len(p[:-1]) for p in prompts]
+        gens = [decode_loop(self.model, p, params, self.detok, self.eos_token_ids)
+                for p in prompts]
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        for p, g in zip(prompts, gens):
+            self.cache.insert(p + g.output_ids[:-1])
+        return gens, cached
+
+    def _text(self, gen: Generation, params: dict[str, Any]) -> str:
+        return output_text(gen, self.detok)
+
+
+def _finish(gen: Generation) -> str:
+    return "length" if gen.finish["type"] == "length" else "stop"
+
+
+def _usage(prompts: list[list[int]], gens: list[Generation], cached: list[int]) -> dict[str, Any]:
+    prompt_tokens = sum(len(p) for p in prompts)
+    completion = sum(len(g.output_ids) for g in gens)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(cached)}}
+
+
+def _error(status: int, message: str, kind: str, *, param: str | None = None,
+           code: str | None = None, headers: dict[str, str] | None = None) -> Reply:
+    return Reply.json({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                      status=status, headers=headers or {})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m turnloom.testing.openai_server",
+        description="Serve an OpenAI-compatible API from a deterministic hash model.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model-name", default="turnloom/hash-model")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--requests-per-minute", type=float, default=None)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--fault-status", type=int, default=429)
+    args = parser.parse_args(argv)
+    faults = FaultSchedule(rate=args.fault_rate, routes=ROUTES, status=args.fault_status)
+    OpenAITestServer(host=args.host, port=args.port, model_name=args.model_name,
+                     api_key=args.api_key, requests_per_minute=args.requests_per_minute,
+                     faults=faults).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Kill a run at any point, resume it, and get exactly the uninterrupted run's output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from turnloom.records import ConversationRecord
+from turnloom.wal import MAGIC, EndEvent, TurnEvent, WalWriter, read_events
+
+SCENARIO = """\
+[run]
+name = "resume"
+conversations = 30
+max_turns = 6
+seed = 5
+batch_size = 4
+max_inflight = 1
+max_active = 6
+wal_sync_s = 0.0
+
+[backends.sim]
+type = "scripted"
+latency_s = 0.01
+fail_every = 17
+
+[[participants]]
+name = "user"
+agent = "user-simulator"
+system_prompt = "You are {profile.name}."
+sampler = "inline"
+sampler_settings.profiles = [{ name = "Ada" }, { name = "Bo" }, { name = "Cy" }]
+settings.stop_phrases = ["[END]"]
+
+[[participants]]
+name = "assistant"
+agent = "assistant"
+
+[[participants]]
+name = "env"
+agent = "scripted-user"
+settings.lines = ["ok", "go on", "and then?"]
+
+[backends.sim.settings]
+lines = ["Sure.", "Tell me more.", "Thanks [END]", "Let me think about it.", "Hmm."]
+
+[[branches]]
+at_turn = 2
+n = 2
+
+[[scorers]]
+name = "length"
+
+[[scorers]]
+name = "stop-reason"
+"""
+
+OUTPUTS = ("conversations.jsonl", "scores.jsonl")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "turnloom.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1", "TURNLOOM_PROGRESS_INTERVAL": "60"}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
+    root = tmp_path_factory.mktemp("reference")
+    scenario = root / "s.toml"
+    scenario.write_text(SCENARIO)
+    subprocess.run(cli("run", str(scenario), "--out", str(root / "run"), "--no-progress"),
+                   env=env, check=True, capture_output=True, timeout=120)
+    return root
+
+
+def kill_when(cmd: list[str], env: dict[str, str], wal: Path, size: int) -> bool:
+    """Run `cmd`, SIGKILL it once `wal` holds at least `size` bytes; False if it
+    finished first."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if wal.exists() and wal.stat().st_size >= size:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.002)
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    for name in OUTPUTS:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_reference_run_is_interesting(reference: Path) -> None:
+    lines = (reference / "run" / "conversations.jsonl").read_text().splitlines()
+    recs = [msgspec.json.decode(x) for x in lines]
+    assert {r["branch"] for r in recs} == {0, 1}
+    assert {r["stop_reason"] for r in recs} >= {"max_turns", "user_stop"}
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.4, 0.8])
+def test_kill_and_resume_equals_uninterrupted(fraction: float, reference: Path,
+                                              env: dict[str, str], tmp_path: Path) -> None:
+    full = reference / "run"
+    run_dir = tmp_path / "run"
+    wal = run_dir / "turns.wal"
+    size = int((full / "turns.wal").stat().st_size * fraction)
+    killed = kill_when(cli("run", str(reference / "s.toml"), "--out", str(run_dir)),
+                       env, wal, size)
+    if killed:
+        assert not (run_dir / "conversations.jsonl").exists()
+        shown = subprocess.run(cli("show", str(run_dir)), env=env, capture_output=True,
+                               text=True, timeout=60)
+        assert shown.returncode == 0 and "incomplete run" in shown.stdout
+    done = subprocess.run(cli("resume", str(run_dir)), env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert_same_outputs(full, run_dir)
+    # No turn is logged twice: each (index, branch, turn) appears once in the log.
+    keys = [(e.index, e.branch, e.turn) for e in read_events(wal) if type(e) is TurnEvent]
+    assert len(keys) == len(set(keys))
+
+
+def test_kill_during_resume(reference: Path, env: dict[str, str], tmp_path: Path) -> None:
+    full = reference / "run"
+    run_dir = tmp_path / "run"
+    wal = run_dir / "turns.wal"
+    total = (full / "turns.wal").stat().st_size
+    kill_when(cli("run", str(reference / "s.toml"), "--out", str(run_dir)), env, wal,
+              int(total * 0.3))
+    kill_when(cli("resume", str(run_dir)), env, wal, int(total * 0.6))
+    subprocess.run(cli("resume", str(run_dir)), env=env, check=True, capture_output=True,
+                   timeout=120)
+    assert_same_outputs(full, run_dir)
+
+
+def test_torn_last_record_is_dropped(reference: Path, env: dict[str, str],
+                                     tmp_path: Path) -> None:
+    full = reference / "run"
+    run_dir = tmp_path / "run"
+    wal = run_dir / "turns.wal"
+    kill_when(cli("run", str(reference / "s.toml"), "--out", str(run_dir)), env, wal,
+              int((full / "turns.wal").stat().st_size * 0.5))
+    good = wal.stat().st_size
+    with open(wal, "ab") as f:  # a record header promising more than is there
+        f.write((1000).to_bytes(4, "little") + b"\x00\x00\x00\x00partial")
+    subprocess.run(cli("resume", str(run_dir)), env=env, check=True, capture_output=True,
+                   timeout=120)
+    assert_same_outputs(full, run_dir)
+    assert b"partial" not in wal.read_bytes()[good - 16:]
+
+
+def test_resume_of_a_finished_run_changes_nothing(reference: Path, env: dict[str, str],
+                                                  tmp_path: Path) -> None:
+    full = reference / "run"
+    before = {name: (full / name).read_bytes() for name in (*OUTPUTS, "turns.wal")}
+    done = subprocess.run(cli("resume", str(full)), env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert before == {name: (full / name).read_bytes() for name in before}
+
+
+def _record(index: int) -> ConversationRecord:
+    return ConversationRecord(conversation_id=f"c{index}", index=index, branch=0, seed=1,
+                              messages=[], participants={}, turns=[], tokens={},
+                              stop_reason="max_turns")
+
+
+def _turn(index: int, turn: int) -> TurnEvent:
+    return TurnEvent(index, 0, 0, turn, 0, "user", "hi", [1, 2, 3], "stop", 7, 3, 3, 0, 0.0,
+                     None, None, None, None, None)
+
+
+def test_wal_round_trip_and_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "turns.wal"
+    w = WalWriter(path, sync_s=0)
+    w.append(_turn(0, 0))
+    w.append(_turn(0, 1))
+    w.flush()
+    w.append(EndEvent(index=0, branch=0, tree_done=True, record=_record(0)))
+    w.flush()
+    boundary = path.stat().st_size
+    w.append(_turn(1, 0))
+    w.close()
+    assert [type(e).__name__ for e in read_events(path)] == [
+        "TurnEvent", "TurnEvent", "EndEvent", "TurnEvent"]
+    # Cut the last record in the middle: it is dropped and the file truncated there.
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 3)
+    events = list(read_events(path))
+    assert len(events) == 3 and events[2].record == _record(0)
+    assert path.stat().st_size == boundary
+    # A flipped byte fails the checksum: that record and everything after it go.
+    data = bytearray(path.read_bytes())
+    data[len(MAGIC) + 12] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert list(read_events(path)) == []
+    assert path.read_bytes() == MAGIC
+
+
+def test_empty_or_missing_magic(tmp_path: Path) -> None:
+    path = tmp_path / "turns.wal"
+    path.write_bytes(MAGIC[:3])  # torn while writing the header
+    assert list(read_events(path)) == []
+    assert path.read_bytes() == MAGIC
+    path.write_bytes(b"not a log at all")
+    with pytest.raises(ValueError, match="not a turnloom write-ahead log"):
+        list(read_events(path))
