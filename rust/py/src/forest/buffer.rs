@@ -95,16 +95,19 @@ impl Buffer {
         unsafe { std::slice::from_raw_parts(self.raw.buf as *const u8, self.raw.len as usize) }
     }
 
-    /// Items of a native-order integer format ("I", "=Q", …) as (code, size).
+    /// Code and item size of a native-order integer format ("I", "=Q", "<i"
+    /// on little-endian machines, …); None for any other format.
     fn int_format(&self) -> Option<(char, usize)> {
         let format = self.format();
-        let code = format.strip_prefix(['@', '=']).unwrap_or(format);
-        let native = cfg!(target_endian = "little") && format.starts_with('<')
-            || cfg!(target_endian = "big") && format.starts_with(['>', '!']);
-        let code = if native { &format[1..] } else { code };
+        let (native, code) = match format.chars().next() {
+            Some('@' | '=') => (true, &format[1..]),
+            Some('<') => (cfg!(target_endian = "little"), &format[1..]),
+            Some('>' | '!') => (cfg!(target_endian = "big"), &format[1..]),
+            _ => (true, format),
+        };
         let mut chars = code.chars();
         match (chars.next(), chars.next()) {
-            (Some(c), None) if "bBhHiIlLqQnN".contains(c) => Some((c, self.item_size())),
+            (Some(c), None) if native && "bBhHiIlLqQnN".contains(c) => Some((c, self.item_size())),
             _ => None,
         }
     }
@@ -116,24 +119,8 @@ impl Buffer {
         let bytes = self.bytes();
         match self.int_format() {
             Some(('I' | 'L', 4)) => Ok(native_u32s(bytes)),
-            Some(('B' | 'b', 1)) | None if matches!(self.format(), "B" | "b" | "c") => {
-                if bytes.len() % 4 != 0 {
-                    return Err(crate::forest::invalid(format!(
-                        "{} bytes of tokens is not a whole number of 4-byte tokens",
-                        bytes.len()
-                    )));
-                }
-                if cfg!(target_endian = "little") {
-                    Ok(native_u32s(bytes))
-                } else {
-                    Ok(Cow::Owned(
-                        bytes
-                            .chunks_exact(4)
-                            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                            .collect(),
-                    ))
-                }
-            }
+            Some(('B' | 'b', 1)) => le_u32s(bytes),
+            _ if self.format() == "c" => le_u32s(bytes),
             _ => Err(PyTypeError::new_err(format!(
                 "tokens must be a buffer of uint32 items (format 'I') or raw bytes, \
                  got format {:?} with {}-byte items",
@@ -147,23 +134,21 @@ impl Buffer {
     /// negative values are an error.
     pub(crate) fn naturals(&self, name: &str) -> PyResult<Vec<u64>> {
         let bytes = self.bytes();
-        let signed = |c: char| c.is_ascii_lowercase();
-        let values: Vec<i128> = match self.int_format() {
-            Some((c, 4)) if signed(c) => chunks::<4>(bytes).map(|b| i32::from_ne_bytes(b).into()).collect(),
-            Some((_, 4)) => chunks::<4>(bytes).map(|b| u32::from_ne_bytes(b).into()).collect(),
-            Some((c, 8)) if signed(c) => chunks::<8>(bytes).map(|b| i64::from_ne_bytes(b).into()).collect(),
-            Some((_, 8)) => chunks::<8>(bytes).map(|b| u64::from_ne_bytes(b).into()).collect(),
-            _ => {
-                return Err(PyTypeError::new_err(format!(
-                    "{name} must be ints or a buffer of 4- or 8-byte integers, got format {:?}",
-                    self.format()
-                )))
-            }
-        };
-        values
-            .into_iter()
-            .map(|v| u64::try_from(v).map_err(|_| crate::forest::invalid(format!("{name} must not be negative, got {v}"))))
-            .collect()
+        let negative = |v: i64| super::invalid(format!("{name} must not be negative, got {v}"));
+        match self.int_format() {
+            Some(('i' | 'l', 4)) => chunks::<4>(bytes)
+                .map(|b| u64::try_from(i32::from_ne_bytes(b)).map_err(|_| negative(i32::from_ne_bytes(b).into())))
+                .collect(),
+            Some(('I' | 'L', 4)) => Ok(chunks::<4>(bytes).map(|b| u32::from_ne_bytes(b).into()).collect()),
+            Some(('l' | 'q' | 'n', 8)) => chunks::<8>(bytes)
+                .map(|b| u64::try_from(i64::from_ne_bytes(b)).map_err(|_| negative(i64::from_ne_bytes(b))))
+                .collect(),
+            Some(('L' | 'Q' | 'N', 8)) => Ok(chunks::<8>(bytes).map(u64::from_ne_bytes).collect()),
+            _ => Err(PyTypeError::new_err(format!(
+                "{name} must be ints or a buffer of 4- or 8-byte integers, got format {:?}",
+                self.format()
+            ))),
+        }
     }
 }
 
@@ -179,6 +164,21 @@ fn chunks<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
     bytes
         .chunks_exact(N)
         .map(|c| c.try_into().expect("chunks are N bytes"))
+}
+
+/// Raw bytes as little-endian u32s.
+fn le_u32s(bytes: &[u8]) -> PyResult<Cow<'_, [u32]>> {
+    if bytes.len() % 4 != 0 {
+        return Err(super::invalid(format!(
+            "{} bytes of tokens is not a whole number of 4-byte tokens",
+            bytes.len()
+        )));
+    }
+    if cfg!(target_endian = "little") {
+        Ok(native_u32s(bytes))
+    } else {
+        Ok(Cow::Owned(chunks::<4>(bytes).map(u32::from_le_bytes).collect()))
+    }
 }
 
 /// Native-order u32s: the bytes themselves when 4-aligned, else a copy.
@@ -200,7 +200,7 @@ pub(crate) fn naturals(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<u64>>
     }
     obj.extract::<Vec<u64>>().map_err(|e| {
         if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(obj.py()) {
-            crate::forest::invalid(format!("{name} must be ints in 0..2**64: {e}"))
+            super::invalid(format!("{name} must be ints in 0..2**64: {e}"))
         } else {
             e
         }
