@@ -2,11 +2,14 @@
 
 A discrete-event model of one GPU inference server: continuous batching of at
 most `--max-batch` running requests, an LRU radix prefix cache of fixed token
-capacity (the real `turnloom._core.RadixCache`), and a cost model:
+capacity (the real `turnloom._core.RadixCache`), and a cost model (flags):
 
-    prefill      PREFILL_MS per uncached prompt token
-    decode step  DECODE_BASE_MS + DECODE_SEQ_MS x running requests
+    prefill      0.02 ms per uncached prompt token
+    decode step  8 ms + 0.05 ms x running requests
                  (one output token per running request per step)
+
+Modelled GPU time is the sum of both; the client answers instantly, so the
+server is never idle while a request is ready.
 
 Every server step first admits waiting requests into free batch slots
 (prefill: cached = match_len(prompt), insert(prompt), pin(prompt)), then runs one
@@ -43,9 +46,6 @@ from typing import Callable, Iterable
 
 from turnloom._core import RadixCache, Scheduler
 
-PREFILL_MS = 0.02
-DECODE_BASE_MS = 8.0
-DECODE_SEQ_MS = 0.05
 LPM_FCFS_ABOVE = 128  # SGLang's lpm turns into FCFS when more requests wait
 VOCAB_IDS = list(range(1_000, 33_000))  # shared int objects keep token lists small
 UNBOUNDED = 1 << 60
@@ -192,10 +192,21 @@ def exact_unique_and_floor(convs: list[Conversation], shape: Shape) -> tuple[int
 # --- server -----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Cost:
+    prefill_ms: float = 0.02  # per uncached prompt token
+    decode_base_ms: float = 8.0  # per decode step
+    decode_seq_ms: float = 0.05  # per running request per decode step
+
+    def decode_step_ms(self, batch: int) -> float:
+        return self.decode_base_ms + self.decode_seq_ms * batch
+
+
 @dataclass
 class Server:
     capacity: int
     max_batch: int
+    cost: Cost
     lpm: bool = False
     cache: RadixCache = field(init=False)
     queue: deque[Request] = field(default_factory=deque)
@@ -225,7 +236,7 @@ class Server:
         fresh = len(req.prompt) - cached
         self.prefilled += fresh
         self.prompt_tokens += len(req.prompt)
-        self.prefill_ms += PREFILL_MS * fresh
+        self.prefill_ms += self.cost.prefill_ms * fresh
         self.cache.insert(req.prompt)
         self.cache.pin(req.prompt)
         self.running.append([len(req.output), req])
@@ -239,7 +250,7 @@ class Server:
             return []
         self.steps += 1
         self.decoded += len(self.running)
-        self.decode_ms += DECODE_BASE_MS + DECODE_SEQ_MS * len(self.running)
+        self.decode_ms += self.cost.decode_step_ms(len(self.running))
         finished, still = [], []
         for entry in self.running:
             entry[0] -= 1
@@ -337,11 +348,30 @@ class Result:
         return (self.server.prefill_ms + self.server.decode_ms) / 1000
 
 
+def mean(bounds: tuple[int, int]) -> float:
+    return sum(bounds) / 2
+
+
+def admission_fraction(shape: Shape, output_reserve: int, headroom: float = 0.9) -> float:
+    """Budget fraction under which the trees admitted at once still fit once grown.
+
+    The Scheduler sizes a tree at admission by its first prompt + output_reserve
+    and never holds back an admitted tree's later turns, so trees admitted in one
+    burst grow to their full size together: budget x final / first <= capacity.
+    """
+    user, reply, system = mean(shape.user_len), mean(shape.reply_len), mean(shape.system_len)
+    trunk = system + (shape.branch_turn - 1) * (user + reply) + user
+    per_branch = reply + (shape.turns - shape.branch_turn) * (user + reply)
+    final = trunk + shape.branches * per_branch
+    first = system + user + output_reserve
+    return min(1.0, headroom * first / final)
+
+
 def simulate(policy: str, convs: list[Conversation], shape: Shape, args: argparse.Namespace,
-             capacity: int) -> Result:
+             capacity: int, cost: Cost) -> Result:
     for conv in convs:
         conv.branches_left = 0
-    server = Server(capacity, args.max_batch, lpm=policy == "lpm")
+    server = Server(capacity, args.max_batch, cost, lpm=policy == "lpm")
     client = Client(convs, shape)
     t = time.perf_counter()
     extra: dict[str, int] = {}
@@ -354,24 +384,47 @@ def simulate(policy: str, convs: list[Conversation], shape: Shape, args: argpars
     return Result(policy, server, time.perf_counter() - t, extra)
 
 
-def print_table(results: list[Result], unique: int, floor: int, prompt_tokens: int, capacity: int,
-                out: Callable[[str], None] = print) -> None:
-    base = results[0].gpu_s
+@dataclass(frozen=True)
+class Row:
+    policy: str
+    prefilled: int
+    prompt_tokens: int
+    prefill_s: float
+    decode_s: float
+    avg_batch: float
+
+    @property
+    def gpu_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+
+def row_of(r: Result) -> Row:
+    s = r.server
+    return Row(r.policy, s.prefilled, s.prompt_tokens, s.prefill_ms / 1000, s.decode_ms / 1000,
+               s.decoded / max(1, s.steps))
+
+
+def limit_row(floor: int, prompt_tokens: int, output_tokens: int, max_batch: int, cost: Cost) -> Row:
+    """No policy beats this: the prefill floor and every decode step at max_batch."""
+    decode_ms = output_tokens / max_batch * cost.decode_step_ms(max_batch)
+    return Row("limit", floor, prompt_tokens, floor * cost.prefill_ms / 1000, decode_ms / 1000, max_batch)
+
+
+def print_table(rows: list[Row], unique: int, capacity: int, out: Callable[[str], None] = print) -> None:
+    base = rows[0].gpu_s
     out(f"{'policy':<10}{'prefilled':>13}{'/unique':>9}{'hit rate':>10}{'prefill s':>11}"
-        f"{'decode s':>10}{'GPU s':>10}{'vs naive':>10}{'avg batch':>11}")
-    for r in results:
-        s = r.server
-        hit = 1 - s.prefilled / s.prompt_tokens
-        out(f"{r.policy:<10}{s.prefilled:>13,}{s.prefilled / unique:>9.3f}{hit:>10.1%}"
-            f"{s.prefill_ms / 1000:>11.1f}{s.decode_ms / 1000:>10.1f}{r.gpu_s:>10.1f}"
-            f"{base / r.gpu_s:>9.2f}x{s.decoded / max(1, s.steps):>11.1f}")
+        f"{'decode s':>10}{'GPU s':>10}{'speedup':>9}{'avg batch':>11}")
+    for r in rows:
+        hit = 1 - r.prefilled / r.prompt_tokens
+        out(f"{r.policy:<10}{r.prefilled:>13,}{r.prefilled / unique:>9.3f}{hit:>10.1%}"
+            f"{r.prefill_s:>11.1f}{r.decode_s:>10.1f}{r.gpu_s:>10.1f}"
+            f"{base / r.gpu_s:>8.2f}x{r.avg_batch:>11.1f}")
     out(f"unique tokens (trie nodes over all prompt+output sequences): {unique:,}; "
-        f"cache capacity {capacity:,}")
-    out(f"prefill floor (unbounded cache): {floor:,} = {floor / unique:.3f} of unique, "
-        f"hit rate {1 - floor / prompt_tokens:.1%}")
+        f"cache capacity {capacity:,}; speedup = {rows[0].policy} GPU s / GPU s")
 
 
 def main(argv: list[str] | None = None) -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # keep progress (stderr) and table in order
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversations", type=int, default=2_000)
     parser.add_argument("--turns", type=int, default=8)
@@ -380,28 +433,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacity-fraction", type=float, default=0.10, help="of the unique tokens")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget-fraction", type=float, default=0.5,
-                        help="Scheduler token_budget as a fraction of the cache capacity")
-    parser.add_argument("--output-reserve", type=int, default=512)
+    parser.add_argument("--budget-fraction", type=float, default=None,
+                        help="Scheduler token_budget as a fraction of the cache capacity "
+                             "(default: derived from the expected tree growth, see admission_fraction)")
+    parser.add_argument("--output-reserve", type=int, default=256)
     parser.add_argument("--starvation-limit", type=int, default=64)
+    parser.add_argument("--prefill-ms", type=float, default=0.02, help="per uncached prompt token")
+    parser.add_argument("--decode-base-ms", type=float, default=8.0, help="per decode step")
+    parser.add_argument("--decode-seq-ms", type=float, default=0.05, help="per running request per step")
     parser.add_argument("--policies", default="naive,lpm,turnloom")
     args = parser.parse_args(argv)
+    if not 2 <= args.branch_turn <= args.turns or args.branches < 1:
+        parser.error("need 2 <= --branch-turn <= --turns and --branches >= 1")
+    cost = Cost(args.prefill_ms, args.decode_base_ms, args.decode_seq_ms)
 
     shape = Shape(turns=args.turns, branch_turn=args.branch_turn, branches=args.branches)
+    if args.budget_fraction is None:
+        args.budget_fraction = admission_fraction(shape, args.output_reserve)
     convs = build_workload(args.conversations, shape, args.seed)
     unique, floor, prompt_tokens = exact_unique_and_floor(convs, shape)
     capacity = max(1, int(unique * args.capacity_fraction))
     print(f"{args.conversations:,} conversations x {args.turns} turns, best-of-{args.branches} at turn "
           f"{args.branch_turn}, {shape.system_prompts} system prompts; seed {args.seed}")
-    print(f"server: continuous batching, max_batch {args.max_batch}; prefill {PREFILL_MS} ms/token, "
-          f"decode step {DECODE_BASE_MS} ms + {DECODE_SEQ_MS} ms x batch")
-    print(f"turnloom: token_budget = {args.budget_fraction:g} x capacity, output_reserve "
-          f"{args.output_reserve}, starvation_limit {args.starvation_limit}")
-    results = []
+    print(f"server: continuous batching, max_batch {args.max_batch}; prefill {cost.prefill_ms} ms/token, "
+          f"decode step {cost.decode_base_ms} ms + {cost.decode_seq_ms} ms x batch")
+    print(f"turnloom: token_budget = {args.budget_fraction:.3f} x capacity, output_reserve "
+          f"{args.output_reserve}, starvation_limit {args.starvation_limit}", flush=True)
+    rows = []
     for policy in args.policies.split(","):
-        results.append(simulate(policy, convs, shape, args, capacity))
-        print(f"  {policy}: simulated in {results[-1].seconds:.1f} s {results[-1].extra}", file=sys.stderr)
-    print_table(results, unique, floor, prompt_tokens, capacity)
+        result = simulate(policy, convs, shape, args, capacity, cost)
+        print(f"  {policy}: simulated in {result.seconds:.1f} s {result.extra}", file=sys.stderr)
+        rows.append(row_of(result))
+        output_tokens = result.server.decoded
+    rows.append(limit_row(floor, prompt_tokens, output_tokens, args.max_batch, cost))
+    print_table(rows, unique, capacity)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ against a plain-Python reference."""
 
 from __future__ import annotations
 
+from array import array
+
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -228,6 +230,187 @@ def test_memory_tracks_live_nodes():
     assert kept["live_nodes"] == 500 and kept["compactions"] > 0
     assert kept["token_capacity"] < full["token_capacity"] / 4
     assert forest.lane(leaves[-1], 1) == tokens * 5
+
+
+def packed(segments: list[list[list[int]]], lead: int = 0) -> tuple[array, list[int]]:
+    """Per-node per-view token lists as one uint32 buffer and its offsets,
+    starting `lead` tokens in."""
+    tokens, offsets = array("I", [7] * lead), [lead]
+    for node in segments:
+        for segment in node:
+            tokens.extend(segment)
+            offsets.append(len(tokens))
+    return tokens, offsets
+
+
+def test_append_packed(forest):
+    root, user, reply = conversation(forest)
+    tokens, offsets = packed([[[11], [12, 13]], [[], [14]], [[15, 16], []]], lead=2)
+    ids = forest.append_packed(
+        [reply, None, user], [1, 2, 0], ["user", 4, "assistant"], ["a", "env", "c"],
+        [0, 1], tokens, offsets, finishes=["", "stop", 2], metas=["", "{}", ""],
+    )
+    assert forest.children(reply) == [ids[0]] and forest.children(user) == [reply, ids[2]]
+    assert forest.parent(ids[1]) is None and forest.stats()["roots"] == 2
+    assert forest.lane(ids[0], 0) == [1, 2, 3, 6, 7, 11]
+    assert forest.lane(ids[0], 1) == [9, 4, 5, 12, 13]
+    assert forest.segment(ids[1], 0) == [] and forest.lane(ids[1], 1) == [14]
+    assert forest.lane(ids[2], 0) == [1, 2, 3, 15, 16] and forest.segment(ids[2], 1) == []
+    assert forest.node(ids[1]) == {
+        "participant": 2, "role": "environment", "text": "env", "finish": "stop", "meta": "{}",
+        "depth": 0, "parent": None, "children": [],
+    }
+    assert forest.node(ids[2])["finish"] == "length" and forest.node(ids[2])["role"] == "assistant"
+    assert forest.append_packed([], [], [], [], [0], array("I"), [0]) == []
+    # No views: plain nodes.
+    bare = forest.append_packed([root], [0], ["tool"], ["t"], [], b"", [0])
+    assert forest.segment(bare[0], 0) is None
+
+
+def test_append_packed_accepts_any_uint32_buffer(forest):
+    root = forest.add_root(0, "system", "", {0: [1]})
+    payload = array("I", [5, 6, 2**32 - 1])
+    raw = payload.tobytes()
+    unaligned = memoryview(bytearray(b"\0" + raw))[1:]
+    for tokens in (payload, raw, bytearray(raw), memoryview(payload), memoryview(raw), unaligned):
+        node = forest.append_packed([root], [0], [1], ["u"], [0], tokens, array("Q", [0, 3]))
+        assert forest.segment(node[0], 0) == [5, 6, 2**32 - 1]
+    node = forest.append_packed([root], [0], [1], ["u"], [0], payload, array("i", [1, 2]))
+    assert forest.segment(node[0], 0) == [6]
+
+
+def test_append_packed_with_numpy(forest):
+    np = pytest.importorskip("numpy")
+    root = forest.add_root(0, "system", "", {0: [1]})
+    tokens = np.arange(10, 22, dtype=np.uint32).reshape(2, 2, 3)  # node, view, token
+    offsets = np.arange(5, dtype=np.int64) * 3
+    ids = forest.append_packed([root, root], [1, 1], [1, 1], ["a", "b"], [0, 1], tokens, offsets)
+    assert forest.lane(ids[1], 0) == [1, 16, 17, 18] and forest.lane(ids[1], 1) == [19, 20, 21]
+    lanes, ends = forest.lanes_packed(np.array(ids, dtype=np.uint64), np.array([1, 0]))
+    assert np.asarray(lanes).dtype == np.uint32 and np.asarray(ends).tolist() == [0, 3, 7]
+    assert np.asarray(lanes).tolist() == [13, 14, 15, 1, 16, 17, 18]
+    with pytest.raises(TypeError):
+        forest.append_packed([root], [1], [1], ["a"], [0], np.arange(3, dtype=np.int64), [0, 3])
+    with pytest.raises((BufferError, ValueError)):  # numpy's word for "not contiguous"
+        forest.append_packed([root], [1], [1], ["a"], [0], np.arange(6, dtype=np.uint32)[::2], [0, 3])
+
+
+def test_append_packed_misuse_is_all_or_nothing(forest):
+    root, user, reply = conversation(forest)
+    gone = forest.append(root, 0, "user", "gone")
+    forest.free_subtree(gone)
+    before = (len(forest), forest.stats(), forest.children(reply), forest.children(user))
+    tokens, offsets = packed([[[1], [2]], [[3], [4]]])  # two nodes, views 0 and 1
+    good = dict(parents=[reply, None], participants=[0, 0], roles=["user", "system"], texts=["a", "b"],
+                views=[0, 1], tokens=tokens, offsets=offsets)
+    bad_calls = [
+        (TypeError, dict(tokens=array("H", [1, 2, 3, 4]))),  # wrong item size
+        (TypeError, dict(tokens=array("Q", [1, 2, 3, 4]))),
+        (TypeError, dict(tokens=array("i", [1, 2, 3, 4]))),  # signed
+        (TypeError, dict(tokens=array("f", [1, 2, 3, 4]))),
+        (TypeError, dict(tokens=[1, 2, 3, 4])),  # not a buffer
+        (TypeError, dict(tokens="1234")),
+        (BufferError, dict(tokens=memoryview(tokens)[::2])),  # not contiguous
+        (_core.InvalidArgumentError, dict(tokens=b"\1\0\0\0\2")),  # not whole u32s
+        (_core.InvalidArgumentError, dict(offsets=[0, 1, 2, 3])),  # too few
+        (_core.InvalidArgumentError, dict(offsets=[0, 1, 2, 3, 4, 4])),  # too many
+        (_core.InvalidArgumentError, dict(offsets=[0, 2, 1, 3, 4])),  # decreasing
+        (_core.InvalidArgumentError, dict(offsets=[0, 1, 2, 3, 5])),  # past the tokens
+        (_core.InvalidArgumentError, dict(offsets=[-1, 1, 2, 3, 4])),
+        (_core.InvalidArgumentError, dict(offsets=array("q", [0, 1, 2, 3, -4]))),
+        (TypeError, dict(offsets=array("d", [0, 1, 2, 3, 4]))),
+        (TypeError, dict(offsets=b"\0\1\2\3\4")),
+        (_core.InvalidArgumentError, dict(views=[0, 0])),  # a view twice
+        (_core.InvalidArgumentError, dict(views=[0, 1 << 16])),
+        (_core.InvalidArgumentError, dict(views=[0, -1])),
+        (_core.InvalidArgumentError, dict(roles=["user", "wizard"])),
+        (_core.InvalidArgumentError, dict(roles=["user", 5])),
+        (_core.InvalidArgumentError, dict(roles=["user", -1])),
+        (TypeError, dict(roles=["user", 1.0])),
+        (_core.InvalidArgumentError, dict(finishes=["", "done"])),
+        (_core.InvalidArgumentError, dict(finishes=["", 9])),
+        (_core.InvalidArgumentError, dict(participants=[0, 1 << 16])),
+        (_core.InvalidArgumentError, dict(texts=["a"])),
+        (_core.InvalidArgumentError, dict(metas=["", "", ""])),
+        (_core.InvalidArgumentError, dict(parents=[reply])),
+        (_core.StaleNodeError, dict(parents=[None, gone])),
+        (_core.UnknownNodeError, dict(parents=[reply, 12345])),
+    ]
+    for error, change in bad_calls:
+        with pytest.raises(error):
+            forest.append_packed(**{**good, **change})
+    after = (len(forest), forest.stats(), forest.children(reply), forest.children(user))
+    assert after == before
+    assert len(forest.append_packed(**good)) == 2
+
+
+def test_lanes_packed(forest):
+    root, user, reply = conversation(forest)
+    nodes, views = [reply, user, root, reply], [1, 0, 0, 7]
+    tokens, offsets = forest.lanes_packed(nodes, views)
+    assert (tokens.format, tokens.itemsize, offsets.format, offsets.itemsize) == ("I", 4, "Q", 8)
+    assert offsets.tolist() == [0, 3, 6, 8, 8]
+    lanes = forest.lanes_for(nodes, views)
+    assert [tokens[a:b].tolist() for a, b in zip(offsets, offsets[1:])] == lanes
+    assert forest.lanes_packed(array("Q", [reply, user]), 0)[0].tolist() == [1, 2, 3, 6, 7, 1, 2, 3]
+    empty, ends = forest.lanes_packed([], [])
+    assert (len(empty), ends.tolist()) == (0, [0])
+    for call, error in [
+        (lambda: forest.lanes_packed([reply], [0, 1]), _core.InvalidArgumentError),
+        (lambda: forest.lanes_packed([reply], [-1]), _core.InvalidArgumentError),
+        (lambda: forest.lanes_packed([reply], 1 << 16), _core.InvalidArgumentError),
+        (lambda: forest.lanes_packed([-5], 0), _core.InvalidArgumentError),
+        (lambda: forest.lanes_packed([12345], 0), _core.UnknownNodeError),
+        (lambda: forest.lanes_packed(array("d", [1.0]), 0), TypeError),
+    ]:
+        with pytest.raises(error):
+            call()
+    forest.free_subtree(user)
+    with pytest.raises(_core.StaleNodeError):
+        forest.lanes_packed([root, reply], 0)
+
+
+tokens_lists = st.lists(st.integers(0, 2**32 - 1), max_size=5)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_packed_api_matches_list_api(data):
+    """Random batches through append_packed into one forest and through
+    add_root/append into another: same ids, nodes, segments and lanes, and
+    lanes_packed agrees with lanes_for."""
+    listed, packed_forest = _core.Forest(), _core.Forest()
+    live: list[int] = []
+    for _ in range(data.draw(st.integers(1, 5), label="batches")):
+        if live and data.draw(st.booleans(), label="free first"):
+            top = data.draw(st.sampled_from(live), label="freed")
+            assert listed.free_subtree(top) == packed_forest.free_subtree(top)
+            live = [n for n in live if listed.is_live(n)]
+        views = data.draw(st.lists(st.integers(0, 3), unique=True, max_size=3), label="views")
+        n = data.draw(st.integers(0, 5), label="nodes")
+        parents = [data.draw(st.none() | st.sampled_from(live)) if live else None for _ in range(n)]
+        roles = data.draw(st.lists(st.integers(0, len(_core.ROLES) - 1), min_size=n, max_size=n), label="roles")
+        texts = data.draw(st.lists(st.text(max_size=4), min_size=n, max_size=n), label="texts")
+        segments = data.draw(st.lists(st.lists(tokens_lists, min_size=len(views), max_size=len(views)),
+                                      min_size=n, max_size=n), label="segments")
+        tokens, offsets = packed(segments, lead=data.draw(st.integers(0, 3), label="lead"))
+        ids = packed_forest.append_packed(parents, [3] * n, roles, texts, views, tokens, offsets)
+        for parent, role, text, node_segments, node in zip(parents, roles, texts, segments, ids):
+            args = (3, _core.ROLES[role], text, dict(zip(views, node_segments)))
+            one = listed.add_root(*args) if parent is None else listed.append(parent, *args)
+            assert one == node
+        live.extend(ids)
+    assert len(listed) == len(packed_forest) == len(live)
+    for node in live:
+        assert packed_forest.node(node) == listed.node(node)
+        for view in range(4):
+            assert packed_forest.segment(node, view) == listed.segment(node, view)
+    pairs = [(node, view) for node in live for view in range(4)]
+    nodes, views = [p[0] for p in pairs], [p[1] for p in pairs]
+    lanes = listed.lanes_for(nodes, views)
+    assert packed_forest.lanes_for(nodes, views) == lanes
+    tokens, offsets = packed_forest.lanes_packed(nodes, views)
+    assert [tokens[a:b].tolist() for a, b in zip(offsets, offsets[1:])] == lanes
 
 
 class ForestMachine(RuleBasedStateMachine):

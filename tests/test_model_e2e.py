@@ -25,7 +25,7 @@ def model_ready() -> None:
 
 def scenario() -> Scenario:
     return Scenario.from_dict({
-        "run": {"name": "model", "conversations": 2, "max_turns": 3, "seed": 3, "batch_size": 2,
+        "run": {"name": "model", "conversations": 2, "max_turns": 2, "seed": 3, "batch_size": 2,
                 "max_inflight": 1},
         "backends": {"local": {"type": "transformers", "tokenizer": "smollm2-135m-instruct",
                                "device": "cpu"}},
@@ -49,7 +49,7 @@ def test_model_conversations_are_well_formed_and_seeded(tmp_path: Path) -> None:
         recs = result.conversations()
         assert [r["index"] for r in recs] == [0, 1]
         for r in recs:
-            assert len(r["turns"]) <= 3
+            assert len(r["turns"]) <= 2
             assert r["stop_reason"] in ("max_turns", "user_stop")
             assert all(t["completion_tokens"] <= 6 for t in r["turns"])
             assert all(t["finish_reason"] in ("stop", "length") for t in r["turns"])

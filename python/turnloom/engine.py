@@ -13,6 +13,7 @@ freed from the forest, so memory tracks the active frontier.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import time
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 _replace = msgspec.structs.replace
 _START_CHUNK = 1024
 _MEMO_SIZE = 4096
+_GC_GEN0 = 50_000
 
 
 class Tree:
@@ -113,6 +115,9 @@ class Engine:
         # roles[v][s]: the role a message by participant s has in view v
         self.roles = {v.index: [v.obj.role_in_view(s.name, v.name) for s in self.participants]
                       for v in self.views}
+        # targets[s]: (view, format, role) of every other view a message by s is rendered into
+        self.targets = [[(v.index, v.fmt, self.roles[v.index][s.index])
+                         for v in self.views if v is not s] for s in self.participants]
         scorers = build_plugins(scenario, registry, "scorers", scenario.scorers)
         self.turn_scorers = [(n, s) for n, s in scorers if callable(getattr(s, "score_turn", None))]
         self.conv_scorers = [(n, s) for n, s in scorers
@@ -189,9 +194,15 @@ class Engine:
     async def run(self) -> None:
         """Drive every conversation to its end (outputs must be open)."""
         self.t0 = time.perf_counter()
+        # A run allocates millions of short-lived containers that reference counting
+        # frees; collecting cycles every 700 allocations would cost a quarter of it.
+        threshold = gc.get_threshold()
+        gc.set_threshold(max(threshold[0], _GC_GEN0), max(threshold[1], 20),
+                         max(threshold[2], 100))
         try:
             await self._loop()
         finally:
+            gc.set_threshold(*threshold)
             self.wall_s = time.perf_counter() - self.t0
             for task in self.tasks:
                 task.cancel()
@@ -406,25 +417,26 @@ class Engine:
         be.sched.complete_many(jids)
         elapsed = time.perf_counter() - t0
         results = _checked_results(task, reqs)
-        usage = be.usage
-        usage.requests += len(reqs)
         model_cache = be.cache is not None and not be.reports_cached
+        jobs = self.jobs
         items = []
         retry: list[Job] = []
+        # Per-batch sums, added to the usage counters once at the end.
+        lat_sum = 0.0
+        prompt_sum = out_sum = cached_sum = errors = 0
         for jid, req, res in zip(jids, reqs, results):
-            job = self.jobs.pop(jid)
+            job = jobs.pop(jid)
             p = job.p
             pu = p.usage
-            pu.requests += 1
             latency = res.latency_s or elapsed
-            usage.latency_s += latency
+            lat_sum += latency
+            pu.requests += 1
             pu.latency_s += latency
             if res.finish_reason == "error":
-                usage.errors += 1
+                errors += 1
                 pu.errors += 1
                 if job.attempt < self.max_retries:
                     job.attempt += 1
-                    usage.retries += 1
                     pu.retries += 1
                     retry.append(job)
                 else:
@@ -439,13 +451,12 @@ class Engine:
                 cached = max(job.cached, 0)
                 be.cache.insert(req.input_ids + res.output_ids)
             n_out = len(res.output_ids)
-            usage.prompt_tokens += res.prompt_tokens
-            usage.completion_tokens += n_out
-            usage.cached_tokens += cached
+            prompt_sum += res.prompt_tokens
+            out_sum += n_out
+            cached_sum += cached
             pu.prompt_tokens += res.prompt_tokens
             pu.completion_tokens += n_out
             pu.cached_tokens += cached
-            self.tokens_done += n_out
             state = job.br.state
             try:
                 reply = p.obj.on_output(state, p.name, res.text, res.finish_reason)
@@ -457,6 +468,15 @@ class Engine:
                 self._finish(job.br, "error")
                 continue
             items.append((job.br, p, reply, res, job.seed, latency, cached))
+        usage = be.usage
+        usage.requests += len(reqs)
+        usage.latency_s += lat_sum
+        usage.errors += errors
+        usage.retries += len(retry)
+        usage.prompt_tokens += prompt_sum
+        usage.completion_tokens += out_sum
+        usage.cached_tokens += cached_sum
+        self.tokens_done += out_sum
         if retry:
             self._retry(retry)
         self._advance_branches(self._apply(items))
@@ -502,8 +522,7 @@ class Engine:
         finishes = []
         kept = []
         batches: dict[int, tuple[Any, list[str], list[str], list[tuple[int, int]]]] = {}
-        views = self.views
-        role_of = self.roles
+        targets = self.targets
         for item in items:
             br, p, reply, res = item[0], item[1], item[2], item[3]
             text = reply.text
@@ -512,33 +531,31 @@ class Engine:
                 continue
             k = len(kept)
             kept.append(item)
-            seg = {}
             if res is not None:
-                seg[p.index] = p.prefix + p.fmt.close_generated(res.output_ids, res.finish_reason)
+                segs.append({p.index: p.prefix + p.fmt.close_generated(res.output_ids,
+                                                                        res.finish_reason)})
                 finishes.append(res.finish_reason)
             else:
+                segs.append({})
                 finishes.append("")
-            for v in views:
-                if v is not p:
-                    entry = batches.get(id(v.fmt))
-                    if entry is None:
-                        entry = batches[id(v.fmt)] = (v.fmt, [], [], [])
-                    entry[1].append(role_of[v.index][p.index])
-                    entry[2].append(text)
-                    entry[3].append((k, v.index))
-            segs.append(seg)
+            for vi, fmt, role in targets[p.index]:
+                entry = batches.get(id(fmt))
+                if entry is None:
+                    entry = batches[id(fmt)] = (fmt, [], [], [])
+                entry[1].append(role)
+                entry[2].append(text)
+                entry[3].append((k, vi))
             parents.append(br.node)
             speakers.append(p.index)
             roles.append(p.role)
             texts.append(text)
         if not kept:
             return []
-        for fmt, rs, ts, targets in batches.values():
-            for (k, v), ids in zip(targets, self._segments(fmt, rs, ts)):
+        for fmt, rs, ts, where in batches.values():
+            for (k, v), ids in zip(where, self._segments(fmt, rs, ts)):
                 segs[k][v] = ids
         nodes = self.forest.append_many(parents, speakers, roles, texts, segs, finishes)
         go_on = []
-        wal = self.wal
         for item, node, seg in zip(kept, nodes, segs):
             br, p, reply, res, seed, latency, cached = item
             stop = self._record_turn(br, p, reply, res, seed, latency, cached, node, seg)

@@ -68,7 +68,8 @@ def write_manifest(path: Path, scenario: dict[str, Any], *, scenario_file: str |
         "seeds": {
             "run": scenario.get("run", {}).get("seed", 0),
             "conversation": "blake2b-64('{run}/conversation/{index}') & (2**63-1)",
-            "turn": "blake2b-32('{conversation}/turn/{branch}/{turn}') & (2**31-1)",
+            "turn": "splitmix64(conversation + 0x9E3779B97F4A7C15 * (1 + (branch << 32) + turn))"
+                    " & (2**31-1)",
         },
         "versions": versions(),
         "plugins": plugins,

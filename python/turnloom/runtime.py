@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from turnloom.agents import Agent, Environment, Sampler
 from turnloom.backends.base import Backend, BackendInfo, SamplingParams
 from turnloom.config import ParticipantSpec, Scenario, ScenarioError, error_at
-from turnloom.tokenizer import ChatFormat
+from turnloom.tokenizer import ByteTokenizer, ChatFormat, ChatMLFormat
 
 
 class Usage:
@@ -80,10 +80,16 @@ class ParticipantRT:
         self.usage = Usage()
 
 
+def load_chat_format(spec: str) -> ChatFormat:
+    if spec == "bytes":  # no model files, and no need to import the model machinery
+        return ChatMLFormat(ByteTokenizer())
+    from turnloom.models import load_chat_format as load
+
+    return load(spec)
+
+
 def build_backends(scenario: Scenario, registry: Any) -> dict[str, BackendRT]:
     """Construct the backends that some participant speaks through."""
-    from turnloom.models import load_chat_format
-
     used = {scenario.backend_of(p) for p in scenario.participants} - {None}
     out: dict[str, BackendRT] = {}
     for name, spec in scenario.backends.items():

@@ -33,7 +33,7 @@ DEFAULT_LINES = (
     "Interesting question! It depends on the details.",
 )
 # Hash only the prompt's tail: it holds the last messages, and hashing stays O(1) per turn.
-_TAIL = 64
+_TAIL = 32
 
 
 class ScriptedSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -74,7 +74,7 @@ class ScriptedBackend(Backend):
             s = msgspec.convert(dict(settings), ScriptedSettings)
         except msgspec.ValidationError as exc:
             raise BackendError(f"invalid scripted backend settings: {exc}") from None
-        from turnloom.models import load_chat_format
+        from turnloom.runtime import load_chat_format
 
         return cls(s.lines, chat_format=load_chat_format(s.tokenizer), latency_s=s.latency_s,
                    max_batch=s.max_batch, cache_capacity_tokens=s.cache_capacity_tokens,

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from turnloom.hf_tokenizer import HFTokenizer
 
 NAME = "transformers"
+# Prompt tokens per prefill forward pass, summed over the batch.
+PREFILL_TOKENS = 4096
 
 
 class TransformersSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -352,15 +354,18 @@ class _Runner:
         mask, input_ids, positions = mask.to(dev), input_ids.to(dev), positions.to(dev)
         next_pos = positions[:, -1:] + 1
 
+        # Prefill in chunks, so attention scores stay small for long prompts.
+        chunk = max(64, PREFILL_TOKENS // batch)
+        for begin in range(0, new - 1, chunk):
+            end = min(begin + chunk, new - 1)
+            self._forward(input_ids[:, begin:end], mask[:, :past + end], positions[:, begin:end], cache)
+
         sampler = _Sampler(torch, [r.req.params for r in rows], [r.req.input_ids for r in rows], dev)
         active = list(range(batch))  # indices into rows, in cache order
-        step_ids = input_ids
-        step_pos = positions
+        step_ids = input_ids[:, new - 1:]
+        step_pos = positions[:, new - 1:]
         while True:
-            logits = self.model(
-                input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                use_cache=True, logits_to_keep=1, **{self.cache_kwarg: cache},
-            ).logits[:, -1, :]
+            logits = self._forward(step_ids, mask, step_pos, cache)
             tokens = sampler.sample(logits).tolist()
             now = time.perf_counter()
             keep = []
@@ -387,6 +392,12 @@ class _Runner:
             step_pos = next_pos
             next_pos = next_pos + 1
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Feed `ids` after what `cache` holds; the logits of the last position."""
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **{self.cache_kwarg: cache})
+        return out.logits[:, -1, :]
 
     def _finished(self, row: _Row) -> bool:
         params = row.req.params

@@ -20,7 +20,7 @@ mod proptests;
 mod tests;
 
 pub use codes::{finish_code, narrow_u16, role_code, FINISH_REASONS, ROLES};
-pub use packed::split_segments;
+pub use packed::{split_segments, Segments};
 pub use read::NodeView;
 pub use slot::NodeId;
 

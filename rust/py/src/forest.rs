@@ -3,14 +3,19 @@
 
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyDict, PyList, PyTuple};
-use turnloom_core::forest::{narrow_u16, Forest, NewNode, NodeId, FINISH_REASONS, ROLES};
-use turnloom_core::CoreError;
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyMemoryView, PyTuple};
+use turnloom_core::forest::{
+    finish_code, narrow_u16, role_code, split_segments, Forest, NewNode, NodeId, FINISH_REASONS,
+    ROLES,
+};
+use turnloom_core::{CoreError, CoreResult};
 
 use crate::to_py_err;
 
+mod buffer;
 mod tokens;
 
+use buffer::Buffer;
 use tokens::SharedInts;
 
 /// A node's arguments as taken from Python, owning what the core borrows.
@@ -60,6 +65,72 @@ fn segments(dict: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(u16, Vec<u32>)>> 
 
 fn invalid(message: String) -> PyErr {
     to_py_err(CoreError::InvalidArgument(message))
+}
+
+/// A role or finish reason given as its name or as its code (index into `table`).
+fn name_or_code(
+    value: &Bound<'_, PyAny>,
+    table: &[&'static str],
+    code_of: fn(&str) -> CoreResult<u8>,
+    what: &str,
+) -> PyResult<&'static str> {
+    if value.is_instance_of::<PyInt>() {
+        let code: i64 = value.extract()?;
+        return usize::try_from(code)
+            .ok()
+            .and_then(|c| table.get(c).copied())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{what} code {code} is out of range 0..{}",
+                    table.len()
+                ))
+            });
+    }
+    let name: PyBackedStr = value.extract()?;
+    let code = code_of(&name).map_err(to_py_err)?;
+    Ok(table[usize::from(code)])
+}
+
+/// Views given as one int for every node, or one per node (ints or an integer buffer).
+fn views_for(views: &Bound<'_, PyAny>, n: usize) -> PyResult<Vec<u16>> {
+    if views.is_instance_of::<PyInt>() {
+        return Ok(vec![view(views.extract()?)?; n]);
+    }
+    buffer::naturals(views, "views")?
+        .into_iter()
+        .map(|v| view(i64::try_from(v).unwrap_or(i64::MAX)))
+        .collect()
+}
+
+/// A memoryview of `format` items over a new bytes object of `len` native-order
+/// `T`s, written in place by `fill`.
+fn packed<'py, T: Copy + Default>(
+    py: Python<'py>,
+    len: usize,
+    format: &str,
+    fill: impl FnOnce(&mut [T]) -> PyResult<()>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let size = std::mem::size_of::<T>();
+    let bytes_len = len.checked_mul(size).ok_or_else(|| {
+        to_py_err(CoreError::Capacity(format!(
+            "{len} items do not fit in memory"
+        )))
+    })?;
+    let bytes = PyBytes::new_with(py, bytes_len, |bytes| {
+        // SAFETY: T is a plain integer type (u32 or u64): any bytes are a valid T.
+        let (head, items, tail) = unsafe { bytes.align_to_mut::<T>() };
+        if head.is_empty() && tail.is_empty() {
+            return fill(items);
+        }
+        // CPython aligns bytes data to 8 bytes; this copy is a fallback only.
+        let mut items = vec![T::default(); len];
+        fill(&mut items)?;
+        // SAFETY: reading the initialised items back as their bytes.
+        let raw = unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), bytes_len) };
+        bytes.copy_from_slice(raw);
+        Ok(())
+    })?;
+    PyMemoryView::from(bytes.as_any())?.call_method1("cast", (format,))
 }
 
 /// Arena of conversation trees; every conversation is a root-to-leaf path.
@@ -184,6 +255,76 @@ impl PyForest {
         }
         let nodes: Vec<NewNode> = args.iter().map(NodeArgs::new_node).collect();
         self.inner.append_many(&parents, &nodes).map_err(to_py_err)
+    }
+
+    /// Append a batch whose token segments lie back to back in one buffer.
+    ///
+    /// Node `i` goes under `parents[i]` (None starts a new tree) and gets one
+    /// segment per entry of `views`: segment `k` (node `k // len(views)`, view
+    /// `views[k % len(views)]`) is `tokens[offsets[k]:offsets[k + 1]]`. Tokens
+    /// are read in place from any buffer of uint32 items (or raw little-endian
+    /// bytes); roles and finishes may be names or codes. All-or-nothing.
+    #[pyo3(signature = (parents, participants, roles, texts, views, tokens, offsets, finishes=None, metas=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn append_packed(
+        &mut self,
+        parents: Vec<Option<NodeId>>,
+        participants: Vec<i64>,
+        roles: Vec<Bound<'_, PyAny>>,
+        texts: Vec<PyBackedStr>,
+        views: Vec<i64>,
+        tokens: &Bound<'_, PyAny>,
+        offsets: &Bound<'_, PyAny>,
+        finishes: Option<Vec<Bound<'_, PyAny>>>,
+        metas: Option<Vec<PyBackedStr>>,
+    ) -> PyResult<Vec<NodeId>> {
+        let n = parents.len();
+        let lengths = [
+            ("participants", Some(participants.len())),
+            ("roles", Some(roles.len())),
+            ("texts", Some(texts.len())),
+            ("finishes", finishes.as_ref().map(Vec::len)),
+            ("metas", metas.as_ref().map(Vec::len)),
+        ];
+        for (name, len) in lengths {
+            if let Some(len) = len.filter(|&len| len != n) {
+                return Err(invalid(format!("{len} {name} for {n} parents")));
+            }
+        }
+        let participants = participants
+            .into_iter()
+            .map(participant)
+            .collect::<PyResult<Vec<_>>>()?;
+        let roles = roles
+            .iter()
+            .map(|r| name_or_code(r, &ROLES, role_code, "role"))
+            .collect::<PyResult<Vec<_>>>()?;
+        let finishes = finishes
+            .map(|f| {
+                f.iter()
+                    .map(|f| name_or_code(f, &FINISH_REASONS, finish_code, "finish reason"))
+                    .collect::<PyResult<Vec<_>>>()
+            })
+            .transpose()?;
+        let views = views.into_iter().map(view).collect::<PyResult<Vec<_>>>()?;
+        let offsets = buffer::naturals(offsets, "offsets")?;
+        // Taken last: no Python code runs while the core reads the caller's buffer.
+        let buffer = Buffer::get(tokens)?;
+        let tokens = buffer.tokens()?;
+        let segments = split_segments(n, &views, &tokens, &offsets).map_err(to_py_err)?;
+        let nodes: Vec<NewNode> = segments
+            .into_iter()
+            .enumerate()
+            .map(|(i, segments)| NewNode {
+                participant: participants[i],
+                role: roles[i],
+                text: &texts[i],
+                segments,
+                finish: finishes.as_ref().map_or("", |f| f[i]),
+                meta: metas.as_ref().map_or("", |m| &m[i]),
+            })
+            .collect();
+        self.inner.add_many(&parents, &nodes).map_err(to_py_err)
     }
 
     /// Set (or replace) the token segment `node` contributes to `view`'s lane.
@@ -319,6 +460,32 @@ impl PyForest {
             lanes.append(self.ints.list(py, &buffer)?)?;
         }
         Ok(lanes)
+    }
+
+    /// Lanes of `(nodes[i], views[i])` back to back in one buffer: returns
+    /// `(tokens, offsets)`, memoryviews of uint32 and uint64 items, lane `i`
+    /// being `tokens[offsets[i]:offsets[i + 1]]`. `views` may be one int for
+    /// every node; `nodes` and `views` may be integer buffers.
+    fn lanes_packed<'py>(
+        &self,
+        py: Python<'py>,
+        nodes: &Bound<'py, PyAny>,
+        views: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        let nodes = buffer::naturals(nodes, "nodes")?;
+        let views = views_for(views, nodes.len())?;
+        let offsets = self.inner.lane_offsets(&nodes, &views).map_err(to_py_err)?;
+        let total = offsets[nodes.len()] as usize;
+        let tokens = packed::<u32>(py, total, "I", |out| {
+            self.inner
+                .write_lanes(&nodes, &views, &offsets, out)
+                .map_err(to_py_err)
+        })?;
+        let offsets = packed::<u64>(py, offsets.len(), "Q", |out| {
+            out.copy_from_slice(&offsets);
+            Ok(())
+        })?;
+        Ok((tokens, offsets))
     }
 
     /// Number of nodes the two root paths share (0 when in different trees).

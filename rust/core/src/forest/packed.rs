@@ -5,6 +5,9 @@
 use super::{Forest, NodeId};
 use crate::error::{CoreError, CoreResult};
 
+/// One node's (view, tokens) segments, borrowing the batch's token buffer.
+pub type Segments<'a> = Vec<(u16, &'a [u32])>;
+
 fn invalid(message: String) -> CoreError {
     CoreError::InvalidArgument(message)
 }
@@ -19,7 +22,7 @@ pub fn split_segments<'a>(
     views: &[u16],
     tokens: &'a [u32],
     offsets: &[u64],
-) -> CoreResult<Vec<Vec<(u16, &'a [u32])>>> {
+) -> CoreResult<Vec<Segments<'a>>> {
     let expected = nodes
         .checked_mul(views.len())
         .and_then(|segments| segments.checked_add(1))
@@ -114,7 +117,9 @@ impl Forest {
         for (i, (&id, &view)) in ids.iter().zip(views).enumerate() {
             let (start, end) = (offsets[i], offsets[i + 1]);
             if start > end || end > out.len() as u64 {
-                return Err(invalid(format!("offsets of lane {i} ({start}..{end}) are out of order")));
+                return Err(invalid(format!(
+                    "offsets of lane {i} ({start}..{end}) are out of order"
+                )));
             }
             let slot = self.live_slot(id)?;
             if !self.fill_lane(slot, view, &mut out[start as usize..end as usize]) {

@@ -322,7 +322,7 @@ fn split_segments_locates_each_node_view() {
     assert_eq!(split, expected);
     assert_eq!(split_segments(0, &[0], &[], &[0]), Ok(vec![]));
     assert_eq!(split_segments(2, &[], &[], &[0]), Ok(vec![vec![], vec![]]));
-    let invalid = |r: CoreResult<Vec<Vec<(u16, &[u32])>>>| matches!(r, Err(CoreError::InvalidArgument(_)));
+    let invalid = |r: CoreResult<Vec<Segments>>| matches!(r, Err(CoreError::InvalidArgument(_)));
     assert!(invalid(split_segments(2, &[0], &tokens, &[0, 1])));
     assert!(invalid(split_segments(0, &[0], &tokens, &[])));
     assert!(invalid(split_segments(2, &[0], &tokens, &[0, 3, 2])));
@@ -349,8 +349,14 @@ fn add_many_takes_roots_and_children_all_or_nothing() {
         Err(CoreError::StaleNode(ids[0]))
     );
     let bad = vec![msg("system", "", vec![]), msg("wizard", "", vec![])];
-    assert!(matches!(forest.add_many(&[None, Some(root)], &bad), Err(CoreError::InvalidArgument(_))));
-    assert!(matches!(forest.add_many(&[None], &nodes), Err(CoreError::InvalidArgument(_))));
+    assert!(matches!(
+        forest.add_many(&[None, Some(root)], &bad),
+        Err(CoreError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        forest.add_many(&[None], &nodes),
+        Err(CoreError::InvalidArgument(_))
+    ));
     assert_eq!(forest.stats(), before);
 }
 
@@ -364,9 +370,15 @@ fn lanes_packed_matches_lanes_for() {
     let lanes = forest.lanes_for(&ids, &views).unwrap();
     assert_eq!(tokens, lanes.concat());
     assert_eq!(forest.lanes_packed(&[], &[]), Ok((vec![], vec![0])));
-    assert!(matches!(forest.lane_offsets(&[root], &[]), Err(CoreError::InvalidArgument(_))));
+    assert!(matches!(
+        forest.lane_offsets(&[root], &[]),
+        Err(CoreError::InvalidArgument(_))
+    ));
     forest.free_subtree(user).unwrap();
-    assert_eq!(forest.lanes_packed(&[root, reply], &[0, 0]), Err(CoreError::StaleNode(reply)));
+    assert_eq!(
+        forest.lanes_packed(&[root, reply], &[0, 0]),
+        Err(CoreError::StaleNode(reply))
+    );
 }
 
 #[test]
@@ -375,7 +387,9 @@ fn write_lanes_rejects_offsets_that_do_not_fit() {
     let (root, user, reply) = conversation(&mut forest);
     let (ids, views) = ([reply, root], [0, 0]);
     let mut out = vec![0; 7];
-    forest.write_lanes(&ids, &views, &[0, 5, 7], &mut out).unwrap();
+    forest
+        .write_lanes(&ids, &views, &[0, 5, 7], &mut out)
+        .unwrap();
     assert_eq!(out, vec![1, 2, 3, 6, 7, 1, 2]);
     for (offsets, len) in [
         (&[0, 5][..], 7),
@@ -387,10 +401,27 @@ fn write_lanes_rejects_offsets_that_do_not_fit() {
     ] {
         let mut out = vec![0; len];
         assert!(
-            matches!(forest.write_lanes(&ids, &views, offsets, &mut out), Err(CoreError::InvalidArgument(_))),
+            matches!(
+                forest.write_lanes(&ids, &views, offsets, &mut out),
+                Err(CoreError::InvalidArgument(_))
+            ),
             "{offsets:?} into {len}"
         );
     }
     forest.free_subtree(user).unwrap();
-    assert_eq!(forest.write_lanes(&ids, &views, &[0, 5, 7], &mut out), Err(CoreError::StaleNode(reply)));
+    assert_eq!(
+        forest.write_lanes(&ids, &views, &[0, 5, 7], &mut out),
+        Err(CoreError::StaleNode(reply))
+    );
+}
+
+#[test]
+fn codes_follow_table_order() {
+    for (code, role) in ROLES.iter().enumerate() {
+        assert_eq!(role_code(role), Ok(code as u8));
+    }
+    for (code, finish) in FINISH_REASONS.iter().enumerate() {
+        assert_eq!(finish_code(finish), Ok(code as u8));
+    }
+    assert!(role_code("System").is_err() && finish_code("stop ").is_err());
 }

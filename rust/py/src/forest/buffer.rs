@@ -63,7 +63,9 @@ impl Buffer {
         });
         // SAFETY: `obj` is a live object and `raw` a writable Py_buffer; the
         // call either fills it (released in Drop) or fails and sets an error.
-        let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), &mut *raw, PYBUF_C_CONTIGUOUS | PYBUF_FORMAT) };
+        let rc = unsafe {
+            PyObject_GetBuffer(obj.as_ptr(), &mut *raw, PYBUF_C_CONTIGUOUS | PYBUF_FORMAT)
+        };
         if rc != 0 {
             return Err(PyErr::fetch(obj.py()));
         }
@@ -77,7 +79,9 @@ impl Buffer {
         }
         // SAFETY: a non-null format is a NUL-terminated string that lives as
         // long as the buffer is held.
-        unsafe { CStr::from_ptr(self.raw.format) }.to_str().unwrap_or("?")
+        unsafe { CStr::from_ptr(self.raw.format) }
+            .to_str()
+            .unwrap_or("?")
     }
 
     pub(crate) fn item_size(&self) -> usize {
@@ -137,11 +141,19 @@ impl Buffer {
         let negative = |v: i64| super::invalid(format!("{name} must not be negative, got {v}"));
         match self.int_format() {
             Some(('i' | 'l', 4)) => chunks::<4>(bytes)
-                .map(|b| u64::try_from(i32::from_ne_bytes(b)).map_err(|_| negative(i32::from_ne_bytes(b).into())))
+                .map(|b| {
+                    u64::try_from(i32::from_ne_bytes(b))
+                        .map_err(|_| negative(i32::from_ne_bytes(b).into()))
+                })
                 .collect(),
-            Some(('I' | 'L', 4)) => Ok(chunks::<4>(bytes).map(|b| u32::from_ne_bytes(b).into()).collect()),
+            Some(('I' | 'L', 4)) => Ok(chunks::<4>(bytes)
+                .map(|b| u32::from_ne_bytes(b).into())
+                .collect()),
             Some(('l' | 'q' | 'n', 8)) => chunks::<8>(bytes)
-                .map(|b| u64::try_from(i64::from_ne_bytes(b)).map_err(|_| negative(i64::from_ne_bytes(b))))
+                .map(|b| {
+                    u64::try_from(i64::from_ne_bytes(b))
+                        .map_err(|_| negative(i64::from_ne_bytes(b)))
+                })
                 .collect(),
             Some(('L' | 'Q' | 'N', 8)) => Ok(chunks::<8>(bytes).map(u64::from_ne_bytes).collect()),
             _ => Err(PyTypeError::new_err(format!(
@@ -168,7 +180,7 @@ fn chunks<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
 
 /// Raw bytes as little-endian u32s.
 fn le_u32s(bytes: &[u8]) -> PyResult<Cow<'_, [u32]>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(super::invalid(format!(
             "{} bytes of tokens is not a whole number of 4-byte tokens",
             bytes.len()
@@ -177,7 +189,9 @@ fn le_u32s(bytes: &[u8]) -> PyResult<Cow<'_, [u32]>> {
     if cfg!(target_endian = "little") {
         Ok(native_u32s(bytes))
     } else {
-        Ok(Cow::Owned(chunks::<4>(bytes).map(u32::from_le_bytes).collect()))
+        Ok(Cow::Owned(
+            chunks::<4>(bytes).map(u32::from_le_bytes).collect(),
+        ))
     }
 }
 

@@ -1,0 +1,233 @@
+"""B1: engine overhead on the scripted backend, against a plain-Python loop.
+
+Both sides simulate N conversations of `--turns` messages between two
+participants (a simulated user and an assistant, each with its own system
+prompt and view of the conversation) whose replies come from the same
+deterministic rule: one of LINES, chosen by hashing the seed, the prompt length
+and the prompt's last 32 token ids (the scripted backend's rule).
+
+  turnloom  a Scenario run through `turnloom.api.run` with the scripted backend,
+            no progress bar, writing its run directory (log, conversations,
+            scores) as a user's run does; third-party plugins are not loaded.
+  baseline  what a user would write: lists of message dicts per conversation,
+            the chat template rendered and tokenized over the full history every
+            turn (jinja2 + tokenizers, the pieces `apply_chat_template` uses),
+            asyncio.gather over all conversations, every conversation kept in
+            memory.
+
+Each side runs in a fresh subprocess; peak RSS is its VmHWM (which sees Rust
+allocations). turnloom runs at two sizes to show memory tracks the active
+frontier, not the run size.
+
+    .venv/bin/python bench/bench_engine.py                       # 100,000 conversations
+    .venv/bin/python bench/bench_engine.py --conversations 2000 --small 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+MODEL = "smollm2-135m-instruct"
+TAIL = 32  # the scripted backend hashes this many trailing prompt ids
+LINES = (
+    "Sure, here is a short answer.",
+    "Could you tell me a bit more about that?",
+    "I think the simplest way is to start small and iterate.",
+    "That makes sense. What would you try first?",
+    "Here are three ideas: a list, a plan and a check.",
+    "Thanks, that helps a lot.",
+    "Let me think about it step by step.",
+    "Interesting question! It depends on the details.",
+)
+USER_PROMPT = "You are a curious student who asks short, concrete questions about programming."
+ASSISTANT_PROMPT = "You are a helpful, concise tutor. Answer in one or two sentences."
+
+
+# --- measurement ---------------------------------------------------------------------
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM of this process (falls back to ru_maxrss)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def tokenizer_spec() -> str:
+    """SmolLM2's chat format when its converted model is cached, else "bytes"."""
+    from turnloom.models import is_prepared
+
+    return MODEL if is_prepared() else "bytes"
+
+
+# --- turnloom side ---------------------------------------------------------------------
+
+
+def scenario(conversations: int, turns: int, tokenizer: str) -> Any:
+    from turnloom.config import BackendSpec, ParticipantSpec, RunSettings, Scenario
+
+    return Scenario(
+        run=RunSettings(name="bench-engine", conversations=conversations, max_turns=turns, seed=0),
+        backends={"sim": BackendSpec(type="scripted", tokenizer=tokenizer, settings={"lines": list(LINES)})},
+        participants=(
+            ParticipantSpec(name="user", agent="user-simulator", system_prompt=USER_PROMPT),
+            ParticipantSpec(name="assistant", agent="assistant", system_prompt=ASSISTANT_PROMPT),
+        ),
+    )
+
+
+def run_turnloom(conversations: int, turns: int, tokenizer: str) -> dict[str, Any]:
+    from turnloom.api import run
+
+    sc = scenario(conversations, turns, tokenizer)
+    out = tempfile.mkdtemp(prefix="bench-engine-")
+    try:
+        t = time.perf_counter()
+        result = run(sc, out=f"{out}/run", overwrite=True, progress=False)
+        seconds = time.perf_counter() - t
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    summary = result.summary
+    return {"turns": summary["turns"], "seconds": seconds,
+            "peak_active": summary["memory"]["peak_active_conversations"]}
+
+
+# --- baseline side ---------------------------------------------------------------------
+
+
+def baseline_renderer(tokenizer: str) -> Callable[[list[dict[str, str]]], list[int]]:
+    """Full history -> prompt ids, re-tokenizing everything (as apply_chat_template does)."""
+    if tokenizer == "bytes":
+        def render(messages: list[dict[str, str]]) -> list[int]:
+            text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            return list((text + "<|im_start|>assistant\n").encode("utf-8"))
+        return render
+    import tokenizers
+
+    from turnloom.chat_template import compile_template, read_chat_template
+    from turnloom.hf_tokenizer import SPECIAL_TOKEN_KEYS, read_json, token_content
+    from turnloom.models import resolve_model
+
+    path = resolve_model(tokenizer)
+    tok = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+    config = read_json(path / "tokenizer_config.json")
+    specials = {k: v for k in SPECIAL_TOKEN_KEYS if (v := token_content(config.get(k)))}
+    template = compile_template(read_chat_template(path) or "")
+
+    def render(messages: list[dict[str, str]]) -> list[int]:
+        text = template.render(messages=messages, add_generation_prompt=True, **specials)
+        return tok.encode(text, add_special_tokens=False).ids
+    return render
+
+
+async def scripted_generate(prompt_ids: list[int], seed: int) -> str:
+    await asyncio.sleep(0)  # a real backend call yields to the event loop
+    return LINES[hash((seed, len(prompt_ids), tuple(prompt_ids[-TAIL:]))) % len(LINES)]
+
+
+async def converse(index: int, turns: int, render: Callable[[list[dict[str, str]]], list[int]]) -> dict:
+    """One conversation as two role-flipped message lists; the user simulator speaks first."""
+    views = ([{"role": "system", "content": USER_PROMPT}],
+             [{"role": "system", "content": ASSISTANT_PROMPT}])
+    for turn in range(turns):
+        me = turn % 2
+        text = await scripted_generate(render(views[me]), index * 1_000 + turn)
+        views[me].append({"role": "assistant", "content": text})
+        views[1 - me].append({"role": "user", "content": text})
+    return {"id": index, "messages": views[1]}
+
+
+async def run_baseline_async(conversations: int, turns: int, tokenizer: str) -> list[dict]:
+    render = baseline_renderer(tokenizer)
+    return await asyncio.gather(*(converse(i, turns, render) for i in range(conversations)))
+
+
+def run_baseline(conversations: int, turns: int, tokenizer: str) -> dict[str, Any]:
+    t = time.perf_counter()
+    results = asyncio.run(run_baseline_async(conversations, turns, tokenizer))
+    seconds = time.perf_counter() - t
+    done = sum(len(r["messages"]) - 1 for r in results)
+    return {"turns": done, "seconds": seconds}
+
+
+# --- driver ----------------------------------------------------------------------------
+
+
+def run_side(side: str, conversations: int, turns: int, tokenizer: str) -> dict[str, Any]:
+    runner = run_turnloom if side == "turnloom" else run_baseline
+    result = runner(conversations, turns, tokenizer)
+    result.update(side=side, conversations=conversations, peak_rss=peak_rss_bytes())
+    return result
+
+
+def spawn(side: str, conversations: int, args: argparse.Namespace, tokenizer: str) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--side", side, "--conversations", str(conversations),
+               "--turns", str(args.turns), "--tokenizer", tokenizer]
+    # The engine alone: third-party plugins installed in the environment stay out.
+    env = {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"{side} run failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) -> None:
+    base = next(r for r in rows if r["side"] == "baseline")
+    base_rate = base["turns"] / base["seconds"]
+    mib = 1 << 20
+    out(f"{'side':<10}{'conversations':>15}{'turns':>11}{'seconds':>10}{'turns/s':>11}"
+        f"{'peak RSS MiB':>14}{'speed x':>9}{'RSS x':>8}")
+    for r in rows:
+        rate = r["turns"] / r["seconds"]
+        out(f"{r['side']:<10}{r['conversations']:>15,}{r['turns']:>11,}{r['seconds']:>10.2f}"
+            f"{rate:>11,.0f}{r['peak_rss'] / mib:>14.1f}{rate / base_rate:>8.1f}x"
+            f"{r['peak_rss'] / base['peak_rss']:>7.2f}x")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conversations", type=int, default=100_000)
+    parser.add_argument("--small", type=int, default=20_000,
+                        help="second, smaller turnloom run (0: skip) to show memory does not grow with N")
+    parser.add_argument("--baseline-conversations", type=int, default=None,
+                        help="baseline size (default: --conversations)")
+    parser.add_argument("--turns", type=int, default=8, help="messages per conversation")
+    parser.add_argument("--side", choices=("turnloom", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.side:
+        print(json.dumps(run_side(args.side, args.conversations, args.turns, args.tokenizer)))
+        return
+
+    tokenizer = tokenizer_spec()
+    if tokenizer == "bytes":
+        print(f"note: {MODEL} is not in the model cache (python -m turnloom.models prepare); "
+              f"using the byte-level ChatML tokenizer")
+    n_base = args.baseline_conversations or args.conversations
+    print(f"{args.turns} messages per conversation, two participants, scripted replies, "
+          f"tokenizer {tokenizer}", flush=True)
+    rows = [spawn("baseline", n_base, args, tokenizer)]
+    sizes = sorted({n for n in (args.small, args.conversations) if 0 < n})
+    rows += [spawn("turnloom", n, args, tokenizer) for n in sizes]
+    print_table(rows)
+    peaks = ", ".join(f"{r['conversations']:,}: {r['peak_active']:,}" for r in rows if r["side"] == "turnloom")
+    print(f"turnloom peak active conversations (run size: peak): {peaks}")
+
+
+if __name__ == "__main__":
+    main()
