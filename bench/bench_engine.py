@@ -97,13 +97,13 @@ def run_turnloom(conversations: int, turns: int, tokenizer: str) -> dict[str, An
     sc = scenario(conversations, turns, tokenizer)
     out = tempfile.mkdtemp(prefix="bench-engine-")
     try:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         result = run(sc, out=f"{out}/run", overwrite=True, progress=False)
-        seconds = time.perf_counter() - t
+        seconds, cpu = time.perf_counter() - t, time.process_time() - c
     finally:
         shutil.rmtree(out, ignore_errors=True)
     summary = result.summary
-    return {"turns": summary["turns"], "seconds": seconds,
+    return {"turns": summary["turns"], "seconds": seconds, "cpu": cpu,
             "peak_active": summary["memory"]["peak_active_conversations"]}
 
 
@@ -158,11 +158,11 @@ async def run_baseline_async(conversations: int, turns: int, tokenizer: str) -> 
 
 
 def run_baseline(conversations: int, turns: int, tokenizer: str) -> dict[str, Any]:
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     results = asyncio.run(run_baseline_async(conversations, turns, tokenizer))
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - c
     done = sum(len(r["messages"]) - 1 for r in results)
-    return {"turns": done, "seconds": seconds}
+    return {"turns": done, "seconds": seconds, "cpu": cpu}
 
 
 # --- driver ----------------------------------------------------------------------------
@@ -188,15 +188,17 @@ def spawn(side: str, conversations: int, args: argparse.Namespace, tokenizer: st
 
 def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) -> None:
     base = next(r for r in rows if r["side"] == "baseline")
-    base_rate = base["turns"] / base["seconds"]
+    base_wall, base_cpu = base["turns"] / base["seconds"], base["turns"] / base["cpu"]
     mib = 1 << 20
-    out(f"{'side':<10}{'conversations':>15}{'turns':>11}{'seconds':>10}{'turns/s':>11}"
-        f"{'peak RSS MiB':>14}{'speed x':>9}{'RSS x':>8}")
+    out(f"{'side':<10}{'conversations':>14}{'turns':>10}{'wall s':>9}{'CPU s':>9}{'turns/s':>10}"
+        f"{'turns/CPU s':>13}{'peak RSS MiB':>14}{'speed x':>9}{'CPU x':>8}{'RSS x':>8}")
     for r in rows:
-        rate = r["turns"] / r["seconds"]
-        out(f"{r['side']:<10}{r['conversations']:>15,}{r['turns']:>11,}{r['seconds']:>10.2f}"
-            f"{rate:>11,.0f}{r['peak_rss'] / mib:>14.1f}{rate / base_rate:>8.1f}x"
-            f"{r['peak_rss'] / base['peak_rss']:>7.2f}x")
+        wall, cpu = r["turns"] / r["seconds"], r["turns"] / r["cpu"]
+        out(f"{r['side']:<10}{r['conversations']:>14,}{r['turns']:>10,}{r['seconds']:>9.2f}"
+            f"{r['cpu']:>9.2f}{wall:>10,.0f}{cpu:>13,.0f}{r['peak_rss'] / mib:>14.1f}"
+            f"{wall / base_wall:>8.1f}x{cpu / base_cpu:>7.1f}x{r['peak_rss'] / base['peak_rss']:>7.2f}x")
+    out("speed x (wall clock), CPU x (process CPU time: fairer on a shared machine) and RSS x "
+        "are against the baseline row")
 
 
 def main(argv: list[str] | None = None) -> None:

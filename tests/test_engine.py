@@ -386,3 +386,42 @@ def test_arun_inside_a_running_loop(tmp_path: Path) -> None:
 
     result = asyncio.run(pipeline())
     assert result.summary["conversations"] == 2
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.started: list[tuple[int, int]] = []
+        self.ended: list[tuple[int, int, str]] = []
+
+    @hookimpl
+    def on_conversation_start(self, conversation):  # type: ignore[no-untyped-def]
+        self.started.append((conversation.index, conversation.branch))
+        conversation.meta["tag"] = f"c{conversation.index}b{conversation.branch}"
+
+    @hookimpl
+    def on_conversation_end(self, conversation):  # type: ignore[no-untyped-def]
+        self.ended.append((conversation.index, conversation.branch, conversation.stop_reason))
+
+
+def test_lifecycle_hooks_run_per_branch(tmp_path: Path) -> None:
+    spy = Lifecycle()
+    s = scenario(branches=[{"at_turn": 1, "n": 2}], run={"conversations": 3})
+    recs = records(run(tmp_path, s, spy))
+    assert sorted(spy.started) == [(i, b) for i in range(3) for b in range(2)]
+    assert sorted(spy.ended) == [(i, b, "max_turns") for i in range(3) for b in range(2)]
+    assert [r["meta"]["tag"] for r in recs] == [f"c{i}b{b}" for i in range(3) for b in range(2)]
+
+
+class BadMeta:
+    @hookimpl
+    def on_turn_end(self, conversation, turn):  # type: ignore[no-untyped-def]
+        if conversation.index == 1:
+            conversation.meta["oops"] = object()
+
+
+def test_unserialisable_plugin_data_is_recorded(tmp_path: Path) -> None:
+    recs = records(run(tmp_path, scenario(run={"conversations": 2}), BadMeta()))
+    assert recs[0]["stop_reason"] == "max_turns"
+    assert recs[1]["stop_reason"] == "error" and len(recs[1]["turns"]) == 1
+    assert any("not JSON-serialisable" in e for e in recs[1]["errors"])
+    assert recs[1]["meta"] == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from turnloom.records import ConversationRecord
+import turnloom
+from turnloom.plugins import get_plugin_manager
 from turnloom.wal import MAGIC, EndEvent, TurnEvent, WalWriter, read_events
 
 SCENARIO = """\
@@ -177,10 +179,9 @@ def test_resume_of_a_finished_run_changes_nothing(reference: Path, env: dict[str
     assert before == {name: (full / name).read_bytes() for name in before}
 
 
-def _record(index: int) -> ConversationRecord:
-    return ConversationRecord(conversation_id=f"c{index}", index=index, branch=0, seed=1,
-                              messages=[], participants={}, turns=[], tokens={},
-                              stop_reason="max_turns")
+def _end(index: int) -> EndEvent:
+    return EndEvent(index=index, branch=0, tree_done=True, stop_reason="max_turns",
+                    scores={"length": {"words": 3}}, errors=[], meta={"k": 1})
 
 
 def _turn(index: int, turn: int) -> TurnEvent:
@@ -194,7 +195,7 @@ def test_wal_round_trip_and_truncation(tmp_path: Path) -> None:
     w.append(_turn(0, 0))
     w.append(_turn(0, 1))
     w.flush()
-    w.append(EndEvent(index=0, branch=0, tree_done=True, record=_record(0)))
+    w.append(_end(0))
     w.flush()
     boundary = path.stat().st_size
     w.append(_turn(1, 0))
@@ -205,7 +206,7 @@ def test_wal_round_trip_and_truncation(tmp_path: Path) -> None:
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size - 3)
     events = list(read_events(path))
-    assert len(events) == 3 and events[2].record == _record(0)
+    assert len(events) == 3 and events[2] == _end(0)
     assert path.stat().st_size == boundary
     # A flipped byte fails the checksum: that record and everything after it go.
     data = bytearray(path.read_bytes())
@@ -223,3 +224,58 @@ def test_empty_or_missing_magic(tmp_path: Path) -> None:
     path.write_bytes(b"not a log at all")
     with pytest.raises(ValueError, match="not a turnloom write-ahead log"):
         list(read_events(path))
+
+
+# -- every crash point, in process ---------------------------------------------------
+
+
+class MetaCounter:
+    """Plugin state kept in conversation.meta must survive a resume."""
+
+    @turnloom.hookimpl
+    def on_conversation_start(self, conversation):  # type: ignore[no-untyped-def]
+        conversation.meta["started"] = conversation.branch
+
+    @turnloom.hookimpl
+    def on_turn_end(self, conversation, turn):  # type: ignore[no-untyped-def]
+        conversation.meta["seen"] = conversation.meta.get("seen", 0) + 1
+
+    @turnloom.hookimpl
+    def should_stop(self, conversation, turn):  # type: ignore[no-untyped-def]
+        return "seven" if conversation.index == 7 and turn.turn == 3 else None
+
+
+def _boundaries(wal: Path) -> list[int]:
+    data = wal.read_bytes()
+    pos, out = len(MAGIC), [len(MAGIC)]
+    while pos < len(data):
+        pos += 8 + int.from_bytes(data[pos:pos + 4], "little")
+        out.append(pos)
+    return out
+
+
+def test_resume_from_every_step(tmp_path: Path) -> None:
+    text = SCENARIO.replace("latency_s = 0.01", "latency_s = 0.0").replace(
+        "conversations = 30", "conversations = 12")
+    scenario = turnloom.Scenario.from_dict(__import__("tomllib").loads(text))
+
+    def pm() -> object:
+        manager = get_plugin_manager(autoload=False)
+        manager.register(MetaCounter())
+        return manager
+
+    full = turnloom.run(scenario, out=tmp_path / "full", progress=False, plugin_manager=pm())
+    wal = full.run_dir / "turns.wal"
+    cuts = _boundaries(wal)
+    assert len(cuts) > 10
+    recs = full.conversations()
+    assert all("seen" in r["meta"] for r in recs if r["turns"])
+    assert {r["stop_reason"] for r in recs} >= {"seven", "max_turns", "user_stop"}
+    data = wal.read_bytes()
+    for k, cut in enumerate(cuts[:-1]):
+        run_dir = tmp_path / f"cut{k}"
+        run_dir.mkdir()
+        shutil.copy(full.run_dir / "manifest.json", run_dir / "manifest.json")
+        (run_dir / "turns.wal").write_bytes(data[:cut] + data[cut:cut + 5])  # and a torn tail
+        turnloom.resume(run_dir, progress=False, plugin_manager=pm())
+        assert_same_outputs(full.run_dir, run_dir)

@@ -6,6 +6,8 @@ id raises StaleNodeError forever, even after the slot is reused.
 
 from typing import Sequence
 
+from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
+
 __version__: str
 
 ROLES: tuple[str, ...]
@@ -69,6 +71,35 @@ class Forest:
         metas: Sequence[str] | None = None,
     ) -> list[int]:
         """Append one node per entry in a single call; all-or-nothing on error."""
+    def append_packed(
+        self,
+        parents: Sequence[int | None],
+        participants: Sequence[int],
+        roles: Sequence[str | int],
+        texts: Sequence[str],
+        views: Sequence[int],
+        tokens: Buffer,
+        offsets: Sequence[int] | Buffer,
+        finishes: Sequence[str | int] | None = None,
+        metas: Sequence[str] | None = None,
+    ) -> list[int]:
+        """Append a batch whose token segments lie back to back in one buffer; returns the ids.
+
+        Node i goes under `parents[i]` (None starts a new tree) and gets one segment for each
+        entry of `views` (the same views for every node of the batch; a view absent from a node
+        needs another call or `set_segment`). Segment k belongs to node k // len(views) and
+        view views[k % len(views)] and is tokens[offsets[k]:offsets[k + 1]]; `offsets` holds
+        len(parents) * len(views) + 1 non-decreasing entries, the last at most the token count.
+
+        `tokens` is read in place, without one Python int per token, from any C-contiguous
+        buffer of uint32 items (array('I'), numpy uint32 of any shape, memoryview) or of raw
+        bytes holding little-endian uint32. `offsets` may be ints or a buffer of 4- or 8-byte
+        integers (numpy int64 included). Roles and finishes are names or codes (indexes into
+        ROLES and FINISH_REASONS).
+
+        All-or-nothing, like append_many. TypeError for a buffer of another item type,
+        InvalidArgumentError for offsets that are short, long, decreasing, negative or past
+        the tokens, and for bad views, roles, finishes, participants or lengths."""
     def set_segment(self, node: int, view: int, tokens: Sequence[int]) -> None:
         """Set (or replace) the token segment `node` contributes to `view`'s lane."""
     def set_meta(self, node: int, meta: str) -> None: ...
@@ -90,6 +121,17 @@ class Forest:
         """Concatenation of the path's segments for `view`; nodes without one add nothing."""
     def lane_len(self, node: int, view: int) -> int: ...
     def lanes_for(self, nodes: Sequence[int], views: Sequence[int]) -> list[list[int]]: ...
+    def lanes_packed(
+        self, nodes: Sequence[int] | Buffer, views: int | Sequence[int] | Buffer
+    ) -> tuple[memoryview, memoryview]:
+        """Lanes of (nodes[i], views[i]) back to back: (tokens, offsets).
+
+        `tokens` is a memoryview of uint32 items (format 'I') over one new bytes object,
+        written in place with no per-token Python objects; `offsets` is a memoryview of
+        uint64 items (format 'Q') with len(nodes) + 1 entries from 0, lane i being
+        tokens[offsets[i]:offsets[i + 1]]. Both support the buffer protocol
+        (numpy.asarray, array('I', ...)) and .tolist(). `views` may be one int for every
+        node; `nodes` and `views` may be integer buffers."""
     def shared_prefix_len(self, a: int, b: int) -> int:
         """Number of nodes the two root paths share (0 when in different trees)."""
     def free_subtree(self, node: int) -> int:

@@ -230,11 +230,11 @@ def _show_partial(run_dir: Path, manifest: dict[str, Any]) -> None:
     wal = run_dir / rundir.WAL
     if wal.is_file():
         for ev in read_events(wal, truncate=False):
-            if type(ev) is TurnEvent:
+            if isinstance(ev, TurnEvent):
                 turns += 1
                 per[ev.speaker] += 1
             else:
-                ended[ev.record.stop_reason] += 1
+                ended[ev.stop_reason] += 1
                 trees += ev.tree_done
     scenario = manifest.get("scenario", {})
     total = scenario.get("run", {}).get("conversations", "?")

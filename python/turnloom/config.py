@@ -585,11 +585,11 @@ def _line_index(text: str) -> dict[tuple[Any, ...], int]:
             continue
         m = _KEY.match(line)
         if m:
-            keys = current + tuple(_split_key(m.group(1)))
-            for i in range(len(current) + 1, len(keys) + 1):
-                index.setdefault(keys[:i], lineno)
+            full = current + tuple(_split_key(m.group(1)))
+            for i in range(len(current) + 1, len(full) + 1):
+                index.setdefault(full[:i], lineno)
             for km in _INLINE_KEY.finditer(line):
-                index.setdefault(keys + (km.group(1),), lineno)
+                index.setdefault(full + (km.group(1),), lineno)
             rest = line[m.end():]
             for quote in ('"""', "'''"):
                 if rest.count(quote) == 1:

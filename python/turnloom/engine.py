@@ -46,13 +46,13 @@ log = logging.getLogger(__name__)
 _replace = msgspec.structs.replace
 _START_CHUNK = 1024
 _MEMO_SIZE = 4096
-_GC_GEN0 = 50_000
+_GC_GEN0 = 200000
 
 
 class Tree:
     """One conversation: a root and every branch grown from it."""
 
-    __slots__ = ("index", "cid", "seed", "root", "live", "records", "backends", "state0")
+    __slots__ = ("index", "cid", "seed", "root", "live", "records", "backends")
 
     def __init__(self, index: int, cid: str, seed: int) -> None:
         self.index = index
@@ -62,7 +62,6 @@ class Tree:
         self.live = 0
         self.records: list[ConversationRecord] = []
         self.backends: set[BackendRT] = set()
-        self.state0: ConversationState | None = None
 
 
 class Branch:
@@ -257,6 +256,7 @@ class Engine:
                 profile = p.sampler.sample(random.Random(profile_seed(seed, p.name)), index)
                 if not isinstance(profile, dict):
                     raise TypeError(f"returned {type(profile).__name__}, expected dict")
+                _require_json(profile, "the profile")
                 state.profiles[p.name] = profile
             except Exception as exc:
                 state.errors.append(f"sampler {p.spec.sampler!r} of {p.name!r} failed: "
@@ -283,20 +283,13 @@ class Engine:
         out = []
         for (tree, state), seg in zip(made, segs):
             tree.root = self.forest.add_root(0, "system", "", seg)
-            tree.state0 = state
             self.trees[tree.index] = tree
             tree.live = 1
             br = Branch(tree, state, 0, tree.root, -1, 0, self._lens(seg))
             if state.errors:
                 self._finish(br, "error")
-                continue
-            if self.hook_start:
-                n = len(state.errors)
-                call_hook_safely(self.pm, "on_conversation_start", state.errors, conversation=state)
-                if len(state.errors) > n:
-                    self._finish(br, "error")
-                    continue
-            out.append(br)
+            elif self._branch_started(br):
+                out.append(br)
         return out
 
     def _root_segments(self, states: Sequence[ConversationState]) -> list[dict[int, list[int]]]:
@@ -354,14 +347,30 @@ class Engine:
         return env_work
 
     def _fork(self, br: Branch, n: int, mult: int) -> list[Branch]:
+        """The extra siblings of a fork at `br`'s next turn (`br` itself is the first)."""
         out = []
         for c in range(1, n):
             bid = br.branch + c * mult
             child = Branch(br.tree, br.state.fork(bid, br.turn), bid, br.node, br.node_owner,
                            br.turn, list(br.lens))
             br.tree.live += 1
-            out.append(child)
+            if self._branch_started(child):
+                out.append(child)
         return out
+
+    def _branch_started(self, br: Branch) -> bool:
+        """Run on_conversation_start for a new conversation or branch; False (and the
+        branch finished as an error) if a plugin failed."""
+        if not self.hook_start:
+            return True
+        state = br.state
+        n = len(state.errors)
+        call_hook_safely(self.pm, "on_conversation_start", state.errors, conversation=state)
+        _check_meta(state)
+        if len(state.errors) > n:
+            self._finish(br, "error")
+            return False
+        return True
 
     def _push(self, jobs: Sequence[Job]) -> None:
         be = jobs[0].p.backend
@@ -462,6 +471,8 @@ class Engine:
                 reply = p.obj.on_output(state, p.name, res.text, res.finish_reason)
                 if type(reply) is not Reply and not isinstance(reply, Reply):
                     raise TypeError(f"returned {type(reply).__name__}, expected Reply")
+                if reply.meta:
+                    _require_json(reply.meta, "Reply.meta")
             except Exception as exc:
                 state.errors.append(f"agent {p.spec.agent!r} of {p.name!r} failed in on_output: "
                                     f"{type(exc).__name__}: {exc}")
@@ -501,6 +512,8 @@ class Engine:
                 reply = p.obj.respond(state, p.name, random.Random(seed))
                 if not isinstance(reply, Reply):
                     raise TypeError(f"returned {type(reply).__name__}, expected Reply")
+                if reply.meta:
+                    _require_json(reply.meta, "Reply.meta")
             except Exception as exc:
                 state.errors.append(f"environment {p.spec.agent!r} of {p.name!r} failed in "
                                     f"respond: {type(exc).__name__}: {exc}")
@@ -520,7 +533,7 @@ class Engine:
         texts = []
         segs: list[dict[int, list[int]]] = []
         finishes = []
-        kept = []
+        kept: list[tuple[Any, ...]] = []
         batches: dict[int, tuple[Any, list[str], list[str], list[tuple[int, int]]]] = {}
         targets = self.targets
         for item in items:
@@ -624,6 +637,7 @@ class Engine:
                 if score is not None:
                     if not isinstance(score, dict):
                         raise TypeError(f"returned {type(score).__name__}, expected dict or None")
+                    _require_json(score, "the score")
                     scores[name] = score
             except Exception as exc:
                 state.errors.append(f"scorer {name!r} failed on turn {t}: "
@@ -638,6 +652,8 @@ class Engine:
                                          conversation=state, turn=rec)
             if result is not None:
                 stop = str(result)
+        if state.meta:
+            _check_meta(state)
         if len(state.errors) > n_hook:
             stop = "error"
         if stop is None:
@@ -678,18 +694,20 @@ class Engine:
                 if score is not None:
                     if not isinstance(score, dict):
                         raise TypeError(f"returned {type(score).__name__}, expected dict or None")
+                    _require_json(score, "the score")
                     state.scores[name] = score
             except Exception as exc:
                 state.errors.append(f"scorer {name!r} failed on the conversation: "
                                     f"{type(exc).__name__}: {exc}")
         if self.hook_end:
             call_hook_safely(self.pm, "on_conversation_end", state.errors, conversation=state)
+            _check_meta(state)
         record = self._record(state)
         tree = br.tree
         tree.live -= 1
         done = tree.live == 0
-        self.wal.append(EndEvent(index=tree.index, branch=br.branch, tree_done=done,  # type: ignore[union-attr]
-                                 record=record))
+        self.wal.append(EndEvent(tree.index, br.branch, done, record.stop_reason,  # type: ignore[union-attr]
+                                 record.scores, record.errors, record.meta))
         tree.records.append(record)
         if done:
             self._close_tree(tree)
@@ -786,6 +804,28 @@ class Engine:
                        "peak_active_conversations": self.peak_active,
                        "final_forest": self.forest.stats()},
         }
+
+
+_json = msgspec.json.Encoder()
+
+
+def _require_json(value: Any, what: str) -> None:
+    """Plugin output goes to the log and to JSON files: check it encodes now, where
+    the fault can still be pinned on the plugin."""
+    try:
+        _json.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def _check_meta(state: ConversationState) -> None:
+    if not state.meta:
+        return
+    try:
+        _require_json(state.meta, "conversation.meta")
+    except TypeError as exc:
+        state.errors.append(f"a plugin left bad data in conversation.meta: {exc}")
+        state.meta = {}
 
 
 def _impls(pm: Any, name: str) -> list[Any]:

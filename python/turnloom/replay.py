@@ -1,17 +1,18 @@
 """Resuming a run: replay the write-ahead log into a fresh engine.
 
-Finished trees go straight to the collector (their records are in the log).
-Unfinished ones are rebuilt in the forest from their logged turns — the
-speaker's own segment from its logged output ids, the other views re-rendered,
-which is deterministic — and their frontier (every branch that still owes a
-turn, including fork siblings never logged) is scheduled again. Conversations
-never logged start from scratch. Seeds depend only on (index, branch, turn), so
-the result equals an uninterrupted run's.
+The log holds every completed turn (with the speaker's exact output ids) and
+how each branch ended. A finished tree's records are rebuilt from them alone.
+An unfinished tree is rebuilt in the forest — the speaker's own segment from
+its logged ids, the other views re-rendered, which is deterministic — and its
+frontier (every branch that still owes a turn, including fork siblings never
+logged) is scheduled again. Conversations never logged start from scratch.
+Seeds depend only on (index, branch, turn), so the outputs equal an
+uninterrupted run's.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
 from turnloom.engine import Branch, Engine, Tree
 from turnloom.records import ConversationRecord, ConversationState, TurnRecord
@@ -20,7 +21,7 @@ from turnloom.wal import EndEvent, Event, TurnEvent
 
 def restore(engine: Engine, events: Iterable[Event]) -> None:
     partial: dict[int, list[TurnEvent]] = {}
-    ends: dict[int, dict[int, ConversationRecord]] = {}
+    ends: dict[int, dict[int, EndEvent]] = {}
     done: set[int] = set()
     collector = engine.collector
     assert collector is not None
@@ -30,12 +31,12 @@ def restore(engine: Engine, events: Iterable[Event]) -> None:
             _account(engine, ev)
         elif type(ev) is EndEvent:
             branches = ends.setdefault(ev.index, {})
-            branches[ev.branch] = ev.record
+            branches[ev.branch] = ev
             if ev.tree_done:
                 del ends[ev.index]
-                partial.pop(ev.index, None)
                 done.add(ev.index)
-                collector.add_tree(ev.index, list(branches.values()))
+                tree = _rebuild(engine, ev.index, partial.pop(ev.index, []), branches, None, [])
+                collector.add_tree(ev.index, tree.records)
     n = engine.scenario.run.conversations
     touched = (set(partial) | set(ends)) - done
     engine.to_start = [i for i in range(n - 1, -1, -1) if i not in done and i not in touched]
@@ -54,6 +55,7 @@ def _account(engine: Engine, ev: TurnEvent) -> None:
     p.usage.turns += 1
     if ev.output_ids is None or p.backend is None:
         return
+    p.backend.usage.turns += 1
     for u in (p.usage, p.backend.usage):
         u.requests += 1
         u.prompt_tokens += ev.prompt_tokens
@@ -62,19 +64,25 @@ def _account(engine: Engine, ev: TurnEvent) -> None:
         u.latency_s += ev.latency_s
 
 
-def _rebuild(engine: Engine, index: int, events: list[TurnEvent],
-             ends: dict[int, ConversationRecord], frontier: list[Branch],
-             finishing: list[tuple[Branch, str]]) -> None:
+def _rebuild(engine: Engine, index: int, events: list[TurnEvent], ends: dict[int, EndEvent],
+             frontier: list[Branch] | None, finishing: list[tuple[Branch, str]]) -> Tree:
+    """Walk a tree's logged turns from the root, growing every branch as the live
+    engine did. Ended branches become records. With `frontier` None the tree is
+    finished and only its records are wanted (no forest nodes); otherwise it is
+    rebuilt in the forest and its open branches are added to `frontier` (next
+    turn owed) or `finishing` (last turn logged, end not)."""
     tree, state = engine._new_tree(index)
-    seg = engine._root_segments([state])[0]
-    forest = engine.forest
-    tree.root = forest.add_root(0, "system", "", seg)
-    tree.state0 = state
-    tree.records = list(ends.values())
-    engine.trees[index] = tree
+    live = frontier is not None
+    lens0: list[int] = []
+    if live:
+        seg = engine._root_segments([state])[0]
+        tree.root = engine.forest.add_root(0, "system", "", seg)
+        engine.trees[index] = tree
+        lens0 = engine._lens(seg)
     by_key = {(ev.branch, ev.turn): ev for ev in events}
     stack: list[tuple[int, int, ConversationState, int, int, list[int]]] = [
-        (0, 0, state, tree.root, -1, engine._lens(seg))]
+        (0, 0, state, tree.root, -1, lens0)]
+    unstarted: list[Branch] = []  # fork siblings that never spoke: their start hook reruns
     while stack:
         owner, t, st, node, node_owner, lens = stack.pop()
         children = [owner]
@@ -88,35 +96,55 @@ def _rebuild(engine: Engine, index: int, events: list[TurnEvent],
             cst = states[c]
             ev = by_key.get((c, t))
             if ev is None:
-                if c not in ends:
+                if c in ends:
+                    tree.records.append(_ended(engine, cst, ends[c]))
+                elif live:
                     tree.live += 1
-                    frontier.append(Branch(tree, cst, c, node, node_owner, t, list(lens)))
+                    br = Branch(tree, cst, c, node, node_owner, t, list(lens))
+                    (frontier if c == owner else unstarted).append(br)  # type: ignore[union-attr]
                 continue
-            new, new_lens = _replay_turn(engine, tree, cst, ev, node, lens)
+            new, new_lens = _replay_turn(engine, cst, ev, node, lens, live)
             if ev.stop is not None:
-                if c not in ends:
+                if c in ends:
+                    tree.records.append(_ended(engine, cst, ends[c]))
+                elif live:
                     tree.live += 1
                     finishing.append((Branch(tree, cst, c, new, c, t + 1, new_lens), ev.stop))
                 continue
             stack.append((c, t + 1, cst, new, c, new_lens))
+    if not live:
+        return tree
+    # Only now that the tree's live count is complete may a failing hook finish a branch.
+    frontier.extend(br for br in unstarted if engine._branch_started(br))  # type: ignore[union-attr]
     if tree.live == 0:
         engine._close_tree(tree)
+    return tree
 
 
-def _replay_turn(engine: Engine, tree: Tree, state: ConversationState, ev: TurnEvent,
-                 parent: int, lens: list[int]) -> tuple[int, list[int]]:
+def _ended(engine: Engine, state: ConversationState, end: EndEvent) -> ConversationRecord:
+    state.stop_reason = end.stop_reason
+    state.scores = dict(end.scores)
+    state.errors = list(end.errors)
+    state.meta = dict(end.meta)
+    return engine._record(state)
+
+
+def _replay_turn(engine: Engine, state: ConversationState, ev: TurnEvent, parent: int,
+                 lens: list[int], live: bool) -> tuple[int, list[int]]:
     p = engine.participants[ev.speaker]
-    seg: dict[int, list[int]] = {}
-    if ev.output_ids is not None and p.fmt is not None:
-        seg[p.index] = p.prefix + p.fmt.close_generated(ev.output_ids, ev.finish_reason)
-    for v in engine.views:
-        if v is not p:
-            seg[v.index] = v.fmt.segment(engine.roles[v.index][p.index], ev.text)
-    finish = ev.finish_reason if ev.output_ids is not None else ""
-    node = engine.forest.append(parent, ev.speaker, ev.role, ev.text, seg, finish)
-    new_lens = list(lens)
-    for v, ids in seg.items():
-        new_lens[v] += len(ids)
+    node = -1
+    new_lens = lens
+    if live:
+        seg: dict[int, list[int]] = {}
+        if ev.output_ids is not None and p.fmt is not None:
+            seg[p.index] = p.prefix + p.fmt.close_generated(ev.output_ids, ev.finish_reason)
+        for vi, fmt, role in engine.targets[p.index]:
+            seg[vi] = fmt.segment(role, ev.text)
+        finish = ev.finish_reason if ev.output_ids is not None else ""
+        node = engine.forest.append(parent, ev.speaker, ev.role, ev.text, seg, finish)
+        new_lens = list(lens)
+        for v, ids in seg.items():
+            new_lens[v] += len(ids)
     rec = TurnRecord(conversation_id=state.conversation_id, branch=ev.branch, turn=ev.turn,
                      participant=p.name, role=ev.role, text=ev.text, node=node,
                      parent_turn=ev.turn - 1 if ev.turn else None,

@@ -50,6 +50,7 @@ def versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             return None
 
+    core: str | None
     try:
         from turnloom._core import __version__ as core
     except ImportError:

@@ -63,6 +63,8 @@ class ParticipantRT:
     __slots__ = ("index", "name", "spec", "obj", "plugin", "is_agent", "role", "backend", "fmt",
                  "prefix", "params", "sampler", "usage")
 
+    obj: Any
+
     def __init__(self, index: int, spec: ParticipantSpec, obj: Any, plugin: str,
                  is_agent: bool) -> None:
         self.index = index
@@ -73,7 +75,7 @@ class ParticipantRT:
         self.is_agent = is_agent
         self.role = spec.role or getattr(obj, "role", None) or ("assistant" if is_agent else "user")
         self.backend: BackendRT | None = None
-        self.fmt: ChatFormat | None = None
+        self.fmt: Any = None  # the backend's ChatFormat, for agents
         self.prefix: list[int] = []
         self.params: SamplingParams = spec.sampling
         self.sampler: Sampler | None = None
@@ -137,7 +139,7 @@ def build_participants(scenario: Scenario, registry: Any,
         except Exception as exc:
             raise error_at(scenario, ("participants", i, "settings"),
                            f"{spec.agent!r} rejected its settings: {_brief(exc)}") from exc
-        protocol = Agent if is_agent else Environment
+        protocol: type = Agent if is_agent else Environment
         if not isinstance(obj, protocol):
             raise error_at(scenario, ("participants", i, "agent"),
                            f"plugin {spec.agent!r} built {type(obj).__name__}, which lacks the "
@@ -147,7 +149,7 @@ def build_participants(scenario: Scenario, registry: Any,
             be = backends[scenario.backend_of(spec)]  # type: ignore[index]
             p.backend = be
             p.fmt = be.fmt
-            p.prefix = list(be.fmt.generation_prefix(obj.role_in_view(spec.name, spec.name)))
+            p.prefix = list(be.fmt.generation_prefix(p.obj.role_in_view(spec.name, spec.name)))
         if spec.sampler is not None:
             try:
                 p.sampler = registry.get("samplers", spec.sampler)(dict(spec.sampler_settings))

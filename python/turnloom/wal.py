@@ -21,7 +21,6 @@ from typing import Any, Iterator, Union
 
 import msgspec
 
-from turnloom.records import ConversationRecord
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +55,16 @@ class TurnEvent(msgspec.Struct, tag="turn", array_like=True, frozen=True):
 
 
 class EndEvent(msgspec.Struct, tag="end", array_like=True, frozen=True):
-    """A finished conversation branch; `tree_done` when it was the tree's last."""
+    """A finished conversation branch; `tree_done` when it was the tree's last.
+    With the branch's turn events it determines the exported record."""
 
     index: int
     branch: int
     tree_done: bool
-    record: ConversationRecord
+    stop_reason: str
+    scores: dict[str, Any]
+    errors: list[str]
+    meta: dict[str, Any]
 
 
 Event = Union[TurnEvent, EndEvent]

@@ -535,7 +535,13 @@ def _slab_layer_class() -> type:
 
 
 class _Sampler:
-    """Per-row logits processing and seeded inverse-CDF sampling, batched."""
+    """Per-row logits processing and seeded inverse-CDF sampling, batched.
+
+    Each row draws one uniform per step from its own generator and maps it
+    through the CDF of its own filtered distribution, so the token it gets
+    does not depend on the other rows. Rows with top-k/top-p sample among
+    their top candidates only, which avoids sorting the whole vocabulary.
+    """
 
     def __init__(self, torch: Any, params: list[SamplingParams], prompts: list[list[int]], device: Any) -> None:
         self.torch = torch
@@ -548,6 +554,7 @@ class _Sampler:
             self.generators.append(g)
         # Tokens seen per row, for the repetition penalty.
         self.seen = [list(dict.fromkeys(ids)) if p.repetition_penalty != 1.0 else [] for p, ids in zip(params, prompts)]
+        self._plan: dict[str, Any] | None = None
 
     def append(self, slot: int, token: int) -> None:
         if self.params[slot].repetition_penalty != 1.0 and token not in self.seen[slot]:
@@ -557,6 +564,27 @@ class _Sampler:
         self.params = [self.params[s] for s in keep]
         self.generators = [self.generators[s] for s in keep]
         self.seen = [self.seen[s] for s in keep]
+        self._plan = None
+
+    def _make_plan(self, vocab: int) -> dict[str, Any]:
+        """Per-row settings as tensors, rebuilt only when the batch shrinks."""
+        torch, dev = self.torch, self.device
+        sampled = [b for b, p in enumerate(self.params) if p.temperature > 0]
+        full = [b for b in sampled if not (0 < self.params[b].top_k < vocab) and self.params[b].top_p >= 1.0]
+        cut = [b for b in sampled if b not in full]
+        plan: dict[str, Any] = {"sampled": sampled, "full": full, "cut": cut}
+        temps = [p.temperature if p.temperature > 0 else 1.0 for p in self.params]
+        plan["temps"] = torch.tensor(temps, device=dev).unsqueeze(1)
+        if full:
+            plan["full_index"] = torch.tensor(full, device=dev)
+        if cut:
+            top_k = [self.params[b].top_k if 0 < self.params[b].top_k < vocab else 0 for b in cut]
+            plan["cut_index"] = torch.tensor(cut, device=dev)
+            plan["top_k"] = torch.tensor(top_k, device=dev).unsqueeze(1)
+            plan["top_p"] = torch.tensor([self.params[b].top_p for b in cut], device=dev).unsqueeze(1)
+            # Enough candidates for every top_k; rows with top_p only start from 256.
+            plan["candidates"] = min(vocab, max(max(top_k), 256 if 0 in top_k else 1))
+        return plan
 
     def sample(self, logits: torch.Tensor) -> torch.Tensor:
         torch = self.torch
@@ -567,35 +595,52 @@ class _Sampler:
                 score = logits[b].index_select(0, ids)
                 score = torch.where(score < 0, score * p.repetition_penalty, score / p.repetition_penalty)
                 logits[b].index_copy_(0, ids, score)
-        greedy = [p.temperature <= 0 for p in self.params]
         chosen = logits.argmax(dim=-1)
-        if all(greedy):
-            return chosen
-        temps = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in self.params],
-                             device=logits.device).unsqueeze(1)
-        logits = logits / temps
         vocab = logits.shape[-1]
-        top_k = [p.top_k if 0 < p.top_k < vocab else 0 for p in self.params]
-        if any(top_k):
-            kmax = max(top_k)
-            kth = logits.topk(kmax, dim=-1).values
-            index = torch.tensor([max(k, 1) - 1 for k in top_k], device=logits.device).unsqueeze(1)
-            threshold = kth.gather(1, index)
-            threshold[torch.tensor([k == 0 for k in top_k], device=logits.device)] = -float("inf")
-            logits = logits.masked_fill(logits < threshold, -float("inf"))
-        probs = torch.softmax(logits, dim=-1)
-        top_p = torch.tensor([p.top_p for p in self.params], device=logits.device).unsqueeze(1)
-        if bool((top_p < 1.0).any()):
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            # Drop a token when the tokens before it already reach top_p.
-            drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
-            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter_(1, order, sorted_probs)
-        cdf = probs.cumsum(dim=-1)
-        draws = torch.stack([torch.rand((), generator=g) for g in self.generators]).to(logits.device)
-        draws = (draws.unsqueeze(1) * cdf[:, -1:]).contiguous()
-        sampled = torch.searchsorted(cdf, draws, right=True).squeeze(1).clamp_(max=vocab - 1)
-        return torch.where(torch.tensor(greedy, device=logits.device), chosen, sampled)
+        if self._plan is None:
+            self._plan = self._make_plan(vocab)
+        plan = self._plan
+        if not plan["sampled"]:
+            return chosen
+        draws = torch.stack([torch.rand((), generator=g) for g in self.generators]).to(logits.device).unsqueeze(1)
+        scaled = logits / plan["temps"]
+        if plan["full"]:
+            index = plan["full_index"]
+            x = scaled.index_select(0, index)
+            weights = (x - x.max(dim=-1, keepdim=True).values).exp_()
+            cdf = weights.cumsum_(dim=-1)
+            u = draws.index_select(0, index) * cdf[:, -1:]
+            picked = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=vocab - 1)
+            chosen = chosen.index_copy(0, index, picked)
+        if plan["cut"]:
+            index = plan["cut_index"]
+            picked = self._sample_cut(scaled.index_select(0, index), draws.index_select(0, index), plan)
+            chosen = chosen.index_copy(0, index, picked)
+        return chosen
+
+    def _sample_cut(self, x: torch.Tensor, u: torch.Tensor, plan: dict[str, Any]) -> torch.Tensor:
+        """Temperature, then top-k, then top-p (the order transformers applies them)."""
+        torch = self.torch
+        top_k, top_p = plan["top_k"], plan["top_p"]
+        k = plan["candidates"]
+        while True:
+            values, ids = x.topk(k, dim=-1)  # sorted, largest first
+            rank = torch.arange(k, device=x.device).unsqueeze(0)
+            in_k = (top_k == 0) | (rank < top_k)
+            # Normalise over the whole vocabulary, or over the top-k set where there is one.
+            whole = torch.logsumexp(x, dim=-1, keepdim=True)
+            within_k = torch.logsumexp(values.masked_fill(~in_k, -float("inf")), dim=-1, keepdim=True)
+            probs = (values - torch.where(top_k == 0, whole, within_k)).exp().masked_fill(~in_k, 0.0)
+            before = probs.cumsum(dim=-1) - probs
+            covered = (top_k > 0) | (top_p >= 1.0) | (before[:, -1:] + probs[:, -1:] >= top_p)
+            if bool(covered.all()) or k == x.shape[-1]:
+                break
+            k = x.shape[-1] if k >= 1024 else min(x.shape[-1], 4 * k)  # a flat distribution: widen
+        # Keep a candidate while the ones before it have not reached top_p (the first always).
+        weights = probs.masked_fill(before >= top_p, 0.0)
+        cdf = weights.cumsum(dim=-1)
+        pos = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=k - 1)
+        return ids.gather(1, pos).squeeze(1)
 
 
 def _pick_device(torch: Any, setting: str) -> Any:

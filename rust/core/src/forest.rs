@@ -20,9 +20,11 @@ mod proptests;
 mod tests;
 
 pub use codes::{finish_code, narrow_u16, role_code, FINISH_REASONS, ROLES};
-pub use packed::{split_segments, Segments};
+pub use packed::split_segments;
 pub use read::NodeView;
 pub use slot::NodeId;
+
+use std::borrow::Cow;
 
 use crate::error::{CoreError, CoreResult};
 use slot::{pack, unpack, SegEntry, Slot, FIRST_GENERATION, NIL};
@@ -36,8 +38,9 @@ pub struct NewNode<'a> {
     pub participant: u16,
     pub role: &'a str,
     pub text: &'a str,
-    /// (view, tokens) pairs; each view at most once.
-    pub segments: Vec<(u16, &'a [u32])>,
+    /// (view, tokens) pairs; each view at most once. Borrowed when a batch's
+    /// segments come split from one buffer, so no node needs an allocation.
+    pub segments: Cow<'a, [(u16, &'a [u32])]>,
     pub finish: &'a str,
     pub meta: &'a str,
 }
@@ -82,6 +85,9 @@ impl Stats {
 #[derive(Clone, Debug)]
 pub struct Forest {
     slots: Vec<Slot>,
+    /// One bit per slot, set while it holds a live node, so compaction finds
+    /// the live slots without reading every record.
+    live_bits: Vec<u64>,
     segs: Vec<SegEntry>,
     tokens: Vec<u32>,
     bytes: Vec<u8>,
@@ -114,6 +120,7 @@ impl Forest {
     pub fn with_compaction_floor(floor: usize) -> Self {
         Forest {
             slots: Vec::new(),
+            live_bits: Vec::new(),
             segs: Vec::new(),
             tokens: Vec::new(),
             bytes: Vec::new(),
@@ -188,6 +195,7 @@ impl Forest {
     pub fn stats(&self) -> Stats {
         use std::mem::size_of;
         let core = self.slots.capacity() * size_of::<Slot>()
+            + self.live_bits.capacity() * size_of::<u64>()
             + self.segs.capacity() * size_of::<SegEntry>();
         let data = self.tokens.capacity() * size_of::<u32>() + self.bytes.capacity();
         Stats {

@@ -312,14 +312,13 @@ impl PyForest {
         let buffer = Buffer::get(tokens)?;
         let tokens = buffer.tokens()?;
         let segments = split_segments(n, &views, &tokens, &offsets).map_err(to_py_err)?;
-        let nodes: Vec<NewNode> = segments
-            .into_iter()
-            .enumerate()
-            .map(|(i, segments)| NewNode {
+        let per_node = views.len();
+        let nodes: Vec<NewNode> = (0..n)
+            .map(|i| NewNode {
                 participant: participants[i],
                 role: roles[i],
                 text: &texts[i],
-                segments,
+                segments: segments[i * per_node..(i + 1) * per_node].into(),
                 finish: finishes.as_ref().map_or("", |f| f[i]),
                 meta: metas.as_ref().map_or("", |m| &m[i]),
             })

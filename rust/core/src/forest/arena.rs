@@ -12,8 +12,41 @@ pub(super) fn grow<T>(v: &mut Vec<T>, additional: usize) {
     if need > v.capacity() {
         let target = need.max(v.capacity() + v.capacity() / 4).max(MIN_CAPACITY);
         v.reserve_exact(target - v.len());
+        populate_spare(v);
     }
 }
+
+/// Spare capacity below this is left to fault in page by page.
+const POPULATE_MIN_BYTES: usize = 1 << 20;
+
+/// Map in a large arena's new spare capacity with one call instead of one
+/// page fault per 4 KiB as it fills: appending tokens to fresh memory is
+/// otherwise dominated by those faults. At most the quarter of growth is
+/// mapped ahead of use. Needs Linux 5.14 (MADV_POPULATE_WRITE); elsewhere
+/// the arena simply faults in as before.
+#[cfg(target_os = "linux")]
+fn populate_spare<T>(v: &Vec<T>) {
+    use std::ffi::{c_int, c_void};
+    extern "C" {
+        fn madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int;
+    }
+    const MADV_POPULATE_WRITE: c_int = 23;
+    const PAGE: usize = 4096;
+    let base = v.as_ptr() as usize;
+    let size = std::mem::size_of::<T>();
+    // Whole pages of the spare capacity only.
+    let first = (base + v.len() * size).next_multiple_of(PAGE);
+    let last = (base + v.capacity() * size) & !(PAGE - 1);
+    if last >= first + POPULATE_MIN_BYTES {
+        // SAFETY: the range lies inside the vector's own allocation, past its
+        // initialised items; populating maps pages in and never writes data.
+        // The result is ignored: failure only means the pages fault in later.
+        unsafe { madvise(first as *mut c_void, last - first, MADV_POPULATE_WRITE) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn populate_spare<T>(_: &Vec<T>) {}
 
 /// A live run `[off, off + len)` of an arena, owned by `owner` (a slot or a
 /// segment-table index) whose stored offset must follow the move.

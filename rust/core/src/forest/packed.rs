@@ -5,24 +5,23 @@
 use super::{Forest, NodeId};
 use crate::error::{CoreError, CoreResult};
 
-/// One node's (view, tokens) segments, borrowing the batch's token buffer.
-pub type Segments<'a> = Vec<(u16, &'a [u32])>;
-
 fn invalid(message: String) -> CoreError {
     CoreError::InvalidArgument(message)
 }
 
-/// Split `tokens` into the segments of `nodes` nodes that each have one
-/// segment per view in `views`: segment `k` belongs to node `k / views.len()`
-/// and view `views[k % views.len()]` and is `tokens[offsets[k]..offsets[k + 1]]`.
-/// `offsets` must hold `nodes * views.len() + 1` non-decreasing entries, the
-/// last at most `tokens.len()`.
+/// Split `tokens` into the (view, tokens) segments of `nodes` nodes that each
+/// have one segment per view in `views`: segment `k` belongs to node
+/// `k / views.len()` and view `views[k % views.len()]` and is
+/// `tokens[offsets[k]..offsets[k + 1]]`. `offsets` must hold
+/// `nodes * views.len() + 1` non-decreasing entries, the last at most
+/// `tokens.len()`. The result is flat: node `i` owns the entries
+/// `i * views.len()..(i + 1) * views.len()`.
 pub fn split_segments<'a>(
     nodes: usize,
     views: &[u16],
     tokens: &'a [u32],
     offsets: &[u64],
-) -> CoreResult<Vec<Segments<'a>>> {
+) -> CoreResult<Vec<(u16, &'a [u32])>> {
     let expected = nodes
         .checked_mul(views.len())
         .and_then(|segments| segments.checked_add(1))
@@ -52,15 +51,13 @@ pub fn split_segments<'a>(
     // Every offset is now at most `last`, which fits usize.
     let mut bounds = offsets.iter().map(|&o| o as usize);
     let mut start = bounds.next().unwrap_or(0);
-    let mut out = Vec::with_capacity(nodes);
+    let mut out = Vec::with_capacity(offsets.len() - 1);
     for _ in 0..nodes {
-        let mut segments = Vec::with_capacity(views.len());
         for &view in views {
             let end = bounds.next().expect("length checked above");
-            segments.push((view, &tokens[start..end]));
+            out.push((view, &tokens[start..end]));
             start = end;
         }
-        out.push(segments);
     }
     Ok(out)
 }

@@ -498,8 +498,13 @@ proptest! {
             }
         }
         let split = split_segments(batch.len(), &views, &flat, &offsets).unwrap();
-        let nodes: Vec<NewNode> = batch.iter().zip(split)
-            .map(|((_, role, _), segments)| NewNode { role: ROLES[*role], segments, ..NewNode::default() })
+        let per_node = views.len();
+        let nodes: Vec<NewNode> = batch.iter().enumerate()
+            .map(|(i, (_, role, _))| NewNode {
+                role: ROLES[*role],
+                segments: split[i * per_node..(i + 1) * per_node].into(),
+                ..NewNode::default()
+            })
             .collect();
         let mut one_by_one = forest.clone();
         let ids = forest.add_many(&parents, &nodes).unwrap();

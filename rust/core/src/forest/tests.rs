@@ -8,7 +8,7 @@ fn msg<'a>(role: &'a str, text: &'a str, segments: Vec<(u16, &'a [u32])>) -> New
         participant: 0,
         role,
         text,
-        segments,
+        segments: segments.into(),
         finish: "",
         meta: "",
     }
@@ -315,14 +315,12 @@ fn core_bytes_per_node_stay_under_100() {
 fn split_segments_locates_each_node_view() {
     let tokens = [1, 2, 3, 4, 5, 6, 7];
     let split = split_segments(2, &[0, 3], &tokens, &[1, 3, 3, 6, 7]).unwrap();
-    let expected: Vec<Vec<(u16, &[u32])>> = vec![
-        vec![(0, &[2, 3]), (3, &[])],
-        vec![(0, &[4, 5, 6]), (3, &[7])],
-    ];
+    let expected: Vec<(u16, &[u32])> = vec![(0, &[2, 3]), (3, &[]), (0, &[4, 5, 6]), (3, &[7])];
     assert_eq!(split, expected);
     assert_eq!(split_segments(0, &[0], &[], &[0]), Ok(vec![]));
-    assert_eq!(split_segments(2, &[], &[], &[0]), Ok(vec![vec![], vec![]]));
-    let invalid = |r: CoreResult<Vec<Segments>>| matches!(r, Err(CoreError::InvalidArgument(_)));
+    assert_eq!(split_segments(2, &[], &[], &[0]), Ok(vec![]));
+    let invalid =
+        |r: CoreResult<Vec<(u16, &[u32])>>| matches!(r, Err(CoreError::InvalidArgument(_)));
     assert!(invalid(split_segments(2, &[0], &tokens, &[0, 1])));
     assert!(invalid(split_segments(0, &[0], &tokens, &[])));
     assert!(invalid(split_segments(2, &[0], &tokens, &[0, 3, 2])));

@@ -10,6 +10,14 @@ use crate::error::{CoreError, CoreResult};
 /// Offsets and lengths are u32, so no arena may hold more items than this.
 const ARENA_LIMIT: usize = u32::MAX as usize;
 
+/// Which arenas a compaction covers.
+#[derive(Clone, Copy)]
+struct Arenas {
+    tokens: bool,
+    bytes: bool,
+    segs: bool,
+}
+
 /// Codes of a validated [`NewNode`].
 #[derive(Clone, Copy)]
 struct Codes {
@@ -236,15 +244,11 @@ impl Forest {
     /// Make sure each arena can take that many more items within the u32
     /// offset range (compacting first if that is what it takes), and reserve them.
     fn ensure_room(&mut self, segs: usize, tokens: usize, bytes: usize) -> CoreResult<()> {
-        if self.segs.len() + segs > ARENA_LIMIT && self.garbage_segs > 0 {
-            self.compact_segs();
-        }
-        if self.tokens.len() + tokens > ARENA_LIMIT && self.garbage_tokens > 0 {
-            self.compact_tokens();
-        }
-        if self.bytes.len() + bytes > ARENA_LIMIT && self.garbage_bytes > 0 {
-            self.compact_bytes();
-        }
+        self.compact_arenas(Arenas {
+            tokens: self.tokens.len() + tokens > ARENA_LIMIT && self.garbage_tokens > 0,
+            bytes: self.bytes.len() + bytes > ARENA_LIMIT && self.garbage_bytes > 0,
+            segs: self.segs.len() + segs > ARENA_LIMIT && self.garbage_segs > 0,
+        });
         if self.segs.len() + segs > ARENA_LIMIT {
             return Err(capacity("segment table"));
         }
@@ -267,7 +271,7 @@ impl Forest {
         self.bytes.extend_from_slice(node.text.as_bytes());
         self.bytes.extend_from_slice(node.meta.as_bytes());
         let seg_off = self.segs.len() as u32;
-        for &(view, tokens) in &node.segments {
+        for &(view, tokens) in node.segments.iter() {
             self.segs.push(SegEntry {
                 offset: self.tokens.len() as u32,
                 len: tokens.len() as u32,
@@ -300,8 +304,22 @@ impl Forest {
             role: codes.role,
             finish: codes.finish,
         };
+        let id = pack(record.generation, slot);
         self.live += 1;
-        pack(record.generation, slot)
+        self.mark_live(slot, true);
+        id
+    }
+
+    fn mark_live(&mut self, slot: u32, live: bool) {
+        let (word, bit) = (slot as usize / 64, slot % 64);
+        if word >= self.live_bits.len() {
+            self.live_bits.resize(word + 1, 0);
+        }
+        if live {
+            self.live_bits[word] |= 1 << bit;
+        } else {
+            self.live_bits[word] &= !(1 << bit);
+        }
     }
 
     /// A free slot (reused first) or a new one; its generation is the one to issue.
@@ -385,82 +403,112 @@ impl Forest {
             self.free_count += 1;
         }
         self.live -= 1;
+        self.mark_live(slot, false);
         self.freed_total += 1;
     }
 
     fn maybe_compact(&mut self) {
         let floor = self.compaction_floor;
-        if worth_compacting(self.garbage_tokens, self.tokens.len(), floor) {
-            self.compact_tokens();
-        }
-        if worth_compacting(self.garbage_bytes, self.bytes.len(), floor) {
-            self.compact_bytes();
-        }
-        if worth_compacting(self.garbage_segs, self.segs.len(), floor) {
-            self.compact_segs();
-        }
+        self.compact_arenas(Arenas {
+            tokens: worth_compacting(self.garbage_tokens, self.tokens.len(), floor),
+            bytes: worth_compacting(self.garbage_bytes, self.bytes.len(), floor),
+            segs: worth_compacting(self.garbage_segs, self.segs.len(), floor),
+        });
     }
 
-    fn live_slots(&self) -> impl Iterator<Item = (u32, &Slot)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.is_free())
-            .map(|(i, s)| (i as u32, s))
-    }
-
-    fn compact_tokens(&mut self) {
-        let mut runs: Vec<Run> = Vec::with_capacity(self.segs.len() - self.garbage_segs);
-        for (_, record) in self.live_slots() {
-            let start = record.seg_off as usize;
-            for index in start..start + usize::from(record.seg_count) {
-                let entry = self.segs[index];
-                runs.push(Run {
-                    off: entry.offset,
-                    len: entry.len,
-                    owner: index as u32,
-                });
+    /// Compact the chosen arenas. Their live runs are gathered in one pass
+    /// over the slots: once most slots are free that pass, not the moves, is
+    /// the cost, so arenas due together share it, and an empty forest skips it.
+    fn compact_arenas(&mut self, due: Arenas) {
+        if !(due.tokens || due.bytes || due.segs) {
+            return;
+        }
+        let (mut token_runs, mut byte_runs, mut seg_runs) = (Vec::new(), Vec::new(), Vec::new());
+        if due.tokens {
+            token_runs.reserve(self.segs.len() - self.garbage_segs);
+        }
+        if due.bytes {
+            byte_runs.reserve(self.live);
+        }
+        if due.segs {
+            seg_runs.reserve(self.live);
+        }
+        if self.live > 0 {
+            for (slot, record) in self.live_slots() {
+                let start = record.seg_off as usize;
+                if due.tokens {
+                    for index in start..start + usize::from(record.seg_count) {
+                        let entry = self.segs[index];
+                        token_runs.push(Run {
+                            off: entry.offset,
+                            len: entry.len,
+                            owner: index as u32,
+                        });
+                    }
+                }
+                if due.bytes {
+                    byte_runs.push(Run {
+                        off: record.bytes_off,
+                        len: record.bytes_len(),
+                        owner: slot,
+                    });
+                }
+                if due.segs {
+                    seg_runs.push(Run {
+                        off: record.seg_off,
+                        len: u32::from(record.seg_count),
+                        owner: slot,
+                    });
+                }
             }
         }
-        compact(&mut self.tokens, &mut runs);
-        for run in &runs {
-            self.segs[run.owner as usize].offset = run.off;
+        // Tokens first: their owners are segment-table indices from before
+        // the segment table itself moves.
+        if due.tokens {
+            compact(&mut self.tokens, &mut token_runs);
+            for run in &token_runs {
+                self.segs[run.owner as usize].offset = run.off;
+            }
+            self.garbage_tokens = 0;
+            self.compactions += 1;
         }
-        self.garbage_tokens = 0;
-        self.compactions += 1;
+        if due.bytes {
+            compact(&mut self.bytes, &mut byte_runs);
+            for run in &byte_runs {
+                self.slots[run.owner as usize].bytes_off = run.off;
+            }
+            self.garbage_bytes = 0;
+            self.compactions += 1;
+        }
+        if due.segs {
+            compact(&mut self.segs, &mut seg_runs);
+            for run in &seg_runs {
+                self.slots[run.owner as usize].seg_off = run.off;
+            }
+            self.garbage_segs = 0;
+            self.compactions += 1;
+        }
     }
 
-    fn compact_bytes(&mut self) {
-        let mut runs: Vec<Run> = self
-            .live_slots()
-            .map(|(slot, record)| Run {
-                off: record.bytes_off,
-                len: record.bytes_len(),
-                owner: slot,
+    /// Live slots in slot order.
+    fn live_slots(&self) -> impl Iterator<Item = (u32, &Slot)> {
+        self.live_bits
+            .iter()
+            .enumerate()
+            .flat_map(|(word, &bits)| {
+                let mut bits = bits;
+                std::iter::from_fn(move || {
+                    (bits != 0).then(|| {
+                        let bit = bits.trailing_zeros();
+                        bits &= bits - 1;
+                        (word * 64) as u32 + bit
+                    })
+                })
             })
-            .collect();
-        compact(&mut self.bytes, &mut runs);
-        for run in &runs {
-            self.slots[run.owner as usize].bytes_off = run.off;
-        }
-        self.garbage_bytes = 0;
-        self.compactions += 1;
-    }
-
-    fn compact_segs(&mut self) {
-        let mut runs: Vec<Run> = self
-            .live_slots()
-            .map(|(slot, record)| Run {
-                off: record.seg_off,
-                len: u32::from(record.seg_count),
-                owner: slot,
+            .map(|slot| {
+                let record = self.slot(slot);
+                debug_assert!(!record.is_free(), "live bit on free slot {slot}");
+                (slot, record)
             })
-            .collect();
-        compact(&mut self.segs, &mut runs);
-        for run in &runs {
-            self.slots[run.owner as usize].seg_off = run.off;
-        }
-        self.garbage_segs = 0;
-        self.compactions += 1;
     }
 }

@@ -1,0 +1,98 @@
+"""The benchmarks in bench/ still run and print the rows they promise (tiny sizes,
+no timing assertions), and B2's exact unique-token count is right."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_bench(script: str, *args: str) -> list[str]:
+    env = {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                          text=True, timeout=240, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def table(lines: list[str], header_start: str) -> dict[str, list[str]]:
+    """Rows after the header line, keyed by their first cell."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows: dict[str, list[str]] = {}
+    for line in lines[start + 1:]:
+        cells = line.split()
+        if not cells or not cells[1][0].isdigit():
+            break
+        rows.setdefault(cells[0], []).append(line)
+    return rows
+
+
+def number(cell: str) -> float:
+    return float(cell.rstrip("x%").replace(",", ""))
+
+
+def load_prefix_bench():
+    spec = importlib.util.spec_from_file_location("bench_prefix_reuse", BENCH / "bench_prefix_reuse.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prefix_reuse_table():
+    lines = run_bench("bench_prefix_reuse.py", "--conversations", "40", "--turns", "4",
+                      "--branch-turn", "2", "--seed", "3")
+    rows = table(lines, "policy")
+    assert list(rows) == ["naive", "lpm", "turnloom", "limit"]
+    floor = number(rows["limit"][0].split()[1])
+    for policy, (line,) in rows.items():
+        cells = line.split()
+        prefilled, hit = number(cells[1]), number(cells[3]) / 100
+        assert prefilled >= floor, policy  # nothing beats an unbounded cache
+        assert 0.0 <= hit <= 1.0
+        assert number(cells[6]) == pytest.approx(number(cells[4]) + number(cells[5]), abs=0.11)
+
+
+def test_prefix_reuse_unique_tokens_are_trie_nodes():
+    bench = load_prefix_bench()
+    shape = bench.Shape(turns=4, branch_turn=2, branches=3, system_len=(3, 6), user_len=(1, 3),
+                        reply_len=(1, 3))
+    bench.VOCAB_IDS = list(range(1_000, 1_004))  # a tiny vocabulary makes prefixes collide
+    convs = bench.build_workload(12, shape, seed=5)
+    unique, floor, prompt_tokens = bench.exact_unique_and_floor(convs, shape)
+
+    client = bench.Client(convs, shape)
+    prefixes: set[tuple[int, ...]] = set()
+    requests = 0
+    for conv in range(len(convs)):
+        pending = [client._new(conv, -1, 1)]
+        while pending:
+            req = pending.pop()
+            requests += 1
+            seq = req.prompt + req.output
+            prefixes.update(tuple(seq[:k]) for k in range(1, len(seq) + 1))
+            pending.extend(client.follow_ups(req)[0])
+    assert unique == len(prefixes)
+    assert requests == 12 * (1 + 3 * 3)  # one trunk turn, then 3 branches x 3 turns
+    assert 0 < floor <= prompt_tokens
+
+
+def test_engine_table():
+    lines = run_bench("bench_engine.py", "--conversations", "40", "--small", "20",
+                      "--baseline-conversations", "20", "--turns", "4")
+    rows = table(lines, "side")
+    assert list(rows) == ["baseline", "turnloom"]
+    assert len(rows["turnloom"]) == 2
+    for line in rows["baseline"] + rows["turnloom"]:
+        cells = line.split()
+        conversations, turns = number(cells[1]), number(cells[2])
+        assert turns == conversations * 4  # every conversation ran all its turns
+        assert number(cells[5]) > 0 and number(cells[6]) > 0
