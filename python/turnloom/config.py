@@ -63,7 +63,7 @@ class RunSettings(msgspec.Struct, **_STRUCT):
     max_turns: Positive = 8  # messages per conversation, system prompts excluded
     seed: NonNegative = 0
     out: str | None = None  # run directory (the CLI's --out wins)
-    batch_size: Positive = 64  # requests per backend call (capped by the backend's max_batch)
+    batch_size: Positive | None = None  # requests per backend call (default: the backend's max_batch)
     max_inflight: Positive = 2  # backend calls outstanding per backend
     max_active: Positive | None = None  # conversation trees in memory at once (None: derived)
     max_retries: NonNegative = 3  # per request whose result has finish_reason "error"

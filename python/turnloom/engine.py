@@ -164,7 +164,8 @@ class Engine:
             await be.backend.start()
             be.info = info = be.backend.info()
             spec = be.spec
-            be.batch_size = max(1, min(spec.batch_size or run.batch_size, info.max_batch or 1 << 30))
+            limit = info.max_batch or 1 << 30
+            be.batch_size = max(1, min(spec.batch_size or run.batch_size or limit, limit))
             be.max_inflight = spec.max_inflight or run.max_inflight
             cap = info.cache_capacity_tokens
             be.max_batch_tokens = spec.max_batch_tokens or cap or (1 << 40)

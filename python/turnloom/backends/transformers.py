@@ -535,12 +535,15 @@ def _slab_layer_class() -> type:
 
 
 class _Sampler:
-    """Per-row logits processing and seeded inverse-CDF sampling, batched.
+    """Per-row logits processing and seeded sampling, batched.
 
-    Each row draws one uniform per step from its own generator and maps it
-    through the CDF of its own filtered distribution, so the token it gets
-    does not depend on the other rows. Rows with top-k/top-p sample among
-    their top candidates only, which avoids sorting the whole vocabulary.
+    Sampling is an exponential race: a row draws one Exp(1) variate per
+    vocabulary entry from its own generator and takes argmax(logit/T - log E),
+    which is a draw from softmax(logit/T). A row's draws never depend on the
+    other rows, and, unlike inverse-CDF sampling, the winner is stable under the
+    tiny logit differences that batch shape and padding cause. Rows with
+    top-k/top-p race among their top candidates only, so the vocabulary is never
+    sorted.
     """
 
     def __init__(self, torch: Any, params: list[SamplingParams], prompts: list[list[int]], device: Any) -> None:
@@ -602,33 +605,31 @@ class _Sampler:
         plan = self._plan
         if not plan["sampled"]:
             return chosen
-        draws = torch.stack([torch.rand((), generator=g) for g in self.generators]).to(logits.device).unsqueeze(1)
+        # log E for E = -log U ~ Exp(1); U = 0 gives E = inf, a draw that never wins.
+        uniform = torch.stack([torch.rand(vocab, generator=g) for g in self.generators]).to(logits.device)
+        noise = uniform.log_().neg_().clamp_(min=torch.finfo(torch.float32).tiny).log_()
         scaled = logits / plan["temps"]
         if plan["full"]:
             index = plan["full_index"]
-            x = scaled.index_select(0, index)
-            weights = (x - x.max(dim=-1, keepdim=True).values).exp_()
-            cdf = weights.cumsum_(dim=-1)
-            u = draws.index_select(0, index) * cdf[:, -1:]
-            picked = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=vocab - 1)
-            chosen = chosen.index_copy(0, index, picked)
+            race = scaled.index_select(0, index) - noise.index_select(0, index)
+            chosen = chosen.index_copy(0, index, race.argmax(dim=-1))
         if plan["cut"]:
             index = plan["cut_index"]
-            picked = self._sample_cut(scaled.index_select(0, index), draws.index_select(0, index), plan)
+            picked = self._sample_cut(scaled.index_select(0, index), noise.index_select(0, index), plan)
             chosen = chosen.index_copy(0, index, picked)
         return chosen
 
-    def _sample_cut(self, x: torch.Tensor, u: torch.Tensor, plan: dict[str, Any]) -> torch.Tensor:
+    def _sample_cut(self, x: torch.Tensor, log_noise: torch.Tensor, plan: dict[str, Any]) -> torch.Tensor:
         """Temperature, then top-k, then top-p (the order transformers applies them)."""
         torch = self.torch
         top_k, top_p = plan["top_k"], plan["top_p"]
         k = plan["candidates"]
+        whole = torch.logsumexp(x, dim=-1, keepdim=True)
         while True:
             values, ids = x.topk(k, dim=-1)  # sorted, largest first
             rank = torch.arange(k, device=x.device).unsqueeze(0)
             in_k = (top_k == 0) | (rank < top_k)
             # Normalise over the whole vocabulary, or over the top-k set where there is one.
-            whole = torch.logsumexp(x, dim=-1, keepdim=True)
             within_k = torch.logsumexp(values.masked_fill(~in_k, -float("inf")), dim=-1, keepdim=True)
             probs = (values - torch.where(top_k == 0, whole, within_k)).exp().masked_fill(~in_k, 0.0)
             before = probs.cumsum(dim=-1) - probs
@@ -637,10 +638,9 @@ class _Sampler:
                 break
             k = x.shape[-1] if k >= 1024 else min(x.shape[-1], 4 * k)  # a flat distribution: widen
         # Keep a candidate while the ones before it have not reached top_p (the first always).
-        weights = probs.masked_fill(before >= top_p, 0.0)
-        cdf = weights.cumsum(dim=-1)
-        pos = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=k - 1)
-        return ids.gather(1, pos).squeeze(1)
+        keep = in_k & (before < top_p)
+        race = (values - log_noise.gather(1, ids)).masked_fill(~keep, -float("inf"))
+        return ids.gather(1, race.argmax(dim=-1, keepdim=True)).squeeze(1)
 
 
 def _pick_device(torch: Any, setting: str) -> Any:

@@ -102,9 +102,14 @@ fn views_for(views: &Bound<'_, PyAny>, n: usize) -> PyResult<Vec<u16>> {
         .collect()
 }
 
+/// Integer types for which every bit pattern is a value, so bytes can be viewed as them.
+trait Plain: Copy + Default {}
+impl Plain for u32 {}
+impl Plain for u64 {}
+
 /// A memoryview of `format` items over a new bytes object of `len` native-order
 /// `T`s, written in place by `fill`.
-fn packed<'py, T: Copy + Default>(
+fn packed<'py, T: Plain>(
     py: Python<'py>,
     len: usize,
     format: &str,
@@ -117,7 +122,7 @@ fn packed<'py, T: Copy + Default>(
         )))
     })?;
     let bytes = PyBytes::new_with(py, bytes_len, |bytes| {
-        // SAFETY: T is a plain integer type (u32 or u64): any bytes are a valid T.
+        // SAFETY: T is Plain: any bytes are a valid T.
         let (head, items, tail) = unsafe { bytes.align_to_mut::<T>() };
         if head.is_empty() && tail.is_empty() {
             return fill(items);
