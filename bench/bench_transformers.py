@@ -90,7 +90,7 @@ def run_turnloom(conversations: int, turns: int, max_new: int, reuse: bool, max_
     from turnloom.models import load_chat_format
 
     fmt = load_chat_format("default")
-    backend = TransformersBackend.from_settings({"prefix_reuse": reuse, "max_batch": max_batch})
+    backend = TransformersBackend.from_settings({"prefix_reuse": reuse, "max_batch": max_batch, "device": "cpu"})
     params = SamplingParams(max_new_tokens=max_new, temperature=0.0)
 
     async def run() -> Outcome:
@@ -129,7 +129,13 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--skip-no-reuse", action="store_true", help="leave out the batched run without reuse")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for every mode (0: torch's default); 1 is steadier on a shared machine")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from turnloom.models import default_model_dir
 
@@ -140,8 +146,10 @@ def main() -> None:
     outcomes.append(run_naive(model_dir, args.conversations, args.turns, args.max_new_tokens))
     naive = outcomes[-1]
 
+    import torch
+
     print(f"\n{args.conversations} conversations x {args.turns} turns, max_new_tokens={args.max_new_tokens}, "
-          f"greedy, SmolLM2-135M-Instruct\n")
+          f"greedy, SmolLM2-135M-Instruct, CPU, {torch.get_num_threads()} torch threads\n")
     header = f"{'mode':<48} {'gen tok':>8} {'prompt tok':>10} {'reused':>7} {'wall s':>8} {'gen tok/s':>9} {'speed-up':>8}"
     print(header)
     print("-" * len(header))

@@ -9,8 +9,8 @@ embedded SmolLM2-135M-Instruct) on CPU or GPU, with its own decode loop:
   placed by explicit position ids;
 - the KV cache is a preallocated slab (transformers' DynamicCache re-concatenates
   every layer on every step);
-- each request samples from its own seeded generator with inverse-CDF draws,
-  so a seed gives the same tokens whatever else is in the batch;
+- each request samples from its own seeded generator (an exponential race over
+  the vocabulary), so a seed gives the same tokens whatever else is in the batch;
 - when a request finishes, the KV of its tokens is kept, keyed by its affinity
   (conversation), so the conversation's next turn prefills only its new tokens.
   The store is an LRU bounded in bytes.
@@ -58,7 +58,7 @@ class TransformersSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     prefix_cache_mb: Annotated[int, msgspec.Meta(ge=1)] = 1024
     """Bound on the KV kept between turns."""
     min_reuse_tokens: Annotated[int, msgspec.Meta(ge=1)] = 8
-    """Shorter shared prefixes are recomputed: copying them costs more than it saves."""
+    """Shared prefixes shorter than this are recomputed instead of copied in."""
     threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
     """torch intra-op threads on CPU; None keeps torch's default."""
 
