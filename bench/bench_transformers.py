@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 SYSTEM = "You are a helpful assistant. Answer briefly."
 TOPICS = (
@@ -57,7 +58,7 @@ def run_naive(model_dir: str, conversations: int, turns: int, max_new: int) -> O
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok: Any = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     eos = tok.convert_tokens_to_ids("<|im_end|>")
 

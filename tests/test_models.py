@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def no_package(monkeypatch: pytest.MonkeyPatch) -> None:
     real_find_spec = importlib.util.find_spec
 
-    def find_spec(name: str, *args: object, **kwargs: object) -> object:
+    def find_spec(name: str, *args: Any, **kwargs: Any) -> Any:
         return None if name == models.GGUF_PACKAGE else real_find_spec(name, *args, **kwargs)
 
     def files(name: str) -> object:
@@ -90,8 +91,13 @@ def test_prepare_is_atomic_when_conversion_dies(empty_cache: Path, monkeypatch: 
 
 def test_prepare_converts_once(empty_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
+
+    def counting_convert(gguf: Path, out: Path) -> None:
+        calls.append(out)
+        fake_convert(gguf, out)
+
     monkeypatch.setattr(models, "find_gguf", lambda: Path("model.gguf"))
-    monkeypatch.setattr(models, "_convert", lambda g, o: (calls.append(o), fake_convert(g, o)))
+    monkeypatch.setattr(models, "_convert", counting_convert)
     first = models.prepare()
     assert models.is_prepared(first)
     assert models.prepare() == first

@@ -4,9 +4,11 @@ Node ids are opaque integers that carry a generation: once a node is freed its
 id raises StaleNodeError forever, even after the slot is reused.
 """
 
-from typing import Sequence
+from typing import Sequence, final
 
 from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
+
+__all__ = ["CapacityError", "FINISH_REASONS", "Forest", "InvalidArgumentError", "JobError", "ROLES", "RadixCache", "Scheduler", "StaleNodeError", "TurnloomError", "UnknownNodeError", "__version__"]
 
 __version__: str
 
@@ -34,6 +36,7 @@ class JobError(TurnloomError, KeyError):
 class InvalidArgumentError(TurnloomError, ValueError):
     """An argument is out of range or inconsistent with the others."""
 
+@final
 class Forest:
     """Arena of conversation trees; every conversation is a root-to-leaf path."""
 
@@ -141,6 +144,7 @@ class Forest:
         also text_capacity, slots, core_bytes (node records and segment table, without
         token or text data) and compactions."""
 
+@final
 class RadixCache:
     """Model of a backend's radix prefix cache: token radix tree, capacity, LRU leaf eviction.
 
@@ -149,7 +153,7 @@ class RadixCache:
     per call), so results are deterministic. Token ids are ints in 0..2**32.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __new__(cls, capacity: int) -> RadixCache:
         """InvalidArgumentError unless `capacity` >= 1."""
     @property
     def capacity(self) -> int: ...
@@ -179,15 +183,16 @@ class RadixCache:
     def stats(self) -> dict[str, int]:
         """size, capacity, pinned, nodes, queries, query_tokens, hit_tokens, inserted, evicted."""
 
+@final
 class Scheduler:
     """Ready generation jobs, popped in batches in an order that maximises cache reuse."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         token_budget: int | None = None,
         starvation_limit: int = 64,
         output_reserve: int = 256,
-    ) -> None:
+    ) -> Scheduler:
         """`token_budget` caps the tokens of admitted (active) conversation trees;
         None means unlimited.
 

@@ -37,7 +37,7 @@ class ByteTokenizer:
     def __init__(self) -> None:
         self.name = "bytes"
         self.special_ids = {s: 256 + i for i, s in enumerate(self.SPECIALS)}
-        self.eos_token_ids = (self.special_ids["<|im_end|>"], self.special_ids["<|endoftext|>"])
+        self.eos_token_ids: tuple[int, ...] = (self.special_ids["<|im_end|>"], self.special_ids["<|endoftext|>"])
         self.vocab_size = 256 + len(self.SPECIALS)
 
     def encode(self, text: str) -> list[int]:

@@ -495,9 +495,10 @@ def _slab_layer_class() -> type:
             self.is_initialized = True
             self._view()
 
-        def _view(self) -> None:
-            self.keys = self._k[:, :, :self.length]
-            self.values = self._v[:, :, :self.length]
+        def _view(self) -> tuple[torch.Tensor, torch.Tensor]:
+            keys, values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+            self.keys, self.values = keys, values
+            return keys, values
 
         def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
             pass
@@ -513,8 +514,7 @@ def _slab_layer_class() -> type:
             self._k[:, :, self.length:end] = key_states
             self._v[:, :, self.length:end] = value_states
             self.length = end
-            self._view()
-            return self.keys, self.values
+            return self._view()
 
         def get_seq_length(self) -> int:
             return self.length
