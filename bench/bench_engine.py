@@ -110,13 +110,15 @@ def run_turnloom(conversations: int, turns: int, tokenizer: str) -> dict[str, An
 # --- baseline side ---------------------------------------------------------------------
 
 
+def render_chatml_bytes(messages: list[dict[str, str]]) -> list[int]:
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return list((text + "<|im_start|>assistant\n").encode("utf-8"))
+
+
 def baseline_renderer(tokenizer: str) -> Callable[[list[dict[str, str]]], list[int]]:
     """Full history -> prompt ids, re-tokenizing everything (as apply_chat_template does)."""
     if tokenizer == "bytes":
-        def render(messages: list[dict[str, str]]) -> list[int]:
-            text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-            return list((text + "<|im_start|>assistant\n").encode("utf-8"))
-        return render
+        return render_chatml_bytes
     import tokenizers
 
     from turnloom.chat_template import compile_template, read_chat_template

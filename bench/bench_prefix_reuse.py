@@ -15,7 +15,7 @@ Every server step first admits waiting requests into free batch slots
 (prefill: cached = match_len(prompt), insert(prompt), pin(prompt)), then runs one
 decode step; a request that has produced its last token is unpinned and
 `prompt + output` is inserted, as SGLang does. Tokens being decoded are not
-counted against the cache (at most max_batch x reply length, under 1%).
+counted against the cache (at most max_batch x reply length, about 1%).
 
 Workload: conversations of `--turns` turns under a few shared system prompts;
 each turn is a user message and an assistant reply (one request). At turn
@@ -37,6 +37,7 @@ Policies, all against the same server and cache capacity:
 from __future__ import annotations
 
 import argparse
+import io
 import random
 import sys
 import time
@@ -148,26 +149,24 @@ class Client:
         self.next_job = 0
         self.requests = 0
 
-    def _new(self, conv: int, branch: int, turn: int) -> Request:
+    def new(self, conv: int, branch: int, turn: int) -> Request:
         self.next_job += 1
         self.requests += 1
         return make_request(self.convs, self.shape, self.next_job, conv, branch, turn)
 
     def first_requests(self) -> list[Request]:
-        return [self._new(conv, -1, 1) for conv in range(len(self.convs))]
+        return [self.new(conv, -1, 1) for conv in range(len(self.convs))]
 
     def follow_ups(self, done: Request) -> tuple[list[Request], bool]:
         """Requests made ready by `done`, and whether its conversation is over."""
         shape, conv = self.shape, self.convs[done.conv]
         if done.turn + 1 == shape.branch_turn:
             conv.branches_left = shape.branches
-            return [self._new(done.conv, b, done.turn + 1) for b in range(shape.branches)], False
+            return [self.new(done.conv, b, done.turn + 1) for b in range(shape.branches)], False
         if done.turn < shape.turns:
-            return [self._new(done.conv, done.branch, done.turn + 1)], False
-        if done.branch >= 0:
-            conv.branches_left -= 1
-            return [], conv.branches_left == 0
-        return [], True  # no branch turn within the conversation
+            return [self.new(done.conv, done.branch, done.turn + 1)], False
+        conv.branches_left -= 1  # the last turn is always on a branch (branch_turn <= turns)
+        return [], conv.branches_left == 0
 
 
 def exact_unique_and_floor(convs: list[Conversation], shape: Shape) -> tuple[int, int, int]:
@@ -177,15 +176,15 @@ def exact_unique_and_floor(convs: list[Conversation], shape: Shape) -> tuple[int
     client = Client(convs, shape)
     floor = prompt_tokens = 0
     for conv in range(len(convs)):
-        pending = deque([client._new(conv, -1, 1)])
+        pending = deque([client.new(conv, -1, 1)])
         while pending:
             req = pending.popleft()
             floor += len(req.prompt) - cache.match_len(req.prompt)
             prompt_tokens += len(req.prompt)
             cache.insert(req.prompt + req.output)
             pending.extend(client.follow_ups(req)[0])
-    for conv in convs:
-        conv.branches_left = 0
+    for c in convs:
+        c.branches_left = 0
     return cache.size, floor, prompt_tokens
 
 
@@ -343,10 +342,6 @@ class Result:
     seconds: float
     extra: dict[str, int]
 
-    @property
-    def gpu_s(self) -> float:
-        return (self.server.prefill_ms + self.server.decode_ms) / 1000
-
 
 def mean(bounds: tuple[int, int]) -> float:
     return sum(bounds) / 2
@@ -424,7 +419,8 @@ def print_table(rows: list[Row], unique: int, capacity: int, out: Callable[[str]
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.stdout.reconfigure(line_buffering=True)  # keep progress (stderr) and table in order
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # keep progress (stderr) and table in order
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversations", type=int, default=2_000)
     parser.add_argument("--turns", type=int, default=8)

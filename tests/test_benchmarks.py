@@ -14,8 +14,8 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def run_bench(script: str, *args: str) -> list[str]:
-    env = {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
+def run_bench(script: str, *args: str, env_extra: dict[str, str] | None = None) -> list[str]:
+    env = {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1", **(env_extra or {})}
     done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
                           text=True, timeout=240, env=env, check=False)
     assert done.returncode == 0, done.stderr
@@ -73,7 +73,7 @@ def test_prefix_reuse_unique_tokens_are_trie_nodes():
     prefixes: set[tuple[int, ...]] = set()
     requests = 0
     for conv in range(len(convs)):
-        pending = [client._new(conv, -1, 1)]
+        pending = [client.new(conv, -1, 1)]
         while pending:
             req = pending.pop()
             requests += 1
@@ -85,9 +85,13 @@ def test_prefix_reuse_unique_tokens_are_trie_nodes():
     assert 0 < floor <= prompt_tokens
 
 
-def test_engine_table():
+@pytest.mark.parametrize("model_cache", ["as is", "empty"])
+def test_engine_table(model_cache, tmp_path):
+    env = {"TURNLOOM_CACHE": str(tmp_path)} if model_cache == "empty" else None
     lines = run_bench("bench_engine.py", "--conversations", "40", "--small", "20",
-                      "--baseline-conversations", "20", "--turns", "4")
+                      "--baseline-conversations", "20", "--turns", "4", env_extra=env)
+    if model_cache == "empty":
+        assert "tokenizer bytes" in lines[1] and lines[0].startswith("note:")
     rows = table(lines, "side")
     assert list(rows) == ["baseline", "turnloom"]
     assert len(rows["turnloom"]) == 2
@@ -95,4 +99,4 @@ def test_engine_table():
         cells = line.split()
         conversations, turns = number(cells[1]), number(cells[2])
         assert turns == conversations * 4  # every conversation ran all its turns
-        assert number(cells[5]) > 0 and number(cells[6]) > 0
+        assert number(cells[5]) > 0 and number(cells[7]) > 0  # turns/s, peak RSS
