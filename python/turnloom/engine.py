@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _replace = msgspec.structs.replace
 _START_CHUNK = 1024
+_SYSTEM_SEGMENT_CACHE = 4096  # distinct (view, prompt) segments kept
 _MEMO_SIZE = 4096
 _GC_GEN0 = 200000
 
@@ -145,6 +146,7 @@ class Engine:
         self._next_job = 0
         self.trees: dict[int, Tree] = {}
         self.to_start: list[int] = list(range(run.conversations - 1, -1, -1))  # a stack
+        self._system_segments: dict[tuple[int, str], list[int]] = {}
         self.tasks: dict[asyncio.Future[Any], tuple[Any, ...]] = {}
         self.wal: WalWriter | None = None
         self.collector: Collector | None = None
@@ -294,14 +296,25 @@ class Engine:
         return out
 
     def _root_segments(self, states: Sequence[ConversationState]) -> list[dict[int, list[int]]]:
+        # Most runs share a handful of system prompts: tokenize each distinct one once.
         segs: list[dict[int, list[int]]] = [{} for _ in states]
+        cache = self._system_segments
         for v in self.views:
-            idx = [k for k, st in enumerate(states) if v.name in st.system_prompts]
-            if not idx:
-                continue
-            texts = [states[k].system_prompts[v.name] for k in idx]
-            for k, ids in zip(idx, v.fmt.segments(["system"] * len(texts), texts)):
-                segs[k][v.index] = ids
+            if len(cache) > _SYSTEM_SEGMENT_CACHE:
+                cache.clear()
+            missing: dict[str, None] = {}
+            for st in states:
+                text = st.system_prompts.get(v.name)
+                if text is not None and (v.index, text) not in cache:
+                    missing[text] = None
+            if missing:
+                texts = list(missing)
+                for text, ids in zip(texts, v.fmt.segments(["system"] * len(texts), texts)):
+                    cache[(v.index, text)] = ids
+            for k, st in enumerate(states):
+                text = st.system_prompts.get(v.name)
+                if text is not None:
+                    segs[k][v.index] = cache[(v.index, text)]
         return segs
 
     def _lens(self, seg: dict[int, list[int]]) -> list[int]:
