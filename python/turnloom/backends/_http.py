@@ -56,6 +56,23 @@ class _Origin:
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
 
 
+def error_message(response: Response) -> str:
+    """The error text of a JSON error reply (OpenAI or SGLang shape), else the body's start."""
+    try:
+        data = response.json()
+    except MalformedReply:
+        return response.text()[:300].strip() or "(empty body)"
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        for key in ("message", "detail"):
+            if data.get(key):
+                return str(data[key])
+    return str(data)[:300]
+
 def split_url(url: str) -> tuple[str, str, int, str]:
     """(scheme, host, port, base path) of an http(s) URL."""
     parts = urlsplit(url)

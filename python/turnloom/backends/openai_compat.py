@@ -41,7 +41,14 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import msgspec
 
-from turnloom.backends._http import HTTPClient, MalformedReply, Response, TransportError, split_url
+from turnloom.backends._http import (
+    HTTPClient,
+    MalformedReply,
+    Response,
+    TransportError,
+    error_message,
+    split_url,
+)
 from turnloom.backends._ratelimit import per_minute
 from turnloom.backends._sglang_common import error_result, trim_stop_string
 from turnloom.backends.base import Backend, BackendError, BackendInfo, GenRequest, GenResult
@@ -245,7 +252,7 @@ class OpenAIBackend(Backend):
                 raise _Retry(f"{url}: {e}") from None
         status = response.status
         if status != 200:
-            msg = f"{url}: HTTP {status}: {_error_message(response)}"
+            msg = f"{url}: HTTP {status}: {error_message(response)}"
             if status in RETRY_STATUSES or status >= 500:
                 raise _Retry(msg, _retry_after(response))
             raise _Fail(msg)
@@ -348,21 +355,6 @@ def chatml_messages(text: str) -> Messages:
     return messages
 
 
-def _error_message(response: Response) -> str:
-    try:
-        data = response.json()
-    except MalformedReply:
-        return response.text()[:300].strip() or "(empty body)"
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-        for key in ("message", "detail"):
-            if data.get(key):
-                return str(data[key])
-    return str(data)[:300]
 
 
 def _retry_after(response: Response) -> float | None:

@@ -29,7 +29,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import msgspec
 
-from turnloom.backends._http import HTTPClient, MalformedReply, Response, TransportError, split_url
+from turnloom.backends._http import (
+    HTTPClient,
+    MalformedReply,
+    Response,
+    TransportError,
+    error_message,
+    split_url,
+)
 from turnloom.backends._sglang_common import (
     BadItem,
     error_result,
@@ -233,7 +240,7 @@ class SGLangHTTPBackend(Backend):
                     return data
                 raise MalformedReply(f"{route} did not answer an object")
             if r.status != 404:
-                raise MalformedReply(f"{route} answered HTTP {r.status}: {_message(r)}")
+                raise MalformedReply(f"{route} answered HTTP {r.status}: {error_message(r)}")
         return {}
 
     async def close(self) -> None:
@@ -375,7 +382,7 @@ class SGLangHTTPBackend(Backend):
             return out
         status = response.status
         if status != 200:
-            msg = f"{replica.url}: HTTP {status}: {_message(response)}"
+            msg = f"{replica.url}: HTTP {status}: {error_message(response)}"
             if status >= 500 or status in (408, 429):
                 if status >= 500:
                     self._record_failure(replica, msg)
@@ -421,22 +428,6 @@ class SGLangHTTPBackend(Backend):
         return payload
 
 
-def _message(response: Response) -> str:
-    """The error text of an SGLang error reply, whatever its shape."""
-    try:
-        data = response.json()
-    except MalformedReply:
-        return response.text()[:300].strip() or "(empty body)"
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-        for key in ("message", "detail"):
-            if data.get(key):
-                return str(data[key])
-    return str(data)[:300]
 
 
 def _retry_after(response: Response) -> float | None:
