@@ -37,18 +37,11 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from turnloom.backends.scripted import _TAIL, DEFAULT_LINES
+
 MODEL = "smollm2-135m-instruct"
-TAIL = 32  # the scripted backend hashes this many trailing prompt ids
-LINES = (
-    "Sure, here is a short answer.",
-    "Could you tell me a bit more about that?",
-    "I think the simplest way is to start small and iterate.",
-    "That makes sense. What would you try first?",
-    "Here are three ideas: a list, a plan and a check.",
-    "Thanks, that helps a lot.",
-    "Let me think about it step by step.",
-    "Interesting question! It depends on the details.",
-)
+TAIL = _TAIL  # the scripted backend hashes this many trailing prompt ids
+LINES = DEFAULT_LINES  # the same reply rule on both sides
 USER_PROMPT = "You are a curious student who asks short, concrete questions about programming."
 ASSISTANT_PROMPT = "You are a helpful, concise tutor. Answer in one or two sentences."
 
