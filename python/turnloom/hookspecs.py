@@ -91,7 +91,11 @@ def on_conversation_start(conversation: ConversationState) -> None:
 
 @hookspec
 def on_turn_end(conversation: ConversationState, turn: TurnRecord) -> None:
-    """Called after every completed turn, once it is appended and logged."""
+    """Called after every completed turn, once it is appended to the forest.
+
+    Runs before the turn's write-ahead-log event is written, because that event
+    records the stop decision; a resumed run does not call it again for logged turns.
+    """
 
 
 @hookspec(firstresult=True)
