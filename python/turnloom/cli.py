@@ -249,7 +249,7 @@ def _show_partial(run_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from turnloom.plugins import describe_plugins
+    from turnloom.plugins import KINDS, describe_plugins
 
     pm, registry = _plugins()
     rows = describe_plugins(pm)
@@ -263,7 +263,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             print(f"    failed to load: {row['error']}")
         if row.get("hooks"):
             print(f"    hooks: {', '.join(row['hooks'])}")
-    for kind in ("agents", "environments", "samplers", "scorers", "backends", "exporters"):
+    for kind in KINDS:
         print(f"{kind}: {', '.join(registry.names(kind)) or '-'}")
     for err in registry.errors:
         print(f"error: {err}")

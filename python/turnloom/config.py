@@ -60,6 +60,7 @@ class RunSettings(msgspec.Struct, **_STRUCT):
 
     name: Name = "run"
     conversations: Positive = 1
+    first_index: NonNegative = 0  # index of the first conversation (a shard of a larger run)
     max_turns: Positive = 8  # messages per conversation, system prompts excluded
     seed: NonNegative = 0
     out: str | None = None  # run directory (the CLI's --out wins)
@@ -128,6 +129,16 @@ class PluginSpec(msgspec.Struct, **_STRUCT):
     settings: dict[str, Any] = {}
 
 
+class JudgeSpec(msgspec.Struct, **_STRUCT):
+    """An LLM judge: a judges plugin asking a model about each finished conversation."""
+
+    name: Name  # the score key
+    judge: Name  # a judges plugin name
+    backend: str | None = None  # required when several backends exist
+    sampling: SamplingParams = SamplingParams(max_new_tokens=128, temperature=0.0)
+    settings: dict[str, Any] = {}
+
+
 class Scenario(msgspec.Struct, weakref=True, **_STRUCT):
     """A whole simulation: the root of a scenario file."""
 
@@ -138,6 +149,7 @@ class Scenario(msgspec.Struct, weakref=True, **_STRUCT):
     stop: StopSpec = StopSpec()
     branches: tuple[BranchSpec, ...] = ()
     scorers: tuple[PluginSpec, ...] = ()
+    judges: tuple[JudgeSpec, ...] = ()
     exporters: tuple[PluginSpec, ...] = (PluginSpec(name="openai-jsonl"),)
 
     # -- construction -------------------------------------------------------------
@@ -219,8 +231,8 @@ class Scenario(msgspec.Struct, weakref=True, **_STRUCT):
             order = order[first:] + order[:first]
         return order
 
-    def backend_of(self, participant: ParticipantSpec) -> str | None:
-        """The backend a participant speaks through (the only one, when unnamed)."""
+    def backend_of(self, participant: ParticipantSpec | JudgeSpec) -> str | None:
+        """The backend a participant or judge speaks through (the only one, when unnamed)."""
         if participant.backend is not None:
             return participant.backend
         if len(self.backends) == 1:
@@ -278,6 +290,14 @@ def _normalize(data: dict[str, Any], source: _Source) -> dict[str, Any]:
                 table["settings"] = {**settings, **extra}
             out[name] = table
         data["backends"] = out
+    judges = data.get("judges")
+    if isinstance(judges, list):
+        # A judge should be deterministic unless told otherwise, even when the file
+        # sets only some sampling fields.
+        data["judges"] = [
+            {**j, "sampling": {"temperature": 0.0, **j["sampling"]}}
+            if isinstance(j, dict) and isinstance(j.get("sampling"), dict) else j
+            for j in judges]
     for key in ("scorers", "exporters"):
         items = data.get(key)
         if isinstance(items, str):
@@ -330,6 +350,19 @@ def _check_static(s: Scenario, source: _Source) -> None:
     for j, phrase in enumerate(s.stop.phrases):
         if not phrase:
             fail(("stop", "phrases", j), "an empty stop phrase would match every message")
+    scored: dict[str, str] = {}
+    for kind, specs in (("scorers", s.scorers), ("judges", s.judges)):
+        for j, spec in enumerate(specs):
+            if spec.name in scored:
+                fail((kind, j, "name"), f"two scores would be named {spec.name!r} "
+                     f"(also {scored[spec.name]}); give this one another name")
+            scored[spec.name] = f"{kind}[{j}]"
+    for j, judge in enumerate(s.judges):
+        if judge.backend is not None and judge.backend not in s.backends:
+            fail(("judges", j, "backend"), _unknown("backend", judge.backend, s.backends))
+        if judge.sampling.seed is not None:
+            fail(("judges", j, "sampling", "seed"),
+                 "seeds are derived from run.seed per conversation and call; remove this field")
 
 
 def _check_plugins(s: Scenario, registry: Any, source: _Source) -> None:
@@ -360,6 +393,14 @@ def _check_plugins(s: Scenario, registry: Any, source: _Source) -> None:
     for name, b in s.backends.items():
         if b.type not in backends:
             fail(("backends", name, "type"), _unknown("backend type", b.type, backends))
+    if s.judges:
+        judges = plugin_names(registry, "judges")
+        for j, judge in enumerate(s.judges):
+            if judge.judge not in judges:
+                fail(("judges", j, "judge"), _unknown("judge", judge.judge, judges))
+            if s.backend_of(judge) is None:
+                fail(("judges", j, "backend"), "a judge needs a backend; choose one of: "
+                     + (", ".join(sorted(s.backends)) or "none defined ([backends.NAME])"))
     for kind, specs in (("scorers", s.scorers), ("exporters", s.exporters)):
         available = plugin_names(registry, kind)
         for j, spec in enumerate(specs):

@@ -27,18 +27,21 @@ from turnloom.agents import Reply
 from turnloom.backends.base import GenRequest, GenResult
 from turnloom.collect import Collector
 from turnloom.config import Scenario
+from turnloom.judging import JudgeCall
 from turnloom.plugins import call_hook_safely, first_result_safely
 from turnloom.records import ConversationRecord, ConversationState, Message, TurnInfo, TurnRecord
 from turnloom.rundir import WAL
 from turnloom.runtime import (
     BackendRT,
+    JudgeRT,
     ParticipantRT,
     Usage,
     build_backends,
+    build_judges,
     build_participants,
     build_plugins,
 )
-from turnloom.seeds import conversation_seed, profile_seed, turn_seed
+from turnloom.seeds import conversation_seed, judge_seed, profile_seed, turn_seed
 from turnloom.wal import EndEvent, TurnEvent, WalWriter
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,38 @@ class Job:
         self.cached = -1
 
 
+class JudgeJob:
+    """One judge call about one finished branch (a request outside the forest)."""
+
+    __slots__ = ("verdicts", "judge", "call", "prompt", "seed", "attempt", "parse_attempt",
+                 "cached")
+
+    def __init__(self, verdicts: Verdicts, judge: JudgeRT, call: JudgeCall, prompt: list[int],
+                 parse_attempt: int = 0) -> None:
+        self.verdicts = verdicts
+        self.judge = judge
+        self.call = call
+        self.prompt = prompt
+        br = verdicts.br
+        self.seed = judge_seed(br.tree.seed, br.branch, judge.name, call.key, parse_attempt)
+        self.attempt = 0  # backend faults
+        self.parse_attempt = parse_attempt
+        self.cached = -1
+
+
+class Verdicts:
+    """A finished branch waiting for its judges' answers."""
+
+    __slots__ = ("br", "calls", "values", "unparseable", "remaining")
+
+    def __init__(self, br: Branch) -> None:
+        self.br = br
+        self.calls: dict[int, list[JudgeCall]] = {}  # judge index -> its calls
+        self.values: dict[int, dict[str, Any]] = {}  # judge index -> key -> verdict
+        self.unparseable: dict[int, int] = {}
+        self.remaining = 0
+
+
 class RunStalled(RuntimeError):
     """Conversations are active but nothing can make progress (an engine bug)."""
 
@@ -113,11 +148,15 @@ class Engine:
         self.views = [p for p in self.participants if p.is_agent]
         self.order = [self.participants[i] for i in scenario.turn_order()]
         # roles[v][s]: the role a message by participant s has in view v
-        self.roles = {v.index: [v.obj.role_in_view(s.name, v.name) for s in self.participants]
-                      for v in self.views}
+        # (None: that view never sees the speaker's messages)
+        self.roles = {v.index: [_view_role(v, s) for s in self.participants] for v in self.views}
         # targets[s]: (view, format, role) of every other view a message by s is rendered into
         self.targets = [[(v.index, v.fmt, self.roles[v.index][s.index])
-                         for v in self.views if v is not s] for s in self.participants]
+                         for v in self.views
+                         if v is not s and self.roles[v.index][s.index] is not None]
+                        for s in self.participants]
+        self.judges = build_judges(scenario, registry, self.backends)
+        self.judge_jobs = 0  # judge jobs queued or in flight
         scorers = build_plugins(scenario, registry, "scorers", scenario.scorers)
         self.turn_scorers = [(n, s) for n, s in scorers if callable(getattr(s, "score_turn", None))]
         self.conv_scorers = [(n, s) for n, s in scorers
@@ -145,7 +184,8 @@ class Engine:
         self.jobs: dict[int, Job] = {}
         self._next_job = 0
         self.trees: dict[int, Tree] = {}
-        self.to_start: list[int] = list(range(run.conversations - 1, -1, -1))  # a stack
+        self.indices = range(run.first_index, run.first_index + run.conversations)
+        self.to_start: list[int] = list(reversed(self.indices))  # a stack
         self._system_segments: dict[tuple[int, str], list[int]] = {}
         self.tasks: dict[asyncio.Future[Any], tuple[Any, ...]] = {}
         self.wal: WalWriter | None = None
@@ -185,6 +225,7 @@ class Engine:
     def open_outputs(self) -> None:
         self.wal = WalWriter(self.run_dir / WAL, sync_s=self.scenario.run.wal_sync_s)
         self.collector = Collector(self.run_dir, self.exporters)
+        self.collector.skip_to(self.indices.start)
 
     @property
     def max_active(self) -> int:
@@ -386,7 +427,10 @@ class Engine:
             return False
         return True
 
-    def _push(self, jobs: Sequence[Job]) -> None:
+    def _push(self, jobs: Sequence[Any]) -> None:
+        if type(jobs[0]) is JudgeJob:
+            self._push_judge_jobs(jobs)
+            return
         be = jobs[0].p.backend
         assert be is not None
         ids = []
@@ -423,11 +467,14 @@ class Engine:
             if not jids:
                 return
             jobs = [self.jobs[j] for j in jids]
-            prompts = self._prompts(jobs)
-            reqs = [GenRequest(rid=str(jid), input_ids=prompt,
-                               params=_replace(job.p.params, seed=job.seed),
-                               affinity=job.br.tree.root)
-                    for jid, job, prompt in zip(jids, jobs, prompts)]
+            if self.judge_jobs:
+                reqs = self._requests_with_judges(jids, jobs)
+            else:
+                prompts = self._prompts(jobs)
+                reqs = [GenRequest(rid=str(jid), input_ids=prompt,
+                                   params=_replace(job.p.params, seed=job.seed),
+                                   affinity=job.br.tree.root)
+                        for jid, job, prompt in zip(jids, jobs, prompts)]
             task = asyncio.ensure_future(be.backend.generate(reqs))
             self.tasks[task] = (be, jids, reqs, time.perf_counter())
             be.inflight += 1
@@ -447,8 +494,12 @@ class Engine:
         # Per-batch sums, added to the usage counters once at the end.
         lat_sum = 0.0
         prompt_sum = out_sum = cached_sum = errors = 0
+        judged = []
         for jid, req, res in zip(jids, reqs, results):
             job = jobs.pop(jid)
+            if type(job) is JudgeJob:
+                judged.append((job, req, res))
+                continue
             p = job.p
             pu = p.usage
             latency = res.latency_s or elapsed
@@ -493,8 +544,10 @@ class Engine:
                 self._finish(job.br, "error")
                 continue
             items.append((job.br, p, reply, res, job.seed, latency, cached))
+        if judged:
+            self._on_judged(be, judged, elapsed)
         usage = be.usage
-        usage.requests += len(reqs)
+        usage.requests += len(reqs) - len(judged)
         usage.latency_s += lat_sum
         usage.errors += errors
         usage.retries += len(retry)
@@ -509,7 +562,8 @@ class Engine:
     def _retry(self, jobs: list[Job]) -> None:
         by_backend: dict[Any, list[Job]] = {}
         for job in jobs:
-            by_backend.setdefault(job.p.backend, []).append(job)
+            be = job.judge.backend if type(job) is JudgeJob else job.p.backend
+            by_backend.setdefault(be, []).append(job)
         for group in by_backend.values():
             delay = self.backoff * (2 ** (min(j.attempt for j in group) - 1))
             if delay <= 0:
@@ -700,6 +754,7 @@ class Engine:
     # -- finishing -------------------------------------------------------------------
 
     def _finish(self, br: Branch, reason: str) -> None:
+        """End a branch: conversation scores, then its judges (if any), then `_complete`."""
         state = br.state
         state.stop_reason = reason
         for name, scorer in self.conv_scorers:
@@ -713,6 +768,13 @@ class Engine:
             except Exception as exc:
                 state.errors.append(f"scorer {name!r} failed on the conversation: "
                                     f"{type(exc).__name__}: {exc}")
+        if self.judges and reason != "error" and self._ask_judges(br):
+            return  # completed when the last verdict is in
+        self._complete(br)
+
+    def _complete(self, br: Branch) -> None:
+        """Log the branch's end and record it; close the tree when it was the last."""
+        state = br.state
         if self.hook_end:
             call_hook_safely(self.pm, "on_conversation_end", state.errors, conversation=state)
             _check_meta(state)
@@ -773,6 +835,176 @@ class Engine:
                 return state.system_prompts[p.name]
         return None
 
+    # -- judges -------------------------------------------------------------------------
+
+    def _ask_judges(self, br: Branch) -> bool:
+        """Queue every judge's calls about a finished branch; False if there are none."""
+        state = br.state
+        verdicts = Verdicts(br)
+        jobs: list[JudgeJob] = []
+        for jr in self.judges:
+            try:
+                calls = list(jr.obj.calls(state) or ())
+                keys = set()
+                for call in calls:
+                    if not isinstance(call, JudgeCall):
+                        raise TypeError(f"returned {type(call).__name__}, expected JudgeCall")
+                    if call.key in keys:
+                        raise ValueError(f"two calls share the key {call.key!r}")
+                    keys.add(call.key)
+                    if call.meta:
+                        _require_json(call.meta, "JudgeCall.meta")
+            except Exception as exc:
+                state.errors.append(f"judge {jr.spec.judge!r} ({jr.name!r}) failed in calls: "
+                                    f"{type(exc).__name__}: {exc}")
+                continue
+            if not calls:
+                continue
+            verdicts.calls[jr.index] = calls
+            verdicts.values[jr.index] = {}
+            verdicts.unparseable[jr.index] = 0
+            for call, prompt in zip(calls, self._judge_prompts(jr, calls)):
+                jobs.append(JudgeJob(verdicts, jr, call, prompt))
+        if not jobs:
+            return False
+        verdicts.remaining = len(jobs)
+        self._push_judge_jobs(jobs)
+        return True
+
+    def _judge_prompts(self, jr: JudgeRT, calls: Sequence[JudgeCall]) -> list[list[int]]:
+        roles = [role for call in calls for role, _ in call.messages]
+        texts = [text for call in calls for _, text in call.messages]
+        segs = jr.backend.fmt.segments(roles, texts) if roles else []
+        prompts = []
+        k = 0
+        for call in calls:
+            prompt: list[int] = []
+            for seg in segs[k:k + len(call.messages)]:
+                prompt += seg
+            k += len(call.messages)
+            prompts.append(prompt + jr.prefix)
+        return prompts
+
+    def _push_judge_jobs(self, jobs: Sequence[JudgeJob]) -> None:
+        by_backend: dict[BackendRT, list[JudgeJob]] = {}
+        for job in jobs:
+            by_backend.setdefault(job.judge.backend, []).append(job)
+        for be, group in by_backend.items():
+            ids = list(range(self._next_job, self._next_job + len(group)))
+            self._next_job += len(group)
+            for jid, job in zip(ids, group):
+                self.jobs[jid] = job
+                job.verdicts.br.tree.backends.add(be)
+            self.judge_jobs += len(group)
+            trees = [job.verdicts.br.tree.root for job in group]
+            lens = [len(job.prompt) for job in group]
+            if be.cache is not None and not be.reports_cached:
+                cached = be.cache.match_many([job.prompt for job in group])
+                for job, c in zip(group, cached):
+                    job.cached = c
+                be.sched.push_many(ids, trees, lens, None, cached)
+            else:
+                be.sched.push_many(ids, trees, lens)
+
+    def _requests_with_judges(self, jids: Sequence[int], jobs: Sequence[Any]) -> list[GenRequest]:
+        turn_jobs = [job for job in jobs if type(job) is not JudgeJob]
+        lanes = iter(self._prompts(turn_jobs) if turn_jobs else ())
+        reqs = []
+        for jid, job in zip(jids, jobs):
+            if type(job) is JudgeJob:
+                reqs.append(GenRequest(rid=str(jid), input_ids=job.prompt,
+                                       params=_replace(job.judge.params, seed=job.seed),
+                                       affinity=job.verdicts.br.tree.root))
+            else:
+                reqs.append(GenRequest(rid=str(jid), input_ids=next(lanes),
+                                       params=_replace(job.p.params, seed=job.seed),
+                                       affinity=job.br.tree.root))
+        return reqs
+
+    def _on_judged(self, be: BackendRT, judged: Sequence[tuple[JudgeJob, GenRequest, GenResult]],
+                   elapsed: float) -> None:
+        again: list[JudgeJob] = []  # backend faults: retried with backoff
+        reparse: list[JudgeJob] = []  # unparseable output: asked once more, with a new seed
+        done: list[Verdicts] = []
+        for job, req, res in judged:
+            jr = job.judge
+            verdicts = job.verdicts
+            state = verdicts.br.state
+            self.judge_jobs -= 1
+            for u in (jr.usage, be.usage):
+                u.requests += 1
+                u.latency_s += res.latency_s or elapsed
+            if res.finish_reason == "error":
+                jr.usage.errors += 1
+                be.usage.errors += 1
+                if job.attempt < self.max_retries:
+                    job.attempt += 1
+                    jr.usage.retries += 1
+                    be.usage.retries += 1
+                    again.append(job)
+                    continue
+                state.errors.append(f"judge {jr.name!r} call {job.call.key!r}: backend "
+                                    f"{be.name!r} failed {job.attempt + 1} times: {res.error}")
+                verdict = None
+            else:
+                cached = res.cached_tokens
+                if cached:
+                    be.reports_cached = True
+                elif be.cache is not None and not be.reports_cached:
+                    cached = max(job.cached, 0)
+                    be.cache.insert(req.input_ids + res.output_ids)
+                n_out = len(res.output_ids)
+                for u in (jr.usage, be.usage):
+                    u.prompt_tokens += res.prompt_tokens
+                    u.completion_tokens += n_out
+                    u.cached_tokens += cached
+                self.tokens_done += n_out
+                try:
+                    verdict = jr.obj.parse(job.call, res.text)
+                    _require_json(verdict, "the verdict")
+                except ValueError as exc:
+                    if job.parse_attempt == 0:
+                        reparse.append(JudgeJob(verdicts, jr, job.call, job.prompt, 1))
+                        continue
+                    verdicts.unparseable[jr.index] += 1
+                    verdict = None
+                    log.debug("judge %r: unparseable output for %r: %s", jr.name, job.call.key, exc)
+                except Exception as exc:
+                    state.errors.append(f"judge {jr.spec.judge!r} ({jr.name!r}) failed in parse: "
+                                        f"{type(exc).__name__}: {exc}")
+                    verdict = None
+            verdicts.values[jr.index][job.call.key] = verdict
+            verdicts.remaining -= 1
+            if verdicts.remaining == 0:
+                done.append(verdicts)
+        if again:
+            self._retry(again)
+        if reparse:
+            self._push_judge_jobs(reparse)
+        for verdicts in done:
+            self._score_verdicts(verdicts)
+            self._complete(verdicts.br)
+
+    def _score_verdicts(self, verdicts: Verdicts) -> None:
+        state = verdicts.br.state
+        for jr in self.judges:
+            if jr.index not in verdicts.calls:
+                continue
+            values = verdicts.values[jr.index]
+            ordered = {call.key: values.get(call.key) for call in verdicts.calls[jr.index]}
+            try:
+                score = jr.obj.score(state, ordered)
+                if score is None:
+                    continue
+                if not isinstance(score, dict):
+                    raise TypeError(f"returned {type(score).__name__}, expected dict or None")
+                score = {**score, "unparseable": verdicts.unparseable[jr.index]}
+                _require_json(score, "the score")
+                state.scores[jr.name] = score
+            except Exception as exc:
+                state.errors.append(f"judge {jr.spec.judge!r} ({jr.name!r}) failed in score: "
+                                    f"{type(exc).__name__}: {exc}")
+
     # -- summary ------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
@@ -805,6 +1037,7 @@ class Engine:
             "errors": c.error_samples,
             "plugin_errors": list(getattr(self.registry, "errors", [])) + c.plugin_errors,
             "participants": {p.name: p.usage.as_dict() for p in self.participants},
+            "judges": {j.name: j.usage.as_dict() for j in self.judges},
             "backends": backends,
             "cache": {"prompt_tokens": prompt, "cached_tokens": cached,
                       "hit_rate": round(cached / prompt, 6) if prompt else 0.0},
@@ -840,6 +1073,17 @@ def _check_meta(state: ConversationState) -> None:
     except TypeError as exc:
         state.errors.append(f"a plugin left bad data in conversation.meta: {exc}")
         state.meta = {}
+
+
+def _view_role(view: ParticipantRT, speaker: ParticipantRT) -> str | None:
+    role = view.obj.role_in_view(speaker.name, view.name)
+    if role is not None and not isinstance(role, str):
+        raise TypeError(f"agent {view.spec.agent!r} of {view.name!r}: role_in_view returned "
+                        f"{type(role).__name__}, expected str or None")
+    if role is None and speaker is view:
+        raise ValueError(f"agent {view.spec.agent!r} of {view.name!r}: role_in_view hides the "
+                         "participant's own messages from itself")
+    return role
 
 
 def _impls(pm: Any, name: str) -> list[Any]:

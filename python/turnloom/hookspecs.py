@@ -65,6 +65,17 @@ def register_scorers(register: Register) -> None:
 
 
 @hookspec
+def register_judges(register: Register) -> None:
+    """Register LLM judges.
+
+    ``register(name, factory)``; ``factory(settings: dict) -> turnloom.judging.Judge``.
+    A judge asks a model questions about each finished conversation; the engine
+    generates the answers through the judge's backend, batched with the run's
+    other requests, and the judge turns the parsed verdicts into a score.
+    """
+
+
+@hookspec
 def register_backends(register: Register) -> None:
     """Register generation backends.
 

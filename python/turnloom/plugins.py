@@ -52,7 +52,7 @@ DEFAULT_PLUGINS = (
     "turnloom.builtin.scorers",
     "turnloom.builtin.exporters",
 )
-KINDS = ("agents", "environments", "samplers", "scorers", "backends", "exporters")
+KINDS = ("agents", "environments", "samplers", "scorers", "judges", "backends", "exporters")
 
 ENV_DISABLE_AUTOLOAD = "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD"
 ENV_ALLOW = "TURNLOOM_PLUGINS"

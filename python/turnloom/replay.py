@@ -37,9 +37,8 @@ def restore(engine: Engine, events: Iterable[Event]) -> None:
                 done.add(ev.index)
                 tree = _rebuild(engine, ev.index, partial.pop(ev.index, []), branches, None, [])
                 collector.add_tree(ev.index, tree.records)
-    n = engine.scenario.run.conversations
     touched = (set(partial) | set(ends)) - done
-    engine.to_start = [i for i in range(n - 1, -1, -1) if i not in done and i not in touched]
+    engine.to_start = [i for i in reversed(engine.indices) if i not in done and i not in touched]
     frontier: list[Branch] = []
     finishing: list[tuple[Branch, str]] = []
     for index in sorted(touched):

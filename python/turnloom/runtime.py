@@ -1,6 +1,6 @@
 """Live objects of a run, built from a scenario and the plugin registry:
 backends with their chat formats and schedulers, participants with their
-agents or environments, scorers and exporters."""
+agents or environments, judges, scorers and exporters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 from turnloom.agents import Agent, Environment, Sampler
 from turnloom.backends.base import Backend, BackendInfo, SamplingParams
-from turnloom.config import ParticipantSpec, Scenario, ScenarioError, error_at
+from turnloom.config import JudgeSpec, ParticipantSpec, Scenario, ScenarioError, error_at
+from turnloom.judging import Judge
 from turnloom.tokenizer import ByteTokenizer, ChatFormat, ChatMLFormat
 
 
@@ -82,6 +83,24 @@ class ParticipantRT:
         self.usage = Usage()
 
 
+class JudgeRT:
+    """A judge as the engine drives it: the plugin object and the backend it asks."""
+
+    __slots__ = ("index", "name", "spec", "obj", "plugin", "backend", "prefix", "params", "usage")
+
+    def __init__(self, index: int, spec: JudgeSpec, obj: Judge, plugin: str,
+                 backend: BackendRT) -> None:
+        self.index = index
+        self.name = spec.name
+        self.spec = spec
+        self.obj = obj
+        self.plugin = plugin
+        self.backend = backend
+        self.prefix = list(backend.fmt.generation_prefix("assistant"))
+        self.params: SamplingParams = spec.sampling
+        self.usage = Usage()
+
+
 def load_chat_format(spec: str) -> ChatFormat:
     if spec == "bytes":  # no model files, and no need to import the model machinery
         return ChatMLFormat(ByteTokenizer())
@@ -92,7 +111,8 @@ def load_chat_format(spec: str) -> ChatFormat:
 
 def build_backends(scenario: Scenario, registry: Any) -> dict[str, BackendRT]:
     """Construct the backends that some participant speaks through."""
-    used = {scenario.backend_of(p) for p in scenario.participants} - {None}
+    speakers = [*scenario.participants, *scenario.judges]
+    used = {scenario.backend_of(p) for p in speakers} - {None}
     out: dict[str, BackendRT] = {}
     for name, spec in scenario.backends.items():
         if name not in used:
@@ -157,6 +177,26 @@ def build_participants(scenario: Scenario, registry: Any,
                 raise error_at(scenario, ("participants", i, "sampler_settings"),
                                f"sampler {spec.sampler!r} rejected its settings: {_brief(exc)}") from exc
         out.append(p)
+    return out
+
+
+def build_judges(scenario: Scenario, registry: Any,
+                 backends: dict[str, BackendRT]) -> list[JudgeRT]:
+    out = []
+    for j, spec in enumerate(scenario.judges):
+        try:
+            obj = registry.get("judges", spec.judge)(dict(spec.settings))
+        except ScenarioError:
+            raise
+        except Exception as exc:
+            raise error_at(scenario, ("judges", j, "settings"),
+                           f"judge {spec.judge!r} rejected its settings: {_brief(exc)}") from exc
+        if not isinstance(obj, Judge):
+            raise error_at(scenario, ("judges", j, "judge"),
+                           f"plugin {spec.judge!r} built {type(obj).__name__}, which lacks the "
+                           "Judge methods (calls, parse, score)")
+        be = backends[scenario.backend_of(spec)]  # type: ignore[index]
+        out.append(JudgeRT(j, spec, obj, registry.owner("judges", spec.judge), be))
     return out
 
 

@@ -39,3 +39,8 @@ def turn_seed(conversation_seed: int, branch: int, turn: int) -> int:
 
 def profile_seed(conversation_seed: int, participant: str) -> int:
     return derive(conversation_seed, "profile", participant)
+
+
+def judge_seed(conversation_seed: int, branch: int, judge: str, key: str, attempt: int) -> int:
+    """The sampling seed of one judge call; a retry after unparseable output differs."""
+    return derive(conversation_seed, "judge", branch, judge, key, attempt) & _MASK31
