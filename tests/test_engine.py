@@ -425,3 +425,10 @@ def test_unserialisable_plugin_data_is_recorded(tmp_path: Path) -> None:
     assert recs[1]["stop_reason"] == "error" and len(recs[1]["turns"]) == 1
     assert any("not JSON-serialisable" in e for e in recs[1]["errors"])
     assert recs[1]["meta"] == {}
+
+
+def test_a_shard_of_indices_matches_the_full_run(tmp_path: Path) -> None:
+    full = records(run(tmp_path, scenario(), name="full"))
+    part = run(tmp_path, scenario(run={"first_index": 2, "conversations": 3}), name="part")
+    assert records(part) == full[2:5]
+    assert part.summary["conversations"] == 3

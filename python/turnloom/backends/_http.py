@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 import msgspec
@@ -287,3 +288,74 @@ def _close(writer: asyncio.StreamWriter) -> None:
         writer.close()
     except (ConnectionError, OSError, RuntimeError):
         pass
+
+
+class CircuitBreaker:
+    """Stops sending to an endpoint that keeps failing, and lets it back in gradually.
+
+    closed: requests flow; `threshold` consecutive failures open it.
+    open: requests are refused at once (callers fail fast or go elsewhere)
+      until `cooldown_s` has passed.
+    half-open: after the cooldown, `allow` admits one probe request; its
+      success closes the breaker, its failure re-opens it for another cooldown.
+    `half_open` moves an open breaker there early, when an out-of-band health
+    check has passed. Not thread-safe: it lives on one event loop.
+    """
+
+    def __init__(self, threshold: int, cooldown_s: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if threshold < 1:
+            raise ValueError("threshold must be >= 1")
+        if cooldown_s < 0:
+            raise ValueError("cooldown_s must be >= 0")
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self.state = "closed"
+        self.failures = 0
+        self.reopen_at = 0.0
+        self.opened = 0
+        self._probing = False
+
+    def allow(self) -> bool:
+        """Whether a request may go out now; in half-open, only the first may."""
+        if self.state == "closed":
+            return True
+        if self.state == "open":
+            if self._clock() < self.reopen_at:
+                return False
+            self.state = "half_open"
+            self._probing = False
+        if self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def success(self) -> None:
+        self.state, self.failures, self._probing = "closed", 0, False
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.state == "half_open" or self.failures >= self.threshold:
+            self.trip()
+
+    def trip(self) -> None:
+        """Open (again) for a full cooldown."""
+        if self.state != "open":
+            self.opened += 1
+        self.state, self._probing = "open", False
+        self.reopen_at = self._clock() + self.cooldown_s
+
+    def half_open(self) -> None:
+        if self.state == "open":
+            self.state, self._probing = "half_open", False
+
+    def due(self) -> bool:
+        """Open with its cooldown over: time for a probe."""
+        return self.state == "open" and self._clock() >= self.reopen_at
+
+    def retry_in(self) -> float:
+        """Seconds until `allow` can admit a request (0 when it can now)."""
+        if self.state == "open":
+            return max(0.0, self.reopen_at - self._clock())
+        return 0.0

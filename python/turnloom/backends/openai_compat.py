@@ -21,7 +21,12 @@ otherwise the reply text re-encoded with `tokenizer`; otherwise empty.
 Rate limits: requests and tokens per minute (token buckets; a request costs
 its prompt plus max_new_tokens). 429, 408, 409 and 5xx replies and transport
 faults are retried with exponential backoff and jitter, honouring
-Retry-After / retry-after-ms; a 429 also pauses every request. The API key
+Retry-After / retry-after-ms; a 429 also pauses every request. A circuit
+breaker (`CircuitBreaker`) guards the endpoint: `breaker_threshold`
+consecutive failures (transport faults, 5xx, malformed replies; not 408/409/429,
+which mean busy) open it, and attempts then fail fast without a request for
+`breaker_cooldown` seconds; then one probe request goes out, and its success
+closes the breaker, its failure re-opens it. The API key
 is read from the environment variable named by ``api_key_env``
 (OPENAI_API_KEY by default); without it no Authorization header is sent.
 
@@ -42,6 +47,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import msgspec
 
 from turnloom.backends._http import (
+    CircuitBreaker,
     HTTPClient,
     MalformedReply,
     Response,
@@ -76,6 +82,8 @@ class OpenAISettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     return_token_ids: bool = False
     cache_capacity_tokens: int | None = None
     extra_body: dict[str, Any] = {}
+    breaker_threshold: int = 10
+    breaker_cooldown: float = 10.0
 
     def __post_init__(self) -> None:
         try:
@@ -85,22 +93,26 @@ class OpenAISettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         for name in ("timeout", "connect_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        for name in ("retries", "backoff", "backoff_max"):
+        for name in ("retries", "backoff", "backoff_max", "breaker_cooldown"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("requests_per_minute", "tokens_per_minute"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0")
-        for name in ("max_concurrency", "max_batch"):
+        for name in ("max_concurrency", "max_batch", "breaker_threshold"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
 
 class _Retry(Exception):
-    def __init__(self, message: str, after: float | None = None) -> None:
+    """Worth another attempt; `busy` when the server answered that it is overloaded
+    (not a failure of the endpoint as far as the circuit breaker is concerned)."""
+
+    def __init__(self, message: str, after: float | None = None, busy: bool = False) -> None:
         super().__init__(message)
         self.after = after
+        self.busy = busy
 
 
 class _Fail(Exception):
@@ -121,6 +133,7 @@ class OpenAIBackend(Backend):
                  max_batch: int = 64, return_token_ids: bool = False,
                  cache_capacity_tokens: int | None = None,
                  extra_body: Mapping[str, Any] | None = None,
+                 breaker_threshold: int = 10, breaker_cooldown: float = 10.0,
                  rng: random.Random | None = None) -> None:
         if endpoint not in ("completions", "chat"):
             raise BackendError(f"openai: endpoint must be 'completions' or 'chat', not {endpoint!r}")
@@ -150,6 +163,7 @@ class OpenAIBackend(Backend):
         self._client: HTTPClient | None = None
         self._gate: asyncio.Semaphore | None = None
         self._paused_until = 0.0
+        self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | OpenAISettings,
@@ -171,7 +185,9 @@ class OpenAIBackend(Backend):
                    max_concurrency=settings.max_concurrency, max_batch=settings.max_batch,
                    return_token_ids=settings.return_token_ids,
                    cache_capacity_tokens=settings.cache_capacity_tokens,
-                   extra_body=settings.extra_body, **kwargs)
+                   extra_body=settings.extra_body,
+                   breaker_threshold=settings.breaker_threshold,
+                   breaker_cooldown=settings.breaker_cooldown, **kwargs)
 
     def use_chat_format(self, fmt: Any) -> None:
         """The engine's chat format: its tokenizer decodes prompts and encodes replies."""
@@ -219,19 +235,30 @@ class OpenAIBackend(Backend):
             return error_result(req, str(e))
         url = self.base_url + ("/chat/completions" if self.endpoint == "chat" else "/completions")
         last = ""
+        breaker = self.breaker
         for attempt in range(self.retries + 1):
             if attempt:
-                await asyncio.sleep(self._delay(attempt - 1, None))
+                await asyncio.sleep(max(self._delay(attempt - 1, None), breaker.retry_in()))
+            if not breaker.allow():
+                state = "open" if breaker.state == "open" else "half-open, probe in flight"
+                last = f"{url}: circuit {state} (last error: {last or 'none'})"
+                continue
             try:
-                return await self._exchange(req, url, body, started)
+                result = await self._exchange(req, url, body, started)
             except _Retry as e:
                 last = str(e)
+                breaker.success() if e.busy else breaker.failure()
                 if e.after is not None:
                     self._paused_until = max(self._paused_until, time.monotonic() + e.after)
+                continue
             except _Fail as e:
+                breaker.success()  # the endpoint works; this request is wrong
                 return error_result(req, str(e), time.monotonic() - started)
             except Exception as e:  # never let one request sink the batch
+                breaker.failure()
                 return error_result(req, f"{type(e).__name__}: {e}", time.monotonic() - started)
+            breaker.success()
+            return result
         return error_result(req, f"{last} (gave up after {self.retries + 1} attempts)",
                             time.monotonic() - started)
 
@@ -254,7 +281,7 @@ class OpenAIBackend(Backend):
         if status != 200:
             msg = f"{url}: HTTP {status}: {error_message(response)}"
             if status in RETRY_STATUSES or status >= 500:
-                raise _Retry(msg, _retry_after(response))
+                raise _Retry(msg, _retry_after(response), busy=status in RETRY_STATUSES)
             raise _Fail(msg)
         try:
             data = response.json()

@@ -12,6 +12,14 @@ wrong length are retried with exponential backoff and jitter (honouring
 Retry-After); what still fails comes back as results with finish_reason
 "error". Other 4xx replies are not retried.
 
+Each replica has a circuit breaker (`CircuitBreaker`): `fail_threshold`
+consecutive failures (transport faults, 5xx, malformed or short replies) open
+it, and its conversations move to the other replicas. While open nothing is
+sent to it. After `health_interval` seconds a ``/health`` probe runs; if it
+passes the breaker is half-open and the next batch is the probe: success
+closes it, failure re-opens it for another `health_interval`. When every
+replica is open, a retry waits for the earliest cooldown instead of sending.
+
 Settings (``from_settings``): urls, timeout, connect_timeout, retries,
 backoff, backoff_max, max_batch, max_inflight, api_key, api_key_env,
 health_interval, fail_threshold, wait_ready, model.
@@ -30,6 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 import msgspec
 
 from turnloom.backends._http import (
+    CircuitBreaker,
     HTTPClient,
     MalformedReply,
     Response,
@@ -61,7 +70,7 @@ class SGLangHTTPSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     api_key: str | None = None
     api_key_env: str | None = None
     health_interval: float = 5.0
-    fail_threshold: int = 2
+    fail_threshold: int = 3
     wait_ready: float = 0.0
     model: str | None = None
 
@@ -88,13 +97,16 @@ class SGLangHTTPSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
 @dataclass
 class _Replica:
     url: str
-    healthy: bool = True
-    failures: int = 0
-    next_probe: float = 0.0
+    breaker: CircuitBreaker
     capacity: int | None = None
     model: str = ""
     error: str = ""
     gate: asyncio.Semaphore | None = field(default=None, repr=False)
+
+    @property
+    def healthy(self) -> bool:
+        """Conversations may be routed here (breaker closed or half-open)."""
+        return self.breaker.state != "open"
 
 
 @dataclass
@@ -119,7 +131,7 @@ class SGLangHTTPBackend(Backend):
                  connect_timeout: float = 10.0, retries: int = 3, backoff: float = 0.5,
                  backoff_max: float = 20.0, max_batch: int = 64, max_inflight: int = 8,
                  api_key: str | None = None, health_interval: float = 5.0,
-                 fail_threshold: int = 2, wait_ready: float = 0.0, model: str | None = None,
+                 fail_threshold: int = 3, wait_ready: float = 0.0, model: str | None = None,
                  tokenizer: Any = None, rng: random.Random | None = None) -> None:
         url_list = [urls] if isinstance(urls, str) else list(urls)
         if not url_list:
@@ -129,7 +141,8 @@ class SGLangHTTPBackend(Backend):
                 split_url(url)
             except ValueError as e:
                 raise BackendError(f"sglang-http: {e}") from None
-        self._replicas = [_Replica(url.rstrip("/")) for url in url_list]
+        self._replicas = [_Replica(url.rstrip("/"), CircuitBreaker(fail_threshold, health_interval))
+                          for url in url_list]
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retries = retries
@@ -283,27 +296,30 @@ class SGLangHTTPBackend(Backend):
         return max(candidates, key=score)
 
     def _set_down(self, replica: _Replica) -> None:
-        replica.healthy = False
-        replica.next_probe = time.monotonic() + self.health_interval
+        replica.breaker.trip()
 
     def _record_failure(self, replica: _Replica, error: str) -> None:
-        replica.failures += 1
         replica.error = error
-        # A lone replica is never taken out: there is nowhere else to go.
-        if len(self._replicas) > 1 and replica.failures >= self.fail_threshold:
-            self._set_down(replica)
+        replica.breaker.failure()
+
+    def breaker_states(self) -> dict[str, str]:
+        """Each replica's circuit-breaker state, by URL."""
+        return {r.url: r.breaker.state for r in self._replicas}
 
     async def _probe_down(self) -> None:
-        now = time.monotonic()
-        due = [r for r in self._replicas if not r.healthy and r.next_probe <= now]
+        """Health-probe the open replicas whose cooldown is over; when every
+        replica is open, first wait for the earliest cooldown to end."""
+        if not any(r.healthy for r in self._replicas):
+            await asyncio.sleep(min(r.breaker.retry_in() for r in self._replicas))
+        due = [r for r in self._replicas if r.breaker.due()]
 
         async def probe(replica: _Replica) -> None:
             error = await self._health(replica)
             if error:
                 replica.error = error
-                replica.next_probe = time.monotonic() + self.health_interval
+                replica.breaker.trip()
             else:
-                replica.healthy, replica.failures, replica.error = True, 0, ""
+                replica.breaker.half_open()
 
         if due:
             await asyncio.gather(*(probe(r) for r in due))
@@ -368,6 +384,11 @@ class SGLangHTTPBackend(Backend):
                     idxs: list[int], attempt: int) -> _Outcome:
         out = _Outcome()
         batch = [requests[i] for i in idxs]
+        if not replica.breaker.allow():
+            state = "open" if replica.breaker.state == "open" else "half-open, probe in flight"
+            msg = f"{replica.url}: circuit {state} (last error: {replica.error or 'none'})"
+            out.retry = {i: msg for i in idxs}
+            return out
         try:
             assert self._client is not None and replica.gate is not None
             async with replica.gate:
@@ -378,6 +399,7 @@ class SGLangHTTPBackend(Backend):
             out.retry = {i: f"{replica.url}: {e}" for i in idxs}
             return out
         except Exception as e:  # never let one replica's surprise sink the batch
+            self._record_failure(replica, f"{type(e).__name__}: {e}")
             out.final = {i: f"{replica.url}: {type(e).__name__}: {e}" for i in idxs}
             return out
         status = response.status
@@ -386,9 +408,12 @@ class SGLangHTTPBackend(Backend):
             if status >= 500 or status in (408, 429):
                 if status >= 500:
                     self._record_failure(replica, msg)
+                else:
+                    replica.breaker.success()  # it answered: busy, not broken
                 out.retry = {i: msg for i in idxs}
                 out.retry_after = _retry_after(response)
             else:
+                replica.breaker.success()
                 out.final = {i: msg for i in idxs}
             return out
         try:
@@ -403,7 +428,7 @@ class SGLangHTTPBackend(Backend):
             self._record_failure(replica, msg)
             out.retry = {i: msg for i in idxs}
             return out
-        replica.failures = 0
+        replica.breaker.success()
         for i, req, item in zip(idxs, batch, data):
             try:
                 out.results[i] = read_result(req, item, elapsed_s=response.elapsed_s,

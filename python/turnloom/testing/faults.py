@@ -2,7 +2,10 @@
 
 A `FaultSchedule` decides, per incoming request, whether it misbehaves:
 faults queued with `push` come first, then a fixed plan keyed by the
-request's index on its route, then a seeded random rate.
+request's index on its route, then a seeded random draw: either `rate` with
+a uniform choice among `kinds`, or a `mix` giving each kind its own
+probability (e.g. ``{"status": 0.10, "reset": 0.05, "malformed": 0.05,
+"hang": 0.02}``).
 """
 
 from __future__ import annotations
@@ -44,13 +47,20 @@ class FaultSchedule:
     def __init__(self, plan: Mapping[int, Fault] | Iterable[tuple[int, Fault]] = (), *,
                  rate: float = 0.0, kinds: Iterable[str] = ("status",),
                  routes: Iterable[str] = ("/generate",), status: int = 500,
-                 seed: int = 0) -> None:
+                 seed: int = 0, mix: Mapping[str, float] | None = None) -> None:
         items = plan.items() if isinstance(plan, Mapping) else plan
         self._plan = {(f.route, i): f for i, f in items}
         self.rate = rate
         self.kinds = tuple(kinds)
         for kind in self.kinds:
             Fault(kind)
+        self.mix = dict(mix or {})
+        for kind, p in self.mix.items():
+            Fault(kind)
+            if p < 0:
+                raise ValueError(f"mix[{kind!r}] must be >= 0")
+        if sum(self.mix.values()) > 1:
+            raise ValueError("mix probabilities add up to more than 1")
         self.routes = tuple(routes)
         self.status = status
         self._rng = random.Random(seed)
@@ -69,6 +79,7 @@ class FaultSchedule:
             self._queued.clear()
             self._plan.clear()
             self.rate = 0.0
+            self.mix = {}
 
     def count(self, route: str) -> int:
         """Requests seen so far on `route`."""
@@ -84,9 +95,27 @@ class FaultSchedule:
                 fault = self._plan.get((route, index))
             if fault is None and self.rate and route in self.routes and self._rng.random() < self.rate:
                 fault = Fault(self._rng.choice(self.kinds), status=self.status, route=route)
+            if fault is None and self.mix and route in self.routes:
+                fault = self._draw_mix(route)
             if fault is not None:
                 self.injected.append((route, index, fault.kind))
             return fault
+
+    def _draw_mix(self, route: str) -> Fault | None:
+        x = self._rng.random()
+        for kind, p in self.mix.items():
+            if x < p:
+                return Fault(kind, status=self.status, route=route)
+            x -= p
+        return None
+
+    def tally(self) -> dict[str, int]:
+        """Injected faults so far, by kind."""
+        with self._lock:
+            counts: dict[str, int] = defaultdict(int)
+            for _, _, kind in self.injected:
+                counts[kind] += 1
+            return dict(counts)
 
     def _take_queued(self, route: str) -> Fault | None:
         for entry in self._queued:
