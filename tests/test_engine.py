@@ -432,3 +432,21 @@ def test_a_shard_of_indices_matches_the_full_run(tmp_path: Path) -> None:
     part = run(tmp_path, scenario(run={"first_index": 2, "conversations": 3}), name="part")
     assert records(part) == full[2:5]
     assert part.summary["conversations"] == 3
+
+
+def test_fork_turn_drawn_per_conversation(tmp_path: Path) -> None:
+    s = scenario(run={"conversations": 12, "max_turns": 8},
+                 branches=[{"at_turn": 1, "to_turn": 5, "n": 2}])
+    recs = records(run(tmp_path, s))
+    forks = {}
+    for cid in {r["conversation_id"] for r in recs}:
+        a, b = [r for r in recs if r["conversation_id"] == cid]
+        shared = next(i for i, (x, y) in enumerate(zip(a["turns"], b["turns"]))
+                      if x["seed"] != y["seed"])
+        forks[cid] = shared
+    assert set(forks.values()) <= {1, 3, 5}  # the assistant's turns in range
+    assert len(set(forks.values())) >= 2  # drawn per conversation
+    again = records(run(tmp_path, s, name="again"))
+    assert again == recs
+    with pytest.raises(turnloom.ScenarioError, match="to_turn"):
+        scenario(branches=[{"at_turn": 1, "to_turn": 9}])

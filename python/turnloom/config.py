@@ -116,10 +116,15 @@ class StopSpec(msgspec.Struct, **_STRUCT):
 
 class BranchSpec(msgspec.Struct, **_STRUCT):
     """``[[branches]]``: at message `at_turn` the speaker answers `n` times;
-    each answer continues as its own branch conversation (history shared)."""
+    each answer continues as its own branch conversation (history shared).
+
+    With `to_turn`, each conversation forks at one turn drawn (seeded) from
+    at_turn, at_turn + k, ... <= to_turn, k being the number of speakers, so
+    the same participant speaks at every candidate turn (REFUEL-style resets)."""
 
     at_turn: NonNegative
     n: Annotated[int, msgspec.Meta(ge=2)] = 2
+    to_turn: NonNegative | None = None
 
 
 class PluginSpec(msgspec.Struct, **_STRUCT):
@@ -344,6 +349,13 @@ def _check_static(s: Scenario, source: _Source) -> None:
         if b.at_turn >= s.run.max_turns:
             fail(("branches", j, "at_turn"),
                  f"turn {b.at_turn} is never reached (run.max_turns = {s.run.max_turns})")
+        if b.to_turn is not None:
+            if b.to_turn < b.at_turn or b.to_turn >= s.run.max_turns:
+                fail(("branches", j, "to_turn"), f"must be in at_turn..run.max_turns-1 "
+                     f"({b.at_turn}..{s.run.max_turns - 1})")
+            if len(s.branches) > 1:
+                fail(("branches", j, "to_turn"),
+                     "a fork turn drawn per conversation needs to be the only [[branches]] entry")
         if b.at_turn in at:
             fail(("branches", j, "at_turn"), f"branches[{at[b.at_turn]}] already branches at turn {b.at_turn}")
         at[b.at_turn] = j

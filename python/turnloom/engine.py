@@ -41,7 +41,7 @@ from turnloom.runtime import (
     build_participants,
     build_plugins,
 )
-from turnloom.seeds import conversation_seed, judge_seed, profile_seed, turn_seed
+from turnloom.seeds import conversation_seed, derive, judge_seed, profile_seed, turn_seed
 from turnloom.wal import EndEvent, TurnEvent, WalWriter
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,10 @@ _GC_GEN0 = 200000
 class Tree:
     """One conversation: a root and every branch grown from it."""
 
-    __slots__ = ("index", "cid", "seed", "root", "live", "records", "backends")
+    __slots__ = ("index", "cid", "seed", "root", "live", "records", "backends", "forks")
 
-    def __init__(self, index: int, cid: str, seed: int) -> None:
+    def __init__(self, index: int, cid: str, seed: int,
+                 forks: dict[int, tuple[int, int]]) -> None:
         self.index = index
         self.cid = cid
         self.seed = seed
@@ -66,6 +67,7 @@ class Tree:
         self.live = 0
         self.records: list[ConversationRecord] = []
         self.backends: set[BackendRT] = set()
+        self.forks = forks  # turn -> (siblings, branch-id multiplier)
 
 
 class Branch:
@@ -291,7 +293,7 @@ class Engine:
 
     def _new_tree(self, index: int) -> tuple[Tree, ConversationState]:
         seed = conversation_seed(self.scenario.run.seed, index)
-        tree = Tree(index, f"{self.scenario.run.name}-{index:06d}", seed)
+        tree = Tree(index, f"{self.scenario.run.name}-{index:06d}", seed, self._forks_of(seed))
         state = ConversationState(tree.cid, index, seed, 0)
         for p in self.participants:
             if p.sampler is None:
@@ -318,6 +320,15 @@ class Engine:
                 if sp is not None:
                     state.system_prompts[v.name] = sp
         return tree, state
+
+    def _forks_of(self, seed: int) -> dict[int, tuple[int, int]]:
+        """The forks of one conversation: the scenario's, or one drawn turn."""
+        branches = self.scenario.branches
+        if not branches or branches[0].to_turn is None:
+            return self.forks
+        b = branches[0]
+        turns = range(b.at_turn, b.to_turn + 1, len(self.order))  # type: ignore[operator]
+        return {turns[derive(seed, "fork") % len(turns)]: (b.n, 1)}
 
     def _start(self, indices: Sequence[int]) -> list[Branch]:
         """Create conversations (roots with each view's system prompt) and return
@@ -380,14 +391,13 @@ class Engine:
                   forked: bool = False) -> list[tuple[Branch, ParticipantRT, int]]:
         order = self.order
         n_order = len(order)
-        forks = self.forks
         env_work = []
         pushes: dict[BackendRT, list[Job]] = {}
         for br in branches:
             t = br.turn
             speaker = order[t % n_order]
             group = [br]
-            fork = None if forked else forks.get(t)
+            fork = None if forked else br.tree.forks.get(t)
             if fork is not None:
                 group.extend(self._fork(br, *fork))
             for b in group:

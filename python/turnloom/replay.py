@@ -85,7 +85,7 @@ def _rebuild(engine: Engine, index: int, events: list[TurnEvent], ends: dict[int
     while stack:
         owner, t, st, node, node_owner, lens = stack.pop()
         children = [owner]
-        fork = engine.forks.get(t)
+        fork = tree.forks.get(t)
         if fork is not None:
             n, mult = fork
             children += [owner + c * mult for c in range(1, n)]
