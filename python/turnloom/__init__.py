@@ -13,6 +13,7 @@ from turnloom._core import (
 )
 from turnloom.api import RunResult, arun, aresume, resume, run
 from turnloom.config import Scenario, ScenarioError, load_scenario
+from turnloom.exporters import export_run
 from turnloom.hookspecs import hookimpl
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "UnknownNodeError",
     "aresume",
     "arun",
+    "export_run",
     "hookimpl",
     "load_scenario",
     "resume",

@@ -41,7 +41,13 @@ from turnloom.runtime import (
     build_participants,
     build_plugins,
 )
-from turnloom.seeds import conversation_seed, derive, judge_seed, profile_seed, turn_seed
+from turnloom.seeds import (
+    conversation_seed,
+    drawn_fork_turn,
+    judge_seed,
+    profile_seed,
+    turn_seed,
+)
 from turnloom.wal import EndEvent, TurnEvent, WalWriter
 
 log = logging.getLogger(__name__)
@@ -327,8 +333,7 @@ class Engine:
         if not branches or branches[0].to_turn is None:
             return self.forks
         b = branches[0]
-        turns = range(b.at_turn, b.to_turn + 1, len(self.order))  # type: ignore[operator]
-        return {turns[derive(seed, "fork") % len(turns)]: (b.n, 1)}
+        return {drawn_fork_turn(seed, b.at_turn, b.to_turn, len(self.order)): (b.n, 1)}
 
     def _start(self, indices: Sequence[int]) -> list[Branch]:
         """Create conversations (roots with each view's system prompt) and return

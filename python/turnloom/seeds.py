@@ -41,6 +41,12 @@ def profile_seed(conversation_seed: int, participant: str) -> int:
     return derive(conversation_seed, "profile", participant)
 
 
+def drawn_fork_turn(conversation_seed: int, first: int, last: int, step: int) -> int:
+    """The fork turn of one conversation, drawn from first, first+step, ... <= last."""
+    turns = range(first, last + 1, step)
+    return turns[derive(conversation_seed, "fork") % len(turns)]
+
+
 def judge_seed(conversation_seed: int, branch: int, judge: str, key: str, attempt: int) -> int:
     """The sampling seed of one judge call; a retry after unparseable output differs."""
     return derive(conversation_seed, "judge", branch, judge, key, attempt) & _MASK31

@@ -1,4 +1,5 @@
-"""Built-in exporter: conversations as OpenAI-format JSON lines."""
+"""Built-in exporters: conversations as OpenAI-format JSON lines, and the
+dataset exporters of `turnloom.exporters` (SFT, ShareGPT, tokens, DPO, REFUEL)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,7 @@ class OpenAIJsonl:
 @hookimpl
 def register_exporters(register: Register) -> None:
     register("openai-jsonl", OpenAIJsonl)
+    from turnloom.exporters import DATASET_EXPORTERS
+
+    for exporter in DATASET_EXPORTERS:
+        register(exporter.name, exporter)
