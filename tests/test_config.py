@@ -251,6 +251,21 @@ def test_with_run_overrides(tmp_path: Path) -> None:
         s.with_run(conversations=0)
 
 
+@pytest.fixture(scope="module")
+def installed_registry() -> Registry:
+    """Built-ins and the first-party plugin packages the set-up installs."""
+    return Registry.from_plugin_manager(get_plugin_manager(strict=True))
+
+
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
-def test_examples_validate(path: Path, registry: Registry) -> None:
-    load_scenario(path, registry)
+def test_examples_validate(path: Path, installed_registry: Registry) -> None:
+    load_scenario(path, installed_registry)
+
+
+def test_executor_settings() -> None:
+    s = Scenario.from_dict({"run": {"executor": "ray"}, "executor": {"shards": 4},
+                            "participants": [{"name": "u", "agent": "echo"}]})
+    assert s.run.executor == "ray" and s.executor.shards == 4 and s.executor.max_retries == 3
+    with pytest.raises(ScenarioError, match="executor"):
+        Scenario.from_dict({"run": {"executor": "slurm"},
+                            "participants": [{"name": "u", "agent": "echo"}]})

@@ -46,9 +46,33 @@ class RunResult:
 def run(scenario: Scenario | str | Path, out: str | Path | None = None, overwrite: bool = False,
         progress: bool = True, *, plugin_manager: Any = None,
         scenario_file: str | None = None) -> RunResult:
-    """Run a scenario (or a scenario file) to completion; see `arun`."""
+    """Run a scenario (or a scenario file) to completion; see `arun`. A scenario
+    with ``run.executor = "ray"`` runs in shards on Ray (`turnloom.distributed`)."""
+    if not isinstance(scenario, Scenario):
+        scenario_file = str(scenario)
+        scenario = load_scenario(scenario)
+    if scenario.run.executor == "ray":
+        return run_on_ray(scenario, out, overwrite, progress, plugin_manager=plugin_manager,
+                          scenario_file=scenario_file)
     return asyncio.run(arun(scenario, out, overwrite, progress, plugin_manager=plugin_manager,
                             scenario_file=scenario_file))
+
+
+def run_on_ray(scenario: Scenario, out: str | Path | None = None, overwrite: bool = False,
+               progress: bool = True, *, plugin_manager: Any = None,
+               scenario_file: str | None = None, **overrides: Any) -> RunResult:
+    """Run in shards on Ray with the scenario's ``[executor]`` settings; keyword
+    `overrides` (address, shards, max_retries, actor_options) win over them."""
+    from turnloom.distributed import run_ray
+
+    ex = scenario.executor
+    options: dict[str, Any] = {"address": ex.address, "shards": ex.shards,
+                               "max_retries": ex.max_retries,
+                               "actor_options": dict(ex.actor_options) or None,
+                               "urls": dict(ex.urls) or None, "poll_s": ex.poll_s}
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    return run_ray(scenario, out=out, overwrite=overwrite, progress=progress,
+                   plugin_manager=plugin_manager, scenario_file=scenario_file, **options)
 
 
 async def arun(scenario: Scenario | str | Path, out: str | Path | None = None,
@@ -65,6 +89,9 @@ async def arun(scenario: Scenario | str | Path, out: str | Path | None = None,
         source = str(scenario)
         scenario = load_scenario(scenario)
     scenario = scenario.validate(registry)
+    if scenario.run.executor == "ray":
+        return await asyncio.to_thread(run_on_ray, scenario, out, overwrite, progress,
+                                       plugin_manager=plugin_manager, scenario_file=source)
     run_dir = Path(out or scenario.run.out or Path("runs") / scenario.run.name)
     engine = Engine(scenario, run_dir, pm, registry)
     rundir.prepare(run_dir, overwrite)
@@ -92,6 +119,9 @@ async def aresume(run_dir: str | Path, progress: bool = True, *,
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
         if summary.get("status") == "complete":
             return RunResult(run_dir, summary)
+    if "sharding" in manifest:
+        raise rundir.RunDirError(f"{run_dir} is a sharded run: finish it with `turnloom resume "
+                                 f"{run_dir} --ray ADDRESS` or turnloom.distributed.resume_ray")
     pm, registry = _plugins(plugin_manager)
     try:
         scenario = Scenario.from_dict(manifest["scenario"])

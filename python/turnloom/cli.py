@@ -1,10 +1,14 @@
 """The `turnloom` command line.
 
     turnloom run SCENARIO [--out DIR] [--overwrite] [--conversations N] [--seed S]
-    turnloom resume RUN_DIR
+                          [--ray ADDRESS [--shards N] [--shard-retries K] [--shard-options JSON]]
+    turnloom resume RUN_DIR [--ray ADDRESS]
     turnloom validate SCENARIO
     turnloom show RUN_DIR
     turnloom plugins
+    turnloom export RUN_DIR FORMAT [--set KEY=VALUE]... [--out FILE]
+    turnloom report RUN_DIR [--out FILE] [--sample N]
+    turnloom compare RUN_A RUN_B [--json FILE] [--html FILE] [--seed S]
 
 Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr).
 """
@@ -65,11 +69,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--conversations", type=_positive, help="override run.conversations")
     p.add_argument("--seed", type=_non_negative, help="override run.seed")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: its address "
+                   "(HEAD_IP:6379, ray://HEAD_IP:10001, auto), or local to start one here; "
+                   "--out must then be on storage every node sees")
+    p.add_argument("--shards", type=_positive, help="with --ray: contiguous blocks of "
+                   "conversations, one Ray actor each (default 2)")
+    p.add_argument("--shard-retries", type=_non_negative,
+                   help="with --ray: restarts of a shard whose actor died (default 3)")
+    p.add_argument("--shard-options", type=_json_object, metavar="JSON",
+                   help='with --ray: Ray options of each shard\'s actor, e.g. '
+                   '\'{"resources": {"sglang": 1}}\' (default: {"num_cpus": 1}, spread over nodes)')
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("resume", help="finish an interrupted run")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ray", metavar="ADDRESS", help="the Ray cluster that finishes a sharded "
+                   "run (default: RAY_ADDRESS, else a local one)")
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser("validate", help="check a scenario file without running it")
@@ -84,6 +100,35 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list the installed plugins and their hooks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("export", help="write a dataset from a finished run directory")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("format", help="an exporter plugin, e.g. sft-tokens, dpo-pairs (see plugins)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="an exporter setting; VALUE is read as TOML, else as a string")
+    p.add_argument("--out", type=Path, help="output file (default: in the run directory)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="HTML file (default: RUN_DIR/report.html)")
+    p.add_argument("--sample", type=_non_negative, default=20,
+                   help="conversations shown whole (default 20)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("compare", help="per-metric differences between two runs")
+    p.add_argument("run_a", type=Path)
+    p.add_argument("run_b", type=Path)
+    p.add_argument("--json", type=Path, help="also write the comparison as JSON")
+    p.add_argument("--html", type=Path, help="also write the comparison as HTML")
+    p.add_argument("--seed", type=_non_negative, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--resamples", type=_positive, default=2000)
+    p.add_argument("--confidence", type=float, default=0.95)
+    pairing = p.add_mutually_exclusive_group()
+    pairing.add_argument("--paired", dest="paired", action="store_true", default=None,
+                         help="pair by conversation (default when the runs share a scenario)")
+    pairing.add_argument("--unpaired", dest="paired", action="store_false")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 
@@ -98,6 +143,16 @@ def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
     return value
 
 
@@ -132,6 +187,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     pm, registry = _plugins()
     scenario = load_scenario(args.scenario, registry)
     scenario = scenario.with_run(conversations=args.conversations, seed=args.seed)
+    sharding = (args.shards, args.shard_options, args.shard_retries)
+    if args.ray is None and scenario.run.executor != "ray" and any(
+            x is not None for x in sharding):
+        option = next(o for o, x in zip(("--shards", "--shard-options", "--shard-retries"),
+                                        sharding) if x is not None)
+        raise BadInput(f"{option} needs --ray ADDRESS (use --ray local for this machine)")
+    if args.ray is not None or scenario.run.executor == "ray":
+        from turnloom.api import run_on_ray
+
+        result = run_on_ray(scenario, out=args.out, overwrite=args.overwrite,
+                            progress=not args.no_progress, plugin_manager=pm,
+                            scenario_file=str(args.scenario), address=args.ray,
+                            shards=args.shards, max_retries=args.shard_retries,
+                            actor_options=args.shard_options)
+        _report(result)
+        return 0
     result = run(scenario, out=args.out, overwrite=args.overwrite,
                  progress=not args.no_progress, plugin_manager=pm, scenario_file=str(args.scenario))
     _report(result)
@@ -143,6 +214,14 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     if not args.run_dir.is_dir():
         raise BadInput(f"{args.run_dir} is not a directory")
+    from turnloom.distributed import is_sharded, resume_ray
+
+    if is_sharded(args.run_dir):
+        result = resume_ray(args.run_dir, address=args.ray, progress=not args.no_progress)
+        _report(result)
+        return 0
+    if args.ray is not None:
+        raise BadInput(f"--ray: {args.run_dir} was not run on Ray; resume it without --ray")
     pm, _ = _plugins()
     result = resume(args.run_dir, progress=not args.no_progress, plugin_manager=pm)
     _report(result)
@@ -151,8 +230,9 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _report(result: Any) -> None:
     s = result.summary
+    shards = f" ({s['sharding']['shards']} shards)" if "sharding" in s else ""
     print(f"{s['conversations']} conversations, {s['turns']} turns, {s['failures']} failed "
-          f"-> {result.run_dir}")
+          f"-> {result.run_dir}{shards}")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -173,6 +253,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
     manifest = rundir.read_manifest(run_dir)
     summary_file = run_dir / rundir.SUMMARY
     if not summary_file.is_file():
+        if "sharding" in manifest:
+            from turnloom.distributed.status import describe_partial
+
+            print(describe_partial(run_dir, manifest))
+            return 0
         _show_partial(run_dir, manifest)
         return 0
     s = json.loads(summary_file.read_text(encoding="utf-8"))
@@ -267,6 +352,66 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{kind}: {', '.join(registry.names(kind)) or '-'}")
     for err in registry.errors:
         print(f"error: {err}")
+    return 0
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    import tomllib
+
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise BadInput(f"--set {text!r}: expected KEY=VALUE")
+    try:
+        return key, tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, value
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from turnloom.exporters import export_run
+
+    settings = dict(_setting(s) for s in args.settings)
+    if args.out is not None:
+        settings["file"] = str(args.out.resolve())
+    pm, _ = _plugins()
+    try:
+        result = export_run(args.run_dir, args.format, settings, plugin_manager=pm)
+    except ValueError as exc:
+        raise BadInput(f"{args.format}: {exc}") from exc
+    skipped = ", ".join(f"{k[len('skipped: '):]} {v}" for k, v in sorted(result.stats.items())
+                        if k.startswith("skipped: "))
+    print(f"{result.stats.get('rows', 0)} rows from {result.stats.get('records', 0)} records"
+          + (f" (skipped: {skipped})" if skipped else "") + f" -> {result.path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from turnloom.report import write_report
+
+    if not args.run_dir.is_dir():
+        raise BadInput(f"{args.run_dir} is not a directory")
+    print(write_report(args.run_dir, args.out, sample=args.sample))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from turnloom.export import atomic_write
+    from turnloom.report.compare import compare_runs, format_html, format_table
+
+    for d in (args.run_a, args.run_b):
+        if not d.is_dir():
+            raise BadInput(f"{d} is not a directory")
+    try:
+        c = compare_runs(args.run_a, args.run_b, paired=args.paired, resamples=args.resamples,
+                         confidence=args.confidence, seed=args.seed)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    print(format_table(c))
+    if args.json is not None:
+        atomic_write(args.json, json.dumps(c.to_json(), indent=2).encode() + b"\n")
+    if args.html is not None:
+        atomic_write(args.html, format_html(c).encode())
     return 0
 
 

@@ -19,7 +19,7 @@ import types
 import typing
 import weakref
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Sequence
+from typing import Annotated, Any, Iterable, Literal, Sequence
 
 import msgspec
 
@@ -61,6 +61,7 @@ class RunSettings(msgspec.Struct, **_STRUCT):
     name: Name = "run"
     conversations: Positive = 1
     first_index: NonNegative = 0  # index of the first conversation (a shard of a larger run)
+    executor: Literal["local", "ray"] = "local"  # "ray": shards on a Ray cluster ([executor])
     max_turns: Positive = 8  # messages per conversation, system prompts excluded
     seed: NonNegative = 0
     out: str | None = None  # run directory (the CLI's --out wins)
@@ -134,6 +135,18 @@ class PluginSpec(msgspec.Struct, **_STRUCT):
     settings: dict[str, Any] = {}
 
 
+class ExecutorSpec(msgspec.Struct, **_STRUCT):
+    """``[executor]``: how a run with ``run.executor = "ray"`` is sharded (see
+    `turnloom.distributed.run_ray`; the CLI's --ray/--shards flags win)."""
+
+    address: str | None = None  # Ray cluster; None: the connected one, RAY_ADDRESS, else local
+    shards: Positive = 2  # contiguous blocks of conversations, one Ray actor each
+    max_retries: NonNegative = 3  # restarts of a shard whose actor died
+    actor_options: dict[str, Any] = {}  # Ray options of each shard's actor
+    urls: dict[str, list[str]] = {}  # backend name -> replica urls dealt out between shards
+    poll_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5
+
+
 class JudgeSpec(msgspec.Struct, **_STRUCT):
     """An LLM judge: a judges plugin asking a model about each finished conversation."""
 
@@ -155,6 +168,7 @@ class Scenario(msgspec.Struct, weakref=True, **_STRUCT):
     branches: tuple[BranchSpec, ...] = ()
     scorers: tuple[PluginSpec, ...] = ()
     judges: tuple[JudgeSpec, ...] = ()
+    executor: ExecutorSpec = ExecutorSpec()
     exporters: tuple[PluginSpec, ...] = (PluginSpec(name="openai-jsonl"),)
 
     # -- construction -------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""Lexical diversity: distinct-n, repetition within a conversation, and across a corpus.
+
+A scorer sees one conversation at a time, so the ``diversity`` scorer measures
+what one conversation shows (distinct-n over a participant's turns, how much
+its turns repeat each other, turn length statistics), and `corpus_diversity`
+measures a whole run from its exported records (self-similarity of each
+conversation against the others). `embedding_self_similarity` adds a semantic
+measure when torch is importable, with an embedding function you supply.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from turnloom.records import ConversationState, TurnRecord
+
+from turnloom_scorers import textutil
+from turnloom_scorers.settings import Settings, decode
+
+ORDERS = (1, 2, 3, 4)
+
+
+def distinct_n(texts: Iterable[str], n: int) -> float:
+    """Distinct n-grams / all n-grams over the texts (0.0 when there are none)."""
+    grams = [g for text in texts for g in textutil.ngrams(textutil.tokens(text), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def jaccard(a: set[Any], b: set[Any]) -> float:
+    if not a and not b:
+        return 0.0
+    return len(a & b) / len(a | b)
+
+
+def _gram_set(text: str, n: int) -> set[tuple[str, ...]]:
+    return set(textutil.ngrams(textutil.tokens(text), n))
+
+
+def self_similarity(texts: Sequence[str], n: int = 2, max_others: int | None = None,
+                    seed: int = 0) -> float:
+    """Mean over texts of the highest n-gram Jaccard similarity to any other text
+    (1.0: every text has a near copy; 0.0: no shared n-gram). With `max_others`,
+    each text is compared with that many others drawn with `seed` (for large corpora)."""
+    sets = [_gram_set(t, n) for t in texts]
+    if len(sets) < 2:
+        return 0.0
+    rng = random.Random(seed)
+    total = 0.0
+    for i, grams in enumerate(sets):
+        others = [j for j in range(len(sets)) if j != i]
+        if max_others is not None and len(others) > max_others:
+            others = rng.sample(others, max_others)
+        total += max(jaccard(grams, sets[j]) for j in others)
+    return total / len(sets)
+
+
+def length_stats(texts: Sequence[str]) -> dict[str, float]:
+    lengths = [textutil.count_words(t) for t in texts]
+    if not lengths:
+        return {}
+    return {"words_mean": statistics.fmean(lengths),
+            "words_sd": statistics.pstdev(lengths) if len(lengths) > 1 else 0.0,
+            "words_min": min(lengths), "words_max": max(lengths)}
+
+
+class DiversitySettings(Settings, frozen=True):
+    participant: str | None = None  # default: every turn
+    n: int = 2  # n-gram order of the repetition measure
+
+
+class DiversityScorer:
+    """Per turn: words, and n-gram overlap with the participant's earlier turns.
+    Per conversation: distinct-1..4, repetition (self-similarity among its own
+    turns) and turn length statistics."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        s = decode(DiversitySettings, settings, "diversity")
+        if s.n < 1:
+            raise ValueError("invalid diversity settings: `n` must be at least 1")
+        self.participant, self.n = s.participant, s.n
+
+    def _texts(self, conversation: ConversationState, upto: int | None = None) -> list[str]:
+        turns = conversation.turns[:upto]
+        return [t.text for t in turns if self.participant in (None, t.participant)]
+
+    def score_turn(self, conversation: ConversationState, turn: TurnRecord) -> dict[str, Any] | None:
+        if self.participant not in (None, turn.participant):
+            return None
+        earlier = self._texts(conversation, turn.turn)
+        grams = _gram_set(turn.text, self.n)
+        overlap = max((jaccard(grams, _gram_set(t, self.n)) for t in earlier), default=0.0)
+        return {"words": textutil.count_words(turn.text), "max_overlap": overlap}
+
+    def score_conversation(self, conversation: ConversationState) -> dict[str, Any] | None:
+        texts = self._texts(conversation)
+        if not texts:
+            return None
+        out: dict[str, Any] = {f"distinct_{n}": distinct_n(texts, n) for n in ORDERS}
+        out["repetition"] = self_similarity(texts, self.n)
+        out.update(length_stats(texts))
+        return out
+
+
+def corpus_diversity(records: Iterable[Mapping[str, Any]], participant: str | None = None,
+                     n: int = 2, max_others: int | None = 200, seed: int = 0) -> dict[str, float]:
+    """Diversity across a run's exported records (conversations.jsonl rows): each
+    conversation's text is the participant's messages joined; distinct-1..4 over
+    all of them and self-similarity of each conversation against the others."""
+    docs = []
+    for record in records:
+        parts = [m["content"] for m in record.get("messages", [])
+                 if m.get("role") != "system" and participant in (None, m.get("name"))]
+        if parts:
+            docs.append("\n".join(parts))
+    if not docs:
+        return {}
+    out = {f"distinct_{k}": distinct_n(docs, k) for k in ORDERS}
+    out["self_similarity"] = self_similarity(docs, n, max_others, seed)
+    out["conversations"] = len(docs)
+    return out
+
+
+def embedding_self_similarity(texts: Sequence[str],
+                              embed: Callable[[Sequence[str]], Any]) -> float | None:
+    """Mean over texts of the highest cosine similarity to another text, from
+    `embed(texts) -> tensor [len(texts), dim]`. None when torch is not importable
+    or there are fewer than two texts."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if len(texts) < 2:
+        return None
+    vectors = torch.nn.functional.normalize(torch.as_tensor(embed(texts), dtype=torch.float32),
+                                            dim=-1)
+    sims = vectors @ vectors.T
+    sims.fill_diagonal_(-1.0)
+    return float(sims.max(dim=1).values.mean())

@@ -1,0 +1,101 @@
+"""IFEval evaluation: strict and loose readings, prompt- and instruction-level accuracy.
+
+Strict: the response as given must follow the instruction. Loose: any of eight
+variants of it may: {as is, first line removed, last line removed, both} x
+{as is, every '*' removed}, which forgives a leading "Sure, here it is:" line,
+a trailing sign-off and markdown emphasis. An empty (or blank) response follows
+nothing, in either reading.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import msgspec
+
+from turnloom.records import ConversationState, TurnRecord
+
+from turnloom_scorers.instructions import Instruction, parse_instructions
+
+
+class Evaluation(msgspec.Struct, frozen=True):
+    """Which instructions one response followed, per reading (in instruction order)."""
+
+    strict: tuple[bool, ...]
+    loose: tuple[bool, ...]
+
+    def scores(self) -> dict[str, float]:
+        return accuracy([self])
+
+
+def loose_variants(response: str) -> list[str]:
+    lines = response.split("\n")
+    first_removed = "\n".join(lines[1:]).strip()
+    last_removed = "\n".join(lines[:-1]).strip()
+    both_removed = "\n".join(lines[1:-1]).strip()
+    plain = [response, first_removed, last_removed, both_removed]
+    return plain + [v.replace("*", "") for v in plain]
+
+
+def follows(instruction: Instruction, response: str, loose: bool = False) -> bool:
+    candidates = loose_variants(response) if loose else [response]
+    return any(c.strip() and instruction.check(c) for c in candidates)
+
+
+def evaluate(instructions: Sequence[Instruction], response: str) -> Evaluation:
+    variants = loose_variants(response)
+    strict = tuple(bool(response.strip()) and i.check(response) for i in instructions)
+    loose = tuple(any(v.strip() and i.check(v) for v in variants) for i in instructions)
+    return Evaluation(strict, loose)
+
+
+def accuracy(evaluations: Iterable[Evaluation]) -> dict[str, float]:
+    """Prompt-level (all followed) and instruction-level (followed / given) accuracy,
+    strict and loose, and their mean (Multi-IF's overall score). Responses given
+    no instruction are left out."""
+    prompts = followed_strict = followed_loose = all_strict = all_loose = given = 0
+    for ev in evaluations:
+        if not ev.strict:
+            continue
+        prompts += 1
+        given += len(ev.strict)
+        followed_strict += sum(ev.strict)
+        followed_loose += sum(ev.loose)
+        all_strict += all(ev.strict)
+        all_loose += all(ev.loose)
+    if not prompts:
+        return {}
+    out = {
+        "prompt_strict": all_strict / prompts,
+        "instruction_strict": followed_strict / given,
+        "prompt_loose": all_loose / prompts,
+        "instruction_loose": followed_loose / given,
+    }
+    out["overall"] = sum(out.values()) / 4
+    return out
+
+
+class IfevalScorer:
+    """Fixed instructions (settings ``instructions``: a list of instruction dicts)
+    checked on every turn of ``participant``; per conversation, the accuracies."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        data = dict(settings)
+        unknown = sorted(set(data) - {"instructions", "participant"})
+        if unknown:
+            raise ValueError(f"invalid ifeval settings: unknown keys {unknown} "
+                             f"(allowed: instructions, participant)")
+        if "instructions" not in data:
+            raise ValueError("invalid ifeval settings: `instructions` is required")
+        self.instructions = parse_instructions(data["instructions"], "ifeval.instructions")
+        self.participant = data.get("participant", "assistant")
+
+    def score_turn(self, conversation: ConversationState, turn: TurnRecord) -> dict[str, Any] | None:
+        if turn.participant != self.participant or not self.instructions:
+            return None
+        ev = evaluate(self.instructions, turn.text)
+        return {**ev.scores(), "followed_strict": sum(ev.strict), "followed_loose": sum(ev.loose)}
+
+    def score_conversation(self, conversation: ConversationState) -> dict[str, Any] | None:
+        evs = [evaluate(self.instructions, t.text) for t in conversation.turns_of(self.participant)]
+        return accuracy(evs) or None

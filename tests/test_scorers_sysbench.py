@@ -1,0 +1,171 @@
+"""SysBench sessions, CSR/ISR/SSR, the code-only scorer and the judge; diversity measures."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+import turnloom
+from turnloom.judging import JudgeCall, Unparseable
+from turnloom.records import ConversationState, TurnRecord
+from turnloom_scorers import diversity, sysbench
+
+
+def test_metrics_follow_the_paper() -> None:
+    # Turn 1 all satisfied, turn 2 one failure, turn 3 all satisfied: the session is stable
+    # only up to the first failed turn.
+    m = sysbench.metrics([[True, True], [True, False], [True]], session_turns=5)
+    assert m == {"csr": 4 / 5, "isr": 2 / 3, "ssr": 1 / 5}
+    assert sysbench.metrics([[True]] * 5, 5)["ssr"] == 1.0
+    assert sysbench.metrics([[False], [True]], 5)["ssr"] == 0.0
+    assert sysbench.metrics([], 5) == {}
+
+
+def test_shipped_sessions_are_valid() -> None:
+    sessions = sysbench.shipped_sessions()
+    assert len(sessions) >= 2
+    kinds = {c.type for s in sessions for t in s.turns for c in t.constraints}
+    assert kinds == {"Action", "Content", "Background", "Role", "Format", "Style"}
+    assert all(len(s.turns) == 5 for s in sessions)
+    with pytest.raises(ValueError, match=r"constraint 'x'.*unknown instruction type"):
+        sysbench.Constraint(type="Format", text="x", check={"type": "nope"})
+    with pytest.raises(ValueError, match="invalid sysbench-user settings"):
+        sysbench.SysbenchUser({"sessions": [{"id": "s", "system": "x", "turns": [
+            {"message": "m", "constraints": [{"type": "Tone", "text": "t"}]}]}]})
+
+
+def _session_run() -> ConversationState:
+    """Plays the travel-agent session with fixed answers."""
+    user = sysbench.SysbenchUser({})
+    assistant = sysbench.SysbenchAssistant({})
+    seed = next(s for s in range(100) if sysbench.pick_session(
+        sysbench.shipped_sessions(), ConversationState("c", 0, s)).id == "travel-agent")
+    conv = ConversationState("c", index=0, seed=seed)
+    conv.system_prompts["assistant"] = assistant.system_prompt(conv, "assistant")
+    answers = ["Try Kyoto in spring for the blossoms. - Lina",    # all code checks pass
+               "Pack layers, and comfy shoes. - Lina",             # comma: fails
+               "I only help with travel. - Lina",
+               "* Temples\n* Gardens\n* Markets",
+               "April is the best month to go. - Lina"]
+    for answer in answers:
+        reply = user.respond(conv, "user", random.Random(0))
+        for who, text, meta in (("user", reply.text, reply.meta), ("assistant", answer, {})):
+            conv.messages.append((who, who, text))
+            conv.turns.append(TurnRecord(conversation_id="c", branch=0, turn=len(conv.turns),
+                                         participant=who, role=who, text=text,
+                                         node=len(conv.turns), meta=meta))
+    assert user.respond(conv, "user", random.Random(0)).stop == "sysbench_done"
+    return conv
+
+
+def test_code_only_scorer() -> None:
+    conv = _session_run()
+    assert "Lina" in conv.system_prompts["assistant"]
+    score = sysbench.SysbenchScorer({}).score_conversation(conv)
+    # Code-checked per turn: [T,T,T], [T,F], [T], [T,T], [T,T]
+    assert score["checked"] == 10 and score["not_checked"] == 6
+    assert score["csr"] == pytest.approx(9 / 10)
+    assert score["isr"] == pytest.approx(4 / 5)
+    assert score["ssr"] == pytest.approx(1 / 5)
+    assert score["csr.Style"] == pytest.approx(3 / 4)
+
+
+def test_judge_asks_only_what_code_cannot_check() -> None:
+    conv = _session_run()
+    judge = sysbench.SysbenchJudge({})
+    calls = judge.calls(conv)
+    assert [c.key for c in calls] == ["turn1.c3", "turn2.c2", "turn3.c0", "turn3.c1", "turn4.c2",
+                                      "turn5.c2"]
+    text = calls[2].messages[1][1]
+    assert "Lina" in text and "Politely declines" in text and "I only help with travel." in text
+    parse = judge.parse
+    assert parse(calls[0], '{"satisfied": true, "reason": "names Kyoto"}') == {
+        "satisfied": True, "reason": "names Kyoto"}
+    assert parse(calls[0], '```json\n{"satisfied": false}\n```')["satisfied"] is False
+    for bad in ('satisfied: true', '{"satisfied": "yes"}', '[true]', 'Sure! {"satisfied": true}'):
+        with pytest.raises(Unparseable):
+            parse(calls[0], bad)
+    verdicts = {c.key: {"satisfied": True, "reason": ""} for c in calls}
+    verdicts["turn3.c0"] = None  # unparseable: counted as not satisfied
+    score = judge.score(conv, verdicts)
+    assert (score["constraints"], score["judged"], score["unverified"]) == (16, 5, 1)
+    assert score["csr"] == pytest.approx(14 / 16)
+    assert score["isr"] == pytest.approx(3 / 5)
+    assert score["ssr"] == pytest.approx(1 / 5)
+    rows = [{"scores": {"sb": score}}, {"scores": {"sb": {**score, "ssr": 0.6}}}, {"scores": {}}]
+    assert sysbench.corpus_metrics(rows, "sb")["ssr"] == pytest.approx(0.4)
+
+
+def test_sysbench_scenario_with_judge_on_the_scripted_backend(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    monkeypatch.delenv("TURNLOOM_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setenv("TURNLOOM_PLUGINS", "scorers")
+    scenario = turnloom.Scenario.from_dict({
+        "run": {"name": "sysbench", "conversations": 4, "max_turns": 10, "seed": 4},
+        "backends": {"sim": {"type": "scripted", "lines": [
+            '{"satisfied": true, "reason": "ok"}', "Kyoto - Lina", "Is it 12?"]}},
+        "participants": [{"name": "user", "agent": "sysbench-user"},
+                         {"name": "assistant", "agent": "sysbench-assistant"}],
+        "scorers": [{"name": "sysbench"}],
+        "judges": [{"name": "sysbench-judged", "judge": "sysbench"}],
+    })
+    records = turnloom.run(scenario, out=tmp_path / "run", progress=False).conversations()
+    for record in records:
+        assert record["errors"] == []
+        assert len(record["turns"]) == 10
+        judged = record["scores"]["sysbench-judged"]
+        code = record["scores"]["sysbench"]
+        assert judged["constraints"] == code["checked"] + code["not_checked"]
+        assert judged["judged"] + judged["unverified"] == code["not_checked"]
+        assert 0.0 <= judged["ssr"] <= judged["isr"] <= 1.0
+    assert sysbench.corpus_metrics(records, "sysbench-judged")["sessions"] == 4
+
+
+# -- diversity -----------------------------------------------------------------------------
+
+
+def test_distinct_n_and_self_similarity() -> None:
+    assert diversity.distinct_n(["a b a b"], 1) == 0.5
+    assert diversity.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    assert diversity.distinct_n([""], 1) == 0.0
+    assert diversity.self_similarity(["the cat sat", "the cat sat", "dogs run fast"], 2) == \
+        pytest.approx(2 / 3)
+    assert diversity.self_similarity(["one"], 2) == 0.0
+    stats = diversity.length_stats(["a b", "a b c d"])
+    assert stats == {"words_mean": 3.0, "words_sd": 1.0, "words_min": 2, "words_max": 4}
+
+
+def test_diversity_scorer_and_corpus() -> None:
+    conv = ConversationState("c", index=0, seed=0)
+    for i, (who, text) in enumerate([("user", "hi there"), ("bot", "I can help you today"),
+                                     ("user", "ok"), ("bot", "I can help you today")]):
+        conv.messages.append((who, who, text))
+        conv.turns.append(TurnRecord(conversation_id="c", branch=0, turn=i, participant=who,
+                                     role=who, text=text, node=i))
+    scorer = diversity.DiversityScorer({"participant": "bot"})
+    assert scorer.score_turn(conv, conv.turns[0]) is None
+    assert scorer.score_turn(conv, conv.turns[1]) == {"words": 5, "max_overlap": 0.0}
+    assert scorer.score_turn(conv, conv.turns[3]) == {"words": 5, "max_overlap": 1.0}
+    whole = scorer.score_conversation(conv)
+    assert whole["distinct_1"] == 0.5 and whole["repetition"] == 1.0
+    with pytest.raises(ValueError, match="invalid diversity settings"):
+        diversity.DiversityScorer({"participants": "bot"})
+
+    def record(*texts: str) -> dict:
+        return {"messages": [{"role": "assistant", "name": "bot", "content": t} for t in texts]}
+
+    same = diversity.corpus_diversity([record("a b c"), record("a b c")])
+    varied = diversity.corpus_diversity([record("a b c"), record("x y z")])
+    assert same["self_similarity"] == 1.0 and varied["self_similarity"] == 0.0
+    assert varied["distinct_1"] == 1.0 and same["distinct_1"] == 0.5
+    assert diversity.corpus_diversity([]) == {}
+
+
+def test_embedding_similarity_needs_torch() -> None:
+    torch = pytest.importorskip("torch")
+    vectors = {"a": [1.0, 0.0], "b": [1.0, 0.1], "c": [0.0, 1.0]}
+    sim = diversity.embedding_self_similarity(
+        ["a", "b", "c"], lambda texts: torch.tensor([vectors[t] for t in texts]))
+    assert sim is not None and 0.6 < sim < 1.0
