@@ -38,21 +38,38 @@ class AtomicFile:
         self._f = open(self.tmp, "wb", buffering=buffering)
 
     def write(self, data: bytes) -> None:
-        self._f.write(data)
+        try:
+            self._f.write(data)
+        except OSError as e:
+            raise with_filename(e, self.path) from e
 
     def commit(self) -> None:
         if self._f.closed:
             return
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            raise with_filename(e, self.path) from e
         fsync_dir(self.path.parent)
 
     def abort(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            if not self._f.closed:
+                self._f.close()
+        except OSError:
+            pass  # the buffered tail cannot be written (a full disk): it is discarded anyway
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def with_filename(error: OSError, path: Path) -> OSError:
+    """`error` naming `path`, so a full or read-only disk says which file it hit."""
+    if error.filename is not None or error.errno is None:
+        return error
+    return type(error)(error.errno, error.strerror, str(path))
 
 
 def atomic_write(path: Path, data: bytes) -> None:

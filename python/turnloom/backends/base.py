@@ -7,7 +7,7 @@ so a backend never re-renders history.
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import msgspec
 
@@ -15,11 +15,13 @@ import msgspec
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Sampling settings of one request. `seed` makes sampling reproducible."""
 
-    max_new_tokens: int = 128
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = -1
-    repetition_penalty: float = 1.0
+    # Ranges are checked when settings are decoded (scenario files), which
+    # then name the file, line and field; every backend accepts these ranges.
+    max_new_tokens: Annotated[int, msgspec.Meta(ge=1)] = 128
+    temperature: Annotated[float, msgspec.Meta(ge=0)] = 0.7
+    top_p: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
+    top_k: Annotated[int, msgspec.Meta(ge=-1)] = -1  # -1: off
+    repetition_penalty: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None

@@ -17,8 +17,10 @@ consecutive failures (transport faults, 5xx, malformed or short replies) open
 it, and its conversations move to the other replicas. While open nothing is
 sent to it. After `health_interval` seconds a ``/health`` probe runs; if it
 passes the breaker is half-open and the next batch is the probe: success
-closes it, failure re-opens it for another `health_interval`. When every
-replica is open, a retry waits for the earliest cooldown instead of sending.
+closes it, failure re-opens it for another `health_interval`; other batches
+for that replica wait for the probe's outcome (which costs them no attempt).
+When every replica is open, a retry waits for the earliest cooldown instead
+of sending.
 
 Settings (``from_settings``): urls, timeout, connect_timeout, retries,
 backoff, backoff_max, max_batch, max_inflight, api_key, api_key_env,
@@ -102,6 +104,7 @@ class _Replica:
     model: str = ""
     error: str = ""
     gate: asyncio.Semaphore | None = field(default=None, repr=False)
+    probe: asyncio.Event | None = field(default=None, repr=False)  # set when a half-open probe ends
 
     @property
     def healthy(self) -> bool:
@@ -117,6 +120,9 @@ class _Outcome:
     retry: dict[int, str] = field(default_factory=dict)
     final: dict[int, str] = field(default_factory=dict)
     retry_after: float | None = None
+    deferred: dict[int, str] = field(default_factory=dict)
+    """Not sent: their replica is half-open with its probe in flight (not an attempt)."""
+    probes: list[asyncio.Event] = field(default_factory=list)
 
 
 class SGLangHTTPBackend(Backend):
@@ -332,25 +338,42 @@ class SGLangHTTPBackend(Backend):
         if self._client is None:
             raise BackendError("SGLangHTTPBackend.generate called before start()")
         results: list[GenResult | None] = [None] * len(requests)
+        tries = [0] * len(requests)
         pending = list(range(len(requests)))
-        errors: dict[int, str] = {}
+        # Waiting on half-open probes costs no attempt, but is bounded all the same.
+        waits_left = 4 * (self.retries + 1)
         started = time.monotonic()
-        for attempt in range(self.retries + 1):
+        while pending:
             await self._probe_down()
-            outcome = await self._attempt(requests, pending, attempt)
+            outcome = await self._attempt(requests, pending, tries)
+            elapsed = time.monotonic() - started
             for i, res in outcome.results.items():
                 results[i] = res
             for i, msg in outcome.final.items():
-                results[i] = error_result(requests[i], msg, time.monotonic() - started)
-            errors.update(outcome.retry)
-            pending = sorted(outcome.retry)
-            if not pending or attempt == self.retries:
-                break
-            await asyncio.sleep(self._delay(attempt, outcome.retry_after))
-        for i in pending:
-            results[i] = error_result(
-                requests[i], f"{errors[i]} (gave up after {self.retries + 1} attempts)",
-                time.monotonic() - started)
+                results[i] = error_result(requests[i], msg, elapsed)
+            retry = []
+            for i, msg in outcome.retry.items():
+                tries[i] += 1
+                if tries[i] > self.retries:
+                    results[i] = error_result(
+                        requests[i], f"{msg} (gave up after {tries[i]} attempts)", elapsed)
+                else:
+                    retry.append(i)
+            deferred = sorted(outcome.deferred)
+            if deferred:
+                waits_left -= 1
+                if waits_left < 0:
+                    for i in deferred:
+                        results[i] = error_result(
+                            requests[i], f"{outcome.deferred[i]} (gave up waiting for it)",
+                            elapsed)
+                    deferred = []
+            pending = sorted(retry + deferred)
+            if retry:
+                await asyncio.sleep(self._delay(max(tries[i] for i in retry) - 1,
+                                                outcome.retry_after))
+            if deferred:
+                await _first_set(outcome.probes, self.timeout)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
@@ -362,38 +385,59 @@ class SGLangHTTPBackend(Backend):
         return delay
 
     async def _attempt(self, requests: Sequence[GenRequest], pending: list[int],
-                       attempt: int) -> _Outcome:
+                       tries: list[int]) -> _Outcome:
         groups: dict[int, list[int]] = {}
         for i in pending:
             groups.setdefault(self.replica_for(requests[i].affinity), []).append(i)
         chunks = [(rep, idxs[k:k + self.max_batch])
                   for rep, idxs in groups.items()
                   for k in range(0, len(idxs), self.max_batch)]
-        parts = await asyncio.gather(*(self._post(self._replicas[rep], requests, idxs, attempt)
+        parts = await asyncio.gather(*(self._post(self._replicas[rep], requests, idxs, tries)
                                        for rep, idxs in chunks))
         total = _Outcome()
         for part in parts:
             total.results.update(part.results)
             total.retry.update(part.retry)
             total.final.update(part.final)
+            total.deferred.update(part.deferred)
+            total.probes += part.probes
             if part.retry_after is not None:
                 total.retry_after = max(total.retry_after or 0.0, part.retry_after)
         return total
 
     async def _post(self, replica: _Replica, requests: Sequence[GenRequest],
-                    idxs: list[int], attempt: int) -> _Outcome:
+                    idxs: list[int], tries: list[int]) -> _Outcome:
+        breaker = replica.breaker
+        if not breaker.allow():
+            out = _Outcome()
+            if breaker.state == "half_open" and replica.probe is not None:
+                msg = f"{replica.url}: circuit half-open, probe in flight"
+                out.deferred = {i: msg for i in idxs}
+                out.probes.append(replica.probe)
+            else:
+                msg = f"{replica.url}: circuit open (last error: {replica.error or 'none'})"
+                out.retry = {i: msg for i in idxs}
+            return out
+        if breaker.state == "closed":
+            return await self._send(replica, requests, idxs, tries)
+        replica.probe = probe = asyncio.Event()
+        try:
+            return await self._send(replica, requests, idxs, tries)
+        finally:
+            if breaker.state == "half_open":  # cancelled before any outcome: unknown, so open
+                breaker.trip()
+            replica.probe = None
+            probe.set()
+
+    async def _send(self, replica: _Replica, requests: Sequence[GenRequest],
+                    idxs: list[int], tries: list[int]) -> _Outcome:
         out = _Outcome()
         batch = [requests[i] for i in idxs]
-        if not replica.breaker.allow():
-            state = "open" if replica.breaker.state == "open" else "half-open, probe in flight"
-            msg = f"{replica.url}: circuit {state} (last error: {replica.error or 'none'})"
-            out.retry = {i: msg for i in idxs}
-            return out
         try:
             assert self._client is not None and replica.gate is not None
             async with replica.gate:
                 response = await self._client.post_json(
-                    replica.url + "/generate", self._payload(batch, attempt))
+                    replica.url + "/generate", self._payload(batch, [tries[i] for i in idxs]))
         except TransportError as e:
             self._record_failure(replica, str(e))
             out.retry = {i: f"{replica.url}: {e}" for i in idxs}
@@ -437,14 +481,13 @@ class SGLangHTTPBackend(Backend):
                 (out.retry if e.retry else out.final)[i] = f"{replica.url}: {e}"
         return out
 
-    def _payload(self, batch: list[GenRequest], attempt: int) -> dict[str, Any]:
+    def _payload(self, batch: list[GenRequest], tries: list[int]) -> dict[str, Any]:
         # A retried rid may still be live on the server (a timed-out attempt),
         # so retries carry a suffix: SGLang rejects duplicate request ids.
-        suffix = f"~{attempt}" if attempt else ""
         payload: dict[str, Any] = {
             "input_ids": [list(r.input_ids) for r in batch],
             "sampling_params": [sampling_params(r.params) for r in batch],
-            "rid": [r.rid + suffix for r in batch],
+            "rid": [r.rid + (f"~{n}" if n else "") for r, n in zip(batch, tries)],
         }
         texts = [needs_piece_texts(r, self._decode) for r in batch]
         if any(texts):
@@ -453,6 +496,16 @@ class SGLangHTTPBackend(Backend):
         return payload
 
 
+async def _first_set(events: list[asyncio.Event], timeout: float) -> None:
+    """Wait until one of `events` is set (or `timeout` passes)."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    if not waiters:
+        return
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 def _retry_after(response: Response) -> float | None:

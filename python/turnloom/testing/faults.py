@@ -47,7 +47,8 @@ class FaultSchedule:
     def __init__(self, plan: Mapping[int, Fault] | Iterable[tuple[int, Fault]] = (), *,
                  rate: float = 0.0, kinds: Iterable[str] = ("status",),
                  routes: Iterable[str] = ("/generate",), status: int = 500,
-                 seed: int = 0, mix: Mapping[str, float] | None = None) -> None:
+                 seed: int = 0, mix: Mapping[str, float] | None = None,
+                 delay: float = 0.0) -> None:
         items = plan.items() if isinstance(plan, Mapping) else plan
         self._plan = {(f.route, i): f for i, f in items}
         self.rate = rate
@@ -63,6 +64,7 @@ class FaultSchedule:
             raise ValueError("mix probabilities add up to more than 1")
         self.routes = tuple(routes)
         self.status = status
+        self.delay = delay  # of drawn "slow" faults
         self._rng = random.Random(seed)
         self._queued: deque[tuple[Fault, list[int]]] = deque()
         self._counts: dict[str, int] = defaultdict(int)
@@ -94,7 +96,8 @@ class FaultSchedule:
             if fault is None:
                 fault = self._plan.get((route, index))
             if fault is None and self.rate and route in self.routes and self._rng.random() < self.rate:
-                fault = Fault(self._rng.choice(self.kinds), status=self.status, route=route)
+                fault = Fault(self._rng.choice(self.kinds), status=self.status, delay=self.delay,
+                              route=route)
             if fault is None and self.mix and route in self.routes:
                 fault = self._draw_mix(route)
             if fault is not None:
@@ -105,7 +108,7 @@ class FaultSchedule:
         x = self._rng.random()
         for kind, p in self.mix.items():
             if x < p:
-                return Fault(kind, status=self.status, route=route)
+                return Fault(kind, status=self.status, delay=self.delay, route=route)
             x -= p
         return None
 
