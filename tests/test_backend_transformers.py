@@ -66,10 +66,11 @@ def test_missing_model_gives_install_command(tmp_path: Path, monkeypatch: pytest
         asyncio.run(backend.start())
 
 
-def test_unknown_model_spec_is_an_error() -> None:
-    backend = TransformersBackend.from_settings({"model": "/nonexistent/model"})
-    with pytest.raises(BackendError, match="unknown model"):
-        asyncio.run(backend.start())
+def test_unknown_model_spec_is_an_error_at_construction() -> None:
+    # Found when the scenario's backends are built, before any run directory exists.
+    with pytest.raises(BackendError, match="unknown model") as info:
+        TransformersBackend.from_settings({"model": "/nonexistent/model"})
+    assert getattr(info.value, "setting", None) == "model"
 
 
 # -- prefix store -----------------------------------------------------------------------------

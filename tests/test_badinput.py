@@ -230,9 +230,6 @@ def test_bad_file_is_a_scenario_error_naming_it(case: BadFile, tmp_path: Path,
     assert done.returncode == 2 and done.stderr.startswith(f"turnloom: error: {path}")
 
 
-@pytest.mark.xfail(strict=True, reason="config.Scenario.from_toml decodes without catching "
-                   "UnicodeDecodeError: the CLI reports 'run failed: UnicodeDecodeError' "
-                   "(exit 1) with neither file nor line")
 def test_non_utf8_scenario_names_file_and_line(tmp_path: Path, registry: Registry) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes(BASE.replace('name = "bad"', 'name = "caf\xe9"').encode("latin-1"))
@@ -241,9 +238,6 @@ def test_non_utf8_scenario_names_file_and_line(tmp_path: Path, registry: Registr
     assert str(info.value).startswith(f"{path}:2:") and "UTF-8" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="an unknown model is found only when the backend "
-                   "starts: exit 1 'run failed: ModelNotFoundError' without file:line, and "
-                   "the run directory (manifest.json) is left behind")
 def test_missing_model_fails_before_the_run_directory_exists(tmp_path: Path) -> None:
     case = Bad("missing-model", 'type = "scripted"\nlines = ["Sure.", "Tell me more."]',
                'type = "transformers"\nmodel = "no-such-model"', "no-such-model",

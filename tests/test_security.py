@@ -186,9 +186,6 @@ def test_api_key_from_the_environment_is_never_written(kind: str, tmp_path: Path
     assert wrong.encode() not in all_bytes(tmp_path / "bad") + bad.stdout + bad.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="rundir.write_manifest copies the scenario verbatim, so "
-                   "an inline `api_key` in a backend table lands in manifest.json; secrets "
-                   "should be redacted there (resume then needs api_key_env)")
 def test_inline_api_key_is_not_copied_into_the_manifest(tmp_path: Path) -> None:
     key = f"sk-inline-{uuid.uuid4().hex}"
     with SGLangTestServer(api_key=key) as server:
@@ -196,3 +193,27 @@ def test_inline_api_key_is_not_copied_into_the_manifest(tmp_path: Path) -> None:
                                             "api_key": key}})
         run(tmp_path, d)
     assert key.encode() not in all_bytes(tmp_path / "run")
+
+
+def test_resume_takes_a_redacted_key_from_the_environment(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from turnloom import rundir
+
+    key = f"sk-inline-{uuid.uuid4().hex}"
+    with SGLangTestServer(api_key=key) as server:
+        d = scenario_dict(backends={"sim": {"type": "sglang", "urls": [server.url],
+                                            "api_key": key}})
+        run(tmp_path, d)
+        run_dir = tmp_path / "run"
+        full = (run_dir / "conversations.jsonl").read_bytes()
+        # Cut the run back to its manifest: resume must generate everything again.
+        for name in ("conversations.jsonl", "scores.jsonl", "summary.json", "turns.wal"):
+            (run_dir / name).unlink(missing_ok=True)
+        var = rundir.secret_env_var("sim", "api_key")
+        monkeypatch.delenv(var, raising=False)
+        with pytest.raises(rundir.RunDirError, match=var):
+            turnloom.resume(run_dir, progress=False)
+        monkeypatch.setenv(var, key)
+        turnloom.resume(run_dir, progress=False)
+    assert (run_dir / "conversations.jsonl").read_bytes() == full
+    assert key.encode() not in (run_dir / "manifest.json").read_bytes()

@@ -124,7 +124,8 @@ async def aresume(run_dir: str | Path, progress: bool = True, *,
                                  f"{run_dir} --ray ADDRESS` or turnloom.distributed.resume_ray")
     pm, registry = _plugins(plugin_manager)
     try:
-        scenario = Scenario.from_dict(manifest["scenario"])
+        saved = rundir.restore_secrets(manifest["scenario"], run_dir / rundir.MANIFEST)
+        scenario = Scenario.from_dict(saved)
     except (KeyError, ScenarioError) as exc:
         raise rundir.RunDirError(f"{run_dir / rundir.MANIFEST}: bad scenario: {exc}") from None
     scenario = scenario.validate(registry)

@@ -178,9 +178,16 @@ class Scenario(msgspec.Struct, weakref=True, **_STRUCT):
         """Read and check a scenario file (plugin names are checked by `validate`)."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            data_bytes = path.read_bytes()
         except OSError as exc:
             raise ScenarioError(f"cannot read scenario: {exc.strerror or exc}", file=str(path)) from None
+        try:
+            text = data_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data_bytes[:exc.start].count(b"\n") + 1
+            raise ScenarioError(f"not valid UTF-8 (byte 0x{data_bytes[exc.start]:02x} at offset "
+                                f"{exc.start}); save the file as UTF-8", file=str(path),
+                                line=line) from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

@@ -164,6 +164,16 @@ def default_model_dir() -> Path:
     return prepare()
 
 
+def check_model_spec(spec: str) -> None:
+    """Raise ModelNotFoundError now if `spec` can never be loaded (no conversion,
+    no imports): the default model's alias is always loadable once prepared."""
+    if spec.lower() in ALIASES:
+        return
+    path = Path(spec).expanduser()
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        resolve_model(spec)  # raises with the full explanation
+
+
 def resolve_model(spec: str) -> Path:
     """A model spec -> a local transformers model directory.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import os
 import platform
 import shutil
 from pathlib import Path
@@ -59,8 +60,60 @@ def versions() -> dict[str, str | None]:
             "msgspec": version("msgspec"), "pluggy": version("pluggy")}
 
 
+# Backend settings never written to a run directory (`api_key_env` names a variable: kept).
+SECRET_SETTINGS = frozenset({"api_key", "token", "password", "secret", "authorization"})
+REDACTED = "<redacted>"
+
+
+def redact_secrets(scenario: dict[str, Any]) -> dict[str, Any]:
+    """The scenario with every secret backend setting replaced by REDACTED."""
+    backends = scenario.get("backends")
+    if not isinstance(backends, dict):
+        return scenario
+    clean = {}
+    for name, spec in backends.items():
+        settings = spec.get("settings") if isinstance(spec, dict) else None
+        if isinstance(settings, dict) and SECRET_SETTINGS & settings.keys():
+            settings = {k: REDACTED if k in SECRET_SETTINGS and v is not None else v
+                        for k, v in settings.items()}
+            spec = {**spec, "settings": settings}
+        clean[name] = spec
+    return {**scenario, "backends": clean}
+
+
+def secret_env_var(backend: str, setting: str) -> str:
+    """Where `turnloom resume` reads a redacted secret from."""
+    return "TURNLOOM_SECRET_" + "_".join(
+        "".join(c if c.isalnum() else "_" for c in part).upper() for part in (backend, setting))
+
+
+def restore_secrets(scenario: dict[str, Any], manifest_file: Path) -> dict[str, Any]:
+    """Fill redacted secrets back in from the environment (see `secret_env_var`)."""
+    backends = scenario.get("backends")
+    if not isinstance(backends, dict):
+        return scenario
+    out = {}
+    for name, spec in backends.items():
+        settings = spec.get("settings") if isinstance(spec, dict) else None
+        if isinstance(settings, dict) and REDACTED in settings.values():
+            settings = dict(settings)
+            for key, value in settings.items():
+                if value != REDACTED:
+                    continue
+                var = secret_env_var(name, key)
+                if var not in os.environ:
+                    raise RunDirError(f"{manifest_file}: backends.{name}.{key} was not saved with "
+                                      f"the run; set {var} to resume it (or give the backend "
+                                      "`api_key_env` in the scenario)")
+                settings[key] = os.environ[var]
+            spec = {**spec, "settings": settings}
+        out[name] = spec
+    return {**scenario, "backends": out}
+
+
 def write_manifest(path: Path, scenario: dict[str, Any], *, scenario_file: str | None,
                    plugins: list[dict[str, Any]]) -> dict[str, Any]:
+    scenario = redact_secrets(scenario)
     manifest = {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

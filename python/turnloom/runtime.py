@@ -121,7 +121,10 @@ def build_backends(scenario: Scenario, registry: Any) -> dict[str, BackendRT]:
         try:
             backend = factory(dict(spec.settings))
         except Exception as exc:
-            raise error_at(scenario, ("backends", name),
+            # A backend may name the offending setting, for the error's line.
+            setting = getattr(exc, "setting", None)
+            path = ("backends", name) + ((setting,) if isinstance(setting, str) else ())
+            raise error_at(scenario, path,
                            f"backend {spec.type!r} rejected its settings: {_brief(exc)}") from exc
         if not isinstance(backend, Backend):
             raise error_at(scenario, ("backends", name, "type"),

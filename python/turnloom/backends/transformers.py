@@ -73,9 +73,17 @@ class TransformersBackend(Backend):
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> TransformersBackend:
         try:
-            return cls(msgspec.convert(settings, TransformersSettings))
+            s = msgspec.convert(settings, TransformersSettings)
         except msgspec.ValidationError as e:
             raise BackendError(f"transformers backend settings: {e}") from e
+        from turnloom.models import check_model_spec
+
+        try:
+            check_model_spec(s.model)  # a typo fails at validation, not after the run starts
+        except BackendError as e:
+            e.setting = "model"  # type: ignore[attr-defined]
+            raise
+        return cls(s)
 
     async def start(self) -> None:
         if self._runner is None:
