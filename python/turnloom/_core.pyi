@@ -8,7 +8,7 @@ from typing import Sequence, final
 
 from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
-__all__ = ["CapacityError", "FINISH_REASONS", "Forest", "InvalidArgumentError", "JobError", "ROLES", "RadixCache", "Scheduler", "StaleNodeError", "TurnloomError", "UnknownNodeError", "__version__"]
+__all__ = ["CapacityError", "FINISH_REASONS", "Forest", "InvalidArgumentError", "JobError", "ROLES", "RadixCache", "Scheduler", "StaleNodeError", "TurnloomError", "UnknownNodeError", "__version__", "turn_seeds"]
 
 __version__: str
 
@@ -234,3 +234,7 @@ class Scheduler:
         ignored; InvalidArgumentError while jobs of it still wait."""
     def stats(self) -> dict[str, int]:
         """waiting, in_flight, admitted_trees, admitted_tokens, pops, max_wait (longest wait, in pops)."""
+
+def turn_seeds(seeds: Sequence[int], branches: Sequence[int], turns: Sequence[int]) -> list[int]:
+    """`turnloom.seeds.turn_seed` of every (seeds[i], branches[i], turns[i]); all
+    three are ints in 0..2**64 (OverflowError otherwise)."""

@@ -4,6 +4,7 @@ finished in."""
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,8 @@ from turnloom.rundir import SCORES
 
 log = logging.getLogger(__name__)
 _MAX_ERROR_SAMPLES = 20
+# A full or failing disk stops the run instead of dropping the exporter.
+_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 
 
 class Collector:
@@ -71,7 +74,8 @@ class Collector:
         }) + b"\n")
         self._add_scores("", record.scores)
         for t in record.turns:
-            self._add_scores("turn:", t.scores)
+            if t.scores:
+                self._add_scores("turn:", t.scores)
 
     def _add_scores(self, prefix: str, scores: dict[str, Any]) -> None:
         for scorer, values in scores.items():
@@ -88,19 +92,29 @@ class Collector:
 
     def _guard(self, name: str, exp: Any, method: str, *args: Any) -> None:
         # A broken exporter is dropped and reported; the run and other outputs go on.
+        # A failing disk is not the exporter's fault: it stops the run (the log keeps
+        # every turn, and `turnloom resume` writes the outputs once there is room).
         try:
             getattr(exp, method)(*args)
+        except OSError as exc:
+            if exc.errno not in _DISK_ERRORS:
+                self._drop(name, exp, method, exc)
+                return
+            raise OSError(exc.errno, f"exporter {name!r} could not write ({exc})") from exc
         except Exception as exc:
-            msg = f"exporter {name!r} raised in {method}: {type(exc).__name__}: {exc}; disabled"
-            log.warning("%s", msg)
-            self.plugin_errors.append(msg)
-            self.exporters = [(n, e) for n, e in self.exporters if e is not exp]
-            abort = getattr(exp, "abort", None)
-            if callable(abort):
-                try:
-                    abort()
-                except Exception:
-                    pass
+            self._drop(name, exp, method, exc)
+
+    def _drop(self, name: str, exp: Any, method: str, exc: Exception) -> None:
+        msg = f"exporter {name!r} raised in {method}: {type(exc).__name__}: {exc}; disabled"
+        log.warning("%s", msg)
+        self.plugin_errors.append(msg)
+        self.exporters = [(n, e) for n, e in self.exporters if e is not exp]
+        abort = getattr(exp, "abort", None)
+        if callable(abort):
+            try:
+                abort()
+            except Exception:
+                pass
 
     def close(self) -> None:
         if self._pending:

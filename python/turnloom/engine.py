@@ -17,6 +17,7 @@ import gc
 import logging
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -92,15 +93,14 @@ class Branch:
         self.lens = lens  # lane length per view
 
 
-class Job:
-    __slots__ = ("br", "p", "seed", "attempt", "cached")
+class Job(msgspec.Struct):
+    """One turn to generate (a struct: made once per turn, built in C)."""
 
-    def __init__(self, br: Branch, p: ParticipantRT, seed: int) -> None:
-        self.br = br
-        self.p = p
-        self.seed = seed
-        self.attempt = 0
-        self.cached = -1
+    br: Branch
+    p: ParticipantRT
+    seed: int
+    attempt: int = 0
+    cached: int = -1
 
 
 class JudgeJob:
@@ -139,6 +139,26 @@ class RunStalled(RuntimeError):
     """Conversations are active but nothing can make progress (an engine bug)."""
 
 
+class IndexStack:
+    """The conversation indices still to start, popped lowest first, without a
+    list of them all (a resumed run uses a plain list of the ones left)."""
+
+    __slots__ = ("_next", "_stop")
+
+    def __init__(self, indices: range) -> None:
+        self._next = indices.start
+        self._stop = indices.stop
+
+    def __len__(self) -> int:
+        return max(0, self._stop - self._next)
+
+    def pop(self) -> int:
+        if self._next >= self._stop:
+            raise IndexError("pop from an empty IndexStack")
+        self._next += 1
+        return self._next - 1
+
+
 class Engine:
     def __init__(self, scenario: Scenario, run_dir: Path, pm: Any, registry: Any, *,
                  progress: Any = None) -> None:
@@ -163,6 +183,11 @@ class Engine:
                          for v in self.views
                          if v is not s and self.roles[v.index][s.index] is not None]
                         for s in self.participants]
+        # The same with each format's bounded memo of segments by (role, text):
+        # environments and scripted speakers repeat their lines.
+        self._memo: dict[int, dict[tuple[str, str], list[int]]] = {}
+        self._memo_targets = [[(vi, fmt, role, self._memo.setdefault(id(fmt), {}))
+                               for vi, fmt, role in targets] for targets in self.targets]
         self.judges = build_judges(scenario, registry, self.backends)
         self.judge_jobs = 0  # judge jobs queued or in flight
         scorers = build_plugins(scenario, registry, "scorers", scenario.scorers)
@@ -170,6 +195,11 @@ class Engine:
         self.conv_scorers = [(n, s) for n, s in scorers
                              if callable(getattr(s, "score_conversation", None))]
         self.exporters = build_plugins(scenario, registry, "exporters", scenario.exporters)
+        # Each participant's entry of a record before its profile and system prompt.
+        self._participant_info = [
+            (p.name, {"agent": p.spec.agent, "role": p.role,
+                      **({"backend": p.backend.name} if p.backend is not None else {})})
+            for p in self.participants]
         # Branch ids are mixed-radix numbers of the choices made at each fork,
         # so they do not depend on completion order.
         self.forks: dict[int, tuple[int, int]] = {}
@@ -187,13 +217,12 @@ class Engine:
         self.hook_turn_end = bool(_impls(pm, "on_turn_end"))
         self.hook_should_stop = bool(_impls(pm, "should_stop"))
         self.hook_end = bool(_impls(pm, "on_conversation_end"))
-        self._memo: dict[int, dict[tuple[str, str], list[int]]] = {}
         self.forest: Any = _core.Forest()
         self.jobs: dict[int, Job] = {}
         self._next_job = 0
         self.trees: dict[int, Tree] = {}
         self.indices = range(run.first_index, run.first_index + run.conversations)
-        self.to_start: list[int] = list(reversed(self.indices))  # a stack
+        self.to_start: IndexStack | list[int] = IndexStack(self.indices)
         self._system_segments: dict[tuple[int, str], list[int]] = {}
         self.tasks: dict[asyncio.Future[Any], tuple[Any, ...]] = {}
         self.wal: WalWriter | None = None
@@ -292,7 +321,8 @@ class Engine:
         if room <= 0 or not self.to_start:
             return
         k = min(room, _START_CHUNK, len(self.to_start))
-        indices = [self.to_start.pop() for _ in range(k)]
+        pop = self.to_start.pop
+        indices = [pop() for _ in range(k)]
         self._advance_branches(self._start(indices))
         if len(self.trees) > self.peak_active:
             self.peak_active = len(self.trees)
@@ -396,23 +426,35 @@ class Engine:
                   forked: bool = False) -> list[tuple[Branch, ParticipantRT, int]]:
         order = self.order
         n_order = len(order)
+        speakers = []
+        if forked:
+            speakers = [order[br.turn % n_order] for br in branches]
+        else:
+            planned = []
+            for br in branches:
+                t = br.turn
+                speaker = order[t % n_order]
+                planned.append(br)
+                speakers.append(speaker)
+                fork = br.tree.forks.get(t)
+                if fork is not None:
+                    siblings = self._fork(br, *fork)
+                    planned += siblings
+                    speakers += [speaker] * len(siblings)
+            branches = planned
+        seeds = _turn_seeds(branches)
         env_work = []
         pushes: dict[BackendRT, list[Job]] = {}
-        for br in branches:
-            t = br.turn
-            speaker = order[t % n_order]
-            group = [br]
-            fork = None if forked else br.tree.forks.get(t)
-            if fork is not None:
-                group.extend(self._fork(br, *fork))
-            for b in group:
-                seed = turn_seed(b.tree.seed, b.branch, t)
-                be = speaker.backend
-                if be is None:
-                    env_work.append((b, speaker, seed))
-                else:
-                    pushes.setdefault(be, []).append(Job(b, speaker, seed))
-        for be, jobs in pushes.items():
+        for br, speaker, seed in zip(branches, speakers, seeds):
+            be = speaker.backend
+            if be is None:
+                env_work.append((br, speaker, seed))
+            else:
+                jobs = pushes.get(be)
+                if jobs is None:
+                    jobs = pushes[be] = []
+                jobs.append(Job(br, speaker, seed))
+        for jobs in pushes.values():
             self._push(jobs)
         return env_work
 
@@ -448,18 +490,19 @@ class Engine:
             return
         be = jobs[0].p.backend
         assert be is not None
-        ids = []
+        first = self._next_job
+        self._next_job = first + len(jobs)
+        ids = list(range(first, self._next_job))
+        self.jobs.update(zip(ids, jobs))
         trees = []
         lens = []
         for job in jobs:
-            jid = self._next_job
-            self._next_job = jid + 1
-            self.jobs[jid] = job
-            ids.append(jid)
-            tree = job.br.tree
+            br = job.br
+            tree = br.tree
             trees.append(tree.root)
             tree.backends.add(be)
-            lens.append(job.br.lens[job.p.index] + len(job.p.prefix))
+            p = job.p
+            lens.append(br.lens[p.index] + len(p.prefix))
         if be.cache is not None and not be.reports_cached:
             prompts = self._prompts(jobs)
             cached = be.cache.match_many(prompts)
@@ -551,6 +594,8 @@ class Engine:
                 reply = p.obj.on_output(state, p.name, res.text, res.finish_reason)
                 if type(reply) is not Reply and not isinstance(reply, Reply):
                     raise TypeError(f"returned {type(reply).__name__}, expected Reply")
+                if not reply.text.isascii():
+                    reply.text.encode()  # a lone surrogate fails here, not in a tokenizer
                 if reply.meta:
                     _require_json(reply.meta, "Reply.meta")
             except Exception as exc:
@@ -595,6 +640,8 @@ class Engine:
                 reply = p.obj.respond(state, p.name, random.Random(seed))
                 if not isinstance(reply, Reply):
                     raise TypeError(f"returned {type(reply).__name__}, expected Reply")
+                if not reply.text.isascii():
+                    reply.text.encode()  # a lone surrogate fails here, not in a tokenizer
                 if reply.meta:
                     _require_json(reply.meta, "Reply.meta")
             except Exception as exc:
@@ -617,103 +664,132 @@ class Engine:
         segs: list[dict[int, list[int]]] = []
         finishes = []
         kept: list[tuple[Any, ...]] = []
-        batches: dict[int, tuple[Any, list[str], list[str], list[tuple[int, int]]]] = {}
-        targets = self.targets
+        # Segments of the other views: looked up in each format's memo, the misses
+        # tokenized afterwards in one batch per format.
+        misses: dict[int, tuple[Any, dict[tuple[str, str], list[int]], list[Any]]] = {}
+        targets = self._memo_targets
         for item in items:
             br, p, reply, res = item[0], item[1], item[2], item[3]
             text = reply.text
             if not text and reply.stop:
                 self._finish(br, reply.stop)
                 continue
-            k = len(kept)
             kept.append(item)
             if res is not None:
-                segs.append({p.index: p.prefix + p.fmt.close_generated(res.output_ids,
-                                                                        res.finish_reason)})
+                seg = {p.index: p.prefix + p.fmt.close_generated(res.output_ids,
+                                                                 res.finish_reason)}
                 finishes.append(res.finish_reason)
             else:
-                segs.append({})
+                seg = {}
                 finishes.append("")
-            for vi, fmt, role in targets[p.index]:
-                entry = batches.get(id(fmt))
-                if entry is None:
-                    entry = batches[id(fmt)] = (fmt, [], [], [])
-                entry[1].append(role)
-                entry[2].append(text)
-                entry[3].append((k, vi))
+            for vi, fmt, role, memo in targets[p.index]:
+                ids = memo.get((role, text))
+                if ids is None:
+                    miss = misses.get(id(fmt))
+                    if miss is None:
+                        miss = misses[id(fmt)] = (fmt, memo, [])
+                    miss[2].append((seg, vi, role, text))
+                    seg[vi] = None  # filled below; keeps the views' order
+                else:
+                    seg[vi] = ids
+            segs.append(seg)
             parents.append(br.node)
             speakers.append(p.index)
             roles.append(p.role)
             texts.append(text)
         if not kept:
             return []
-        for fmt, rs, ts, where in batches.values():
-            for (k, v), ids in zip(where, self._segments(fmt, rs, ts)):
-                segs[k][v] = ids
+        for fmt, memo, wanted in misses.values():
+            fresh = fmt.segments([w[2] for w in wanted], [w[3] for w in wanted])
+            if len(memo) > _MEMO_SIZE:
+                memo.clear()
+            for (seg, vi, role, text), ids in zip(wanted, fresh):
+                seg[vi] = memo[(role, text)] = ids
         nodes = self.forest.append_many(parents, speakers, roles, texts, segs, finishes)
+        return self._record_turns(kept, nodes, segs)
+
+    def _record_turns(self, kept: Sequence[tuple[Any, ...]], nodes: Sequence[int],
+                      segs: Sequence[dict[int, list[int]]]) -> list[Branch]:
+        """Advance each branch past its new node, record and log the turn, run turn
+        scorers and hooks; finish the branches that stop, return the others."""
         go_on = []
-        for item, node, seg in zip(kept, nodes, segs):
-            br, p, reply, res, seed, latency, cached = item
-            stop = self._record_turn(br, p, reply, res, seed, latency, cached, node, seg)
+        wal_append = self.wal.append  # type: ignore[union-attr]
+        turn_scorers = self.turn_scorers
+        hook_turn_end = self.hook_turn_end
+        hook_should_stop = self.hook_should_stop
+        stop_phrases = bool(self.phrases)
+        max_tokens = self.max_tokens
+        max_turns = self.max_turns
+        for (br, p, reply, res, seed, latency, cached), node, seg in zip(kept, nodes, segs):
+            t = br.turn
+            parent_owner = br.node_owner
+            branch = br.branch
+            br.node = node
+            br.node_owner = branch
+            br.turn = t + 1
+            lens = br.lens
+            for v, ids in seg.items():
+                lens[v] += len(ids)
+            state = br.state
+            text = reply.text
+            meta = reply.meta
+            if res is not None:
+                prompt_tokens = res.prompt_tokens
+                output_ids = res.output_ids
+                completion = len(output_ids)
+                finish = res.finish_reason
+            else:
+                prompt_tokens = completion = 0
+                finish = "stop"
+                output_ids = None
+            rec = TurnRecord(state.conversation_id, branch, t, p.name, p.role, text, node,
+                             t - 1 if t else None, prompt_tokens, completion, cached, latency,
+                             finish, seed, meta)
+            state.messages.append((p.name, p.role, text))
+            state.turns.append(rec)
+            errors = state.errors
+            n_err = len(errors)
+            scores: dict[str, Any] = {}
+            if turn_scorers:
+                self._score_turn(state, rec, t, scores)
+            state.turn_scores.append(scores)
+            stop = reply.stop
+            n_hook = len(errors)
+            if hook_turn_end:
+                call_hook_safely(self.pm, "on_turn_end", errors, conversation=state, turn=rec)
+            if stop is None and hook_should_stop:
+                result = first_result_safely(self.pm, "should_stop", errors,
+                                             conversation=state, turn=rec)
+                if result is not None:
+                    stop = str(result)
+            if state.meta:
+                _check_meta(state)
+            if len(errors) > n_hook:
+                stop = "error"
+            if stop is None:
+                if stop_phrases or max_tokens is not None:
+                    stop = self._stop_condition(br, text, t)
+                elif t + 1 >= max_turns:
+                    stop = "max_turns"
+            # Positional, in TurnEvent's field order (this is the hottest line of a run).
+            wal_append(TurnEvent(
+                state.index, branch, parent_owner, t, p.index, p.role, text, output_ids,
+                finish, seed, prompt_tokens, completion, cached, latency, meta or None,
+                scores or None, state.meta or None,
+                errors[n_err:] if len(errors) > n_err else None, stop))
             if stop is None:
                 go_on.append(br)
             else:
                 self._finish(br, stop)
+        self.turns_done += len(kept)
+        for p, n in Counter(item[1] for item in kept).items():
+            p.usage.turns += n
+            if p.backend is not None:
+                p.backend.usage.turns += n
         return go_on
 
-    def _segments(self, fmt: Any, roles: list[str], texts: list[str]) -> list[list[int]]:
-        """fmt.segments with a bounded memo: environments and scripted speakers repeat
-        their lines, and a segment depends only on (format, role, text)."""
-        memo = self._memo.get(id(fmt))
-        if memo is None:
-            memo = self._memo[id(fmt)] = {}
-        out: list[Any] = []
-        miss = []
-        for i, key in enumerate(zip(roles, texts)):
-            ids = memo.get(key)
-            out.append(ids)
-            if ids is None:
-                miss.append(i)
-        if miss:
-            fresh = fmt.segments([roles[i] for i in miss], [texts[i] for i in miss])
-            if len(memo) > _MEMO_SIZE:
-                memo.clear()
-            for i, ids in zip(miss, fresh):
-                out[i] = ids
-                memo[(roles[i], texts[i])] = ids
-        return out
-
-    def _record_turn(self, br: Branch, p: ParticipantRT, reply: Reply, res: GenResult | None,
-                     seed: int, latency: float, cached: int, node: int,
-                     seg: dict[int, list[int]]) -> str | None:
-        t = br.turn
-        parent_owner = br.node_owner
-        br.node = node
-        br.node_owner = br.branch
-        br.turn = t + 1
-        lens = br.lens
-        for v, ids in seg.items():
-            lens[v] += len(ids)
-        state = br.state
-        text = reply.text
-        if res is not None:
-            prompt_tokens = res.prompt_tokens
-            completion = len(res.output_ids)
-            finish = res.finish_reason
-            output_ids = res.output_ids
-        else:
-            prompt_tokens = completion = 0
-            finish = "stop"
-            output_ids = None
-        rec = TurnRecord(conversation_id=state.conversation_id, branch=br.branch, turn=t,
-                         participant=p.name, role=p.role, text=text, node=node,
-                         parent_turn=t - 1 if t else None, prompt_tokens=prompt_tokens,
-                         completion_tokens=completion, cached_tokens=cached, latency_s=latency,
-                         finish_reason=finish, seed=seed, meta=reply.meta)
-        state.messages.append((p.name, p.role, text))
-        state.turns.append(rec)
-        n_err = len(state.errors)
-        scores: dict[str, Any] = {}
+    def _score_turn(self, state: ConversationState, rec: TurnRecord, t: int,
+                    scores: dict[str, Any]) -> None:
         for name, scorer in self.turn_scorers:
             try:
                 score = scorer.score_turn(state, rec)
@@ -725,32 +801,6 @@ class Engine:
             except Exception as exc:
                 state.errors.append(f"scorer {name!r} failed on turn {t}: "
                                     f"{type(exc).__name__}: {exc}")
-        state.turn_scores.append(scores)
-        stop = reply.stop
-        n_hook = len(state.errors)
-        if self.hook_turn_end:
-            call_hook_safely(self.pm, "on_turn_end", state.errors, conversation=state, turn=rec)
-        if stop is None and self.hook_should_stop:
-            result = first_result_safely(self.pm, "should_stop", state.errors,
-                                         conversation=state, turn=rec)
-            if result is not None:
-                stop = str(result)
-        if state.meta:
-            _check_meta(state)
-        if len(state.errors) > n_hook:
-            stop = "error"
-        if stop is None:
-            stop = self._stop_condition(br, text, t)
-        p.usage.turns += 1
-        if p.backend is not None:
-            p.backend.usage.turns += 1
-        self.turns_done += 1
-        # Positional, in TurnEvent's field order (this is the hottest line of a run).
-        self.wal.append(TurnEvent(  # type: ignore[union-attr]
-            state.index, br.branch, parent_owner, t, p.index, p.role, text, output_ids,
-            finish, seed, prompt_tokens, completion, cached, latency, reply.meta or None,
-            scores or None, state.meta or None, state.errors[n_err:] or None, stop))
-        return stop
 
     def _stop_condition(self, br: Branch, text: str, t: int) -> str | None:
         if self.phrases:
@@ -812,32 +862,31 @@ class Engine:
         self.collector.add_tree(tree.index, tree.records)  # type: ignore[union-attr]
 
     def _record(self, state: ConversationState) -> ConversationRecord:
-        messages = []
         lead = self._lead_prompt(state)
-        if lead is not None:
-            messages.append(Message(role="system", content=lead))
+        messages = [] if lead is None else [Message("system", lead)]
+        recs = state.turns
+        if len(state.turn_scores) < len(recs):
+            recs = recs[:len(state.turn_scores)]
+        messages += [Message(rec.role, rec.text, rec.participant) for rec in recs]
+        turns = [TurnInfo(rec.participant, rec.role, rec.seed, rec.prompt_tokens,
+                          rec.completion_tokens, rec.finish_reason, scores, rec.meta)
+                 for rec, scores in zip(recs, state.turn_scores)]
         tokens: dict[str, dict[str, int]] = {p.name: {"prompt": 0, "completion": 0}
                                              for p in self.participants}
-        turns = []
-        for rec, scores in zip(state.turns, state.turn_scores):
-            messages.append(Message(role=rec.role, content=rec.text, name=rec.participant))
+        for rec in recs:
             tk = tokens[rec.participant]
             tk["prompt"] += rec.prompt_tokens
             tk["completion"] += rec.completion_tokens
-            turns.append(TurnInfo(participant=rec.participant, role=rec.role, seed=rec.seed,
-                                  prompt_tokens=rec.prompt_tokens,
-                                  completion_tokens=rec.completion_tokens,
-                                  finish_reason=rec.finish_reason, scores=scores, meta=rec.meta))
         participants = {}
-        for p in self.participants:
-            info: dict[str, Any] = {"agent": p.spec.agent, "role": p.role}
-            if p.backend is not None:
-                info["backend"] = p.backend.name
-            if p.name in state.profiles:
-                info["profile"] = state.profiles[p.name]
-            if p.name in state.system_prompts:
-                info["system_prompt"] = state.system_prompts[p.name]
-            participants[p.name] = info
+        profiles = state.profiles
+        prompts = state.system_prompts
+        for name, base in self._participant_info:
+            info = dict(base)
+            if name in profiles:
+                info["profile"] = profiles[name]
+            if name in prompts:
+                info["system_prompt"] = prompts[name]
+            participants[name] = info
         return ConversationRecord(
             conversation_id=state.conversation_id, index=state.index, branch=state.branch,
             seed=state.seed, messages=messages, participants=participants, turns=turns,
@@ -1078,6 +1127,17 @@ def _require_json(value: Any, what: str) -> None:
         _json.encode(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def _turn_seeds(branches: Sequence[Branch]) -> list[int]:
+    """The sampling seed of each branch's next turn (`turn_seed`, computed in bulk)."""
+    seeds = [br.tree.seed for br in branches]
+    ids = [br.branch for br in branches]
+    turns = [br.turn for br in branches]
+    try:
+        return _core.turn_seeds(seeds, ids, turns)
+    except OverflowError:  # an id outside 0..2**64: the exact definition copes
+        return [turn_seed(*args) for args in zip(seeds, ids, turns)]
 
 
 def _check_meta(state: ConversationState) -> None:

@@ -7,8 +7,9 @@ from typing import Any
 import msgspec
 
 
-class TurnRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One completed turn, as written to the write-ahead log and shown to hooks."""
+class TurnRecord(msgspec.Struct, frozen=True):
+    """One completed turn, as shown to hooks and scorers (positional arguments are
+    accepted: one is made per turn)."""
 
     conversation_id: str
     branch: int  # 0 for the main line; n > 0 for the n-th extra branch of a tree
@@ -76,7 +77,7 @@ class ConversationState:
         return other
 
 
-class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     """One message in OpenAI chat format (`name` is the participant)."""
 
     role: str
@@ -84,8 +85,9 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     name: str | None = None
 
 
-class TurnInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-turn metadata kept next to the messages of an exported conversation."""
+class TurnInfo(msgspec.Struct, frozen=True):
+    """Per-turn metadata kept next to the messages of an exported conversation
+    (positional arguments are accepted: records are built once per turn)."""
 
     participant: str
     role: str

@@ -21,6 +21,8 @@ from typing import Any, Iterator, Union
 
 import msgspec
 
+from turnloom.export import with_filename
+
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +96,24 @@ class WalWriter:
             payload = self._enc.encode(self._pending)
             self.records += len(self._pending)
             self._pending.clear()
-            self._f.write(_HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+            self._write(_HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
             self._dirty = True
         if self._dirty and (sync or time.monotonic() - self._last_sync >= self.sync_s):
-            os.fsync(self._f.fileno())
+            try:
+                os.fsync(self._f.fileno())
+            except OSError as e:
+                raise with_filename(e, self.path) from e
             self._last_sync = time.monotonic()
             self._dirty = False
+
+    def _write(self, data: bytes) -> None:
+        # An unbuffered write may be short (a disk filling up): finish it or fail.
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[self._f.write(view):]
+        except OSError as e:
+            raise with_filename(e, self.path) from e
 
     def close(self) -> None:
         if not self._f.closed:

@@ -9,8 +9,10 @@
 
 pub mod error;
 pub mod forest;
+pub mod idhash;
 pub mod radix;
 pub mod scheduler;
+pub mod seeds;
 
 pub use error::{CoreError, CoreResult};
 pub use forest::{Forest, NodeId};

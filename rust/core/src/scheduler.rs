@@ -62,9 +62,10 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use crate::error::{CoreError, CoreResult};
+use crate::idhash::{IdMap, IdSet};
 use ready::{ReadyJob, ReadySet};
 
 /// Largest prompt length or output reserve accepted (keeps sums in u64).
@@ -115,10 +116,10 @@ pub struct Scheduler {
     token_budget: Option<u64>,
     starvation_limit: u64,
     output_reserve: u64,
-    jobs: HashMap<u64, Job>,
-    trees: HashMap<u64, Tree>,
+    jobs: IdMap<Job>,
+    trees: IdMap<Tree>,
     /// Tree id to the serial of its current incarnation.
-    current: HashMap<u64, u64>,
+    current: IdMap<u64>,
     /// Non-admitted trees by the seq of their first push (FIFO admission).
     pending: BTreeMap<u64, u64>,
     ready: ReadySet,
@@ -148,9 +149,9 @@ impl Scheduler {
             token_budget,
             starvation_limit,
             output_reserve,
-            jobs: HashMap::new(),
-            trees: HashMap::new(),
-            current: HashMap::new(),
+            jobs: IdMap::default(),
+            trees: IdMap::default(),
+            current: IdMap::default(),
             pending: BTreeMap::new(),
             ready: ReadySet::default(),
             next_seq: 0,
@@ -202,7 +203,7 @@ impl Scheduler {
         if !lens_ok {
             return Err(invalid("push_many: all sequences must have the same length".into()));
         }
-        let mut batch = HashSet::with_capacity(if n > 1 { n } else { 0 });
+        let mut batch = IdSet::with_capacity_and_hasher(if n > 1 { n } else { 0 }, Default::default());
         for (i, &id) in job_ids.iter().enumerate() {
             if self.jobs.contains_key(&id) || (n > 1 && !batch.insert(id)) {
                 return Err(CoreError::Job(format!("job {id} is already queued or in flight")));
@@ -398,7 +399,7 @@ impl Scheduler {
     /// Mark popped jobs finished, releasing their output reserve. All or
     /// nothing: an id that is not in flight fails the whole call.
     pub fn complete_many(&mut self, job_ids: &[u64]) -> CoreResult<()> {
-        let mut batch = HashSet::with_capacity(if job_ids.len() > 1 { job_ids.len() } else { 0 });
+        let mut batch = IdSet::with_capacity_and_hasher(if job_ids.len() > 1 { job_ids.len() } else { 0 }, Default::default());
         for &id in job_ids {
             let in_flight = self.jobs.get(&id).is_some_and(|j| j.in_flight);
             if !in_flight || (job_ids.len() > 1 && !batch.insert(id)) {

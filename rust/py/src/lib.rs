@@ -62,6 +62,26 @@ fn make_subclass(
     Ok(class.unbind())
 }
 
+/// `turnloom.seeds.turn_seed` for every (seeds[i], branches[i], turns[i]), in one
+/// call: the engine needs one seed per scheduled turn.
+#[pyfunction]
+fn turn_seeds(seeds: Vec<u64>, branches: Vec<u64>, turns: Vec<u64>) -> PyResult<Vec<u64>> {
+    if branches.len() != seeds.len() || turns.len() != seeds.len() {
+        return Err(to_py_err(CoreError::InvalidArgument(format!(
+            "{} seeds, {} branches and {} turns",
+            seeds.len(),
+            branches.len(),
+            turns.len()
+        ))));
+    }
+    Ok(seeds
+        .iter()
+        .zip(&branches)
+        .zip(&turns)
+        .map(|((&s, &b), &t)| turnloom_core::seeds::turn_seed(s, b, t))
+        .collect())
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -84,5 +104,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     forest::register(m)?;
     radix::register(m)?;
     scheduler::register(m)?;
+    m.add_function(wrap_pyfunction!(turn_seeds, m)?)?;
     Ok(())
 }
