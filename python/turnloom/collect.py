@@ -109,12 +109,7 @@ class Collector:
         log.warning("%s", msg)
         self.plugin_errors.append(msg)
         self.exporters = [(n, e) for n, e in self.exporters if e is not exp]
-        abort = getattr(exp, "abort", None)
-        if callable(abort):
-            try:
-                abort()
-            except Exception:
-                pass
+        _abort(exp)
 
     def close(self) -> None:
         if self._pending:
@@ -127,9 +122,14 @@ class Collector:
     def abort(self) -> None:
         self._scores.abort()
         for _, exp in self.exporters:
-            abort = getattr(exp, "abort", None)
-            if callable(abort):
-                try:
-                    abort()
-                except Exception:
-                    pass
+            _abort(exp)
+
+
+def _abort(exporter: Any) -> None:
+    """Remove an exporter's unfinished output, if it knows how; best effort."""
+    abort = getattr(exporter, "abort", None)
+    if callable(abort):
+        try:
+            abort()
+        except Exception:
+            pass
