@@ -169,3 +169,36 @@ def test_embedding_similarity_needs_torch() -> None:
     sim = diversity.embedding_self_similarity(
         ["a", "b", "c"], lambda texts: torch.tensor([vectors[t] for t in texts]))
     assert sim is not None and 0.6 < sim < 1.0
+
+
+@pytest.mark.model
+def test_embedded_model_embeddings_separate_topics() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from turnloom import models
+
+    if not models.is_prepared():
+        pytest.skip("the embedded model is not prepared (python -m turnloom.models prepare)")
+    from turnloom_scorers.embedding import model_embedder
+
+    embed = model_embedder()
+    texts = ["How do I bake sourdough bread at home?", "What flour is best for baking bread?",
+             "The stock market fell sharply after the interest rate decision.",
+             "Shares dropped as the central bank raised rates."]
+    vectors = embed(texts)
+    assert tuple(vectors.shape) == (4, vectors.shape[1]) and vectors.shape[1] >= 64
+    import torch
+
+    v = torch.nn.functional.normalize(vectors, dim=-1)
+    sims = v @ v.T
+    # Same-topic pairs are closer than cross-topic pairs.
+    assert sims[0, 1] > sims[0, 2] and sims[2, 3] > sims[1, 3]
+    # Padding does not change a text's vector (batch of one vs batch of four).
+    alone = embed(texts[:1])
+    assert torch.allclose(alone[0], vectors[0], atol=1e-4)
+
+    def record(text: str) -> dict:
+        return {"messages": [{"role": "user", "name": "u", "content": text}]}
+
+    div = diversity.corpus_diversity([record(t) for t in texts], embed=embed)
+    assert 0.0 < div["embedding_self_similarity"] <= 1.0

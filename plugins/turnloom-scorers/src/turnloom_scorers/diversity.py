@@ -5,7 +5,8 @@ what one conversation shows (distinct-n over a participant's turns, how much
 its turns repeat each other, turn length statistics), and `corpus_diversity`
 measures a whole run from its exported records (self-similarity of each
 conversation against the others). `embedding_self_similarity` adds a semantic
-measure when torch is importable, with an embedding function you supply.
+measure when torch is importable, with an embedding function (your own, or
+`turnloom_scorers.embedding.model_embedder()` on the embedded default model).
 """
 
 from __future__ import annotations
@@ -104,10 +105,12 @@ class DiversityScorer:
 
 
 def corpus_diversity(records: Iterable[Mapping[str, Any]], participant: str | None = None,
-                     n: int = 2, max_others: int | None = 200, seed: int = 0) -> dict[str, float]:
+                     n: int = 2, max_others: int | None = 200, seed: int = 0,
+                     embed: Callable[[Sequence[str]], Any] | None = None) -> dict[str, float]:
     """Diversity across a run's exported records (conversations.jsonl rows): each
     conversation's text is the participant's messages joined; distinct-1..4 over
-    all of them and self-similarity of each conversation against the others."""
+    all of them and self-similarity of each conversation against the others
+    (lexical; and semantic with `embed`, e.g. `embedding.model_embedder()`)."""
     docs = []
     for record in records:
         parts = [m["content"] for m in record.get("messages", [])
@@ -118,6 +121,10 @@ def corpus_diversity(records: Iterable[Mapping[str, Any]], participant: str | No
         return {}
     out = {f"distinct_{k}": distinct_n(docs, k) for k in ORDERS}
     out["self_similarity"] = self_similarity(docs, n, max_others, seed)
+    if embed is not None:
+        semantic = embedding_self_similarity(docs, embed)
+        if semantic is not None:
+            out["embedding_self_similarity"] = semantic
     out["conversations"] = len(docs)
     return out
 
