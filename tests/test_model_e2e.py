@@ -14,13 +14,8 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module", autouse=True)
-def model_ready() -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from turnloom import models
-
-    if not models.is_prepared():
-        pytest.skip("the embedded model is not prepared (python -m turnloom.models prepare)")
+def model_ready(embedded_model: None) -> None:
+    """Every test here needs the embedded model."""
 
 
 def scenario() -> Scenario:

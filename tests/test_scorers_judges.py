@@ -156,12 +156,8 @@ def test_judges_through_the_engine_on_the_scripted_backend(tmp_path: Path, monke
 
 
 @pytest.mark.model
-def test_judge_example_on_smollm2_parses_or_records_unparseable(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    from turnloom import models
-
-    if not models.is_prepared():
-        pytest.skip("the embedded model is not prepared (python -m turnloom.models prepare)")
+def test_judge_example_on_smollm2_parses_or_records_unparseable(tmp_path: Path,
+                                                               embedded_model: None) -> None:
     data = turnloom.load_scenario(EXAMPLES / "judge_single.toml").to_dict()
     data["run"].update(conversations=1)
     data["backends"]["local"]["settings"]["threads"] = 1

@@ -170,12 +170,7 @@ def test_resume_keeps_the_instruction_state(tmp_path: Path, only_this_plugin) ->
 
 
 @pytest.mark.model
-def test_multi_if_example_runs_on_smollm2(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    from turnloom import models
-
-    if not models.is_prepared():
-        pytest.skip("the embedded model is not prepared (python -m turnloom.models prepare)")
+def test_multi_if_example_runs_on_smollm2(tmp_path: Path, embedded_model: None) -> None:
     data = turnloom.load_scenario(EXAMPLES / "multi_if.toml").to_dict()
     data["run"].update(conversations=2, batch_size=2)
     data["participants"][1]["sampling"]["max_new_tokens"] = 16

@@ -172,13 +172,7 @@ def test_embedding_similarity_needs_torch() -> None:
 
 
 @pytest.mark.model
-def test_embedded_model_embeddings_separate_topics() -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from turnloom import models
-
-    if not models.is_prepared():
-        pytest.skip("the embedded model is not prepared (python -m turnloom.models prepare)")
+def test_embedded_model_embeddings_separate_topics(embedded_model: None) -> None:
     from turnloom_scorers.embedding import model_embedder
 
     embed = model_embedder()

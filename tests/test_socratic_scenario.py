@@ -258,12 +258,7 @@ def test_relevance_judge_calls_parse_and_score(tmp_path: Path) -> None:
 
 @pytest.mark.model
 @pytest.mark.timeout(1200)  # a few minutes on a shared 2-core CPU
-def test_example_runs_on_the_embedded_model(tmp_path: Path) -> None:
-    pytest.importorskip("transformers")
-    from turnloom import models
-
-    if not models.is_prepared():
-        pytest.skip("the embedded model is not prepared (python -m turnloom.models prepare)")
+def test_example_runs_on_the_embedded_model(tmp_path: Path, embedded_model: None) -> None:
     data = turnloom.Scenario.from_toml(EXAMPLE).to_dict()
     data["run"].update(conversations=2, max_turns=6, batch_size=2)
     for p in data["participants"]:

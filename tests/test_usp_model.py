@@ -18,14 +18,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "usp.toml"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def model_ready() -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
+def model_ready(embedded_model: None) -> None:
     pytest.importorskip("turnloom_usp")
-    from turnloom import models
-
-    if not models.is_prepared():
-        pytest.skip("the embedded model is not prepared (python -m turnloom.models prepare)")
 
 
 def small_example() -> Scenario:

@@ -244,12 +244,7 @@ def test_wilt_scenario_on_the_scripted_backend(tmp_path: Path, monkeypatch) -> N
 
 
 @pytest.mark.model
-def test_wilt_example_runs_on_smollm2(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    from turnloom import models
-
-    if not models.is_prepared():
-        pytest.skip("the embedded model is not prepared (python -m turnloom.models prepare)")
+def test_wilt_example_runs_on_smollm2(tmp_path: Path, embedded_model: None) -> None:
     scenario = turnloom.load_scenario(EXAMPLES / "wilt.toml")
     data = scenario.to_dict()
     data["run"].update(conversations=2, max_turns=6, batch_size=2)
