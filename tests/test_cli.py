@@ -109,6 +109,16 @@ def test_run_show_and_existing_dir(scenario: Path, tmp_path: Path,
     assert manifest["scenario_file"] == str(scenario)
 
 
+def test_run_killed_before_its_manifest_can_run_again(scenario: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".manifest.json.tmp").write_text('{"format": ')  # the killed run's leftover
+    assert main(["run", str(scenario), "--out", str(out), "--no-progress"]) == 0
+    assert "4 conversations" in capsys.readouterr().out
+    assert not (out / ".manifest.json.tmp").exists()
+
+
 def test_show_and_resume_need_a_run_dir(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["show", str(tmp_path)]) == 2

@@ -32,6 +32,11 @@ def prepare(path: Path, overwrite: bool) -> Path:
     if path.exists():
         if not path.is_dir():
             raise RunDirError(f"{path} exists and is not a directory")
+        # A run killed before its manifest was in place left at most temp files: empty.
+        leftovers = [p for p in path.iterdir() if _is_temp(p.name)]
+        if len(leftovers) == sum(1 for _ in path.iterdir()):
+            for p in leftovers:
+                p.unlink()
         if any(path.iterdir()):
             if not overwrite:
                 raise RunDirError(f"{path} already exists; pass --overwrite to replace it, "
@@ -42,6 +47,10 @@ def prepare(path: Path, overwrite: bool) -> Path:
             shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def versions() -> dict[str, str | None]:
