@@ -15,6 +15,7 @@ import pytest
 
 import turnloom
 from turnloom.config import Scenario
+from turnloom.testing.crash import assert_same_outputs
 from turnloom.wal import TurnEvent, read_events
 
 ray = pytest.importorskip("ray")
@@ -22,7 +23,6 @@ ray = pytest.importorskip("ray")
 from turnloom.distributed import (  # noqa: E402
     ShardFailed, ShardStatus, is_sharded, resume_ray, run_ray)
 
-OUTPUTS = ("conversations.jsonl", "scores.jsonl")
 CONVERSATIONS = 200
 
 
@@ -65,11 +65,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.setenv("TURNLOOM_DISABLE_PLUGIN_AUTOLOAD", "1")
         turnloom.run(scenario(), out=out, progress=False)
     return out
-
-
-def assert_same_outputs(expected: Path, got: Path) -> None:
-    for name in OUTPUTS:
-        assert (got / name).read_bytes() == (expected / name).read_bytes(), name
 
 
 def assert_same_counts(expected: Path, got: dict[str, Any]) -> None:

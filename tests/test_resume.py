@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import msgspec
@@ -15,6 +13,7 @@ import pytest
 
 import turnloom
 from turnloom.plugins import get_plugin_manager
+from turnloom.testing.crash import OUTPUTS, assert_same_outputs, kill_when
 from turnloom.wal import MAGIC, EndEvent, TurnEvent, WalWriter, read_events
 
 SCENARIO = """\
@@ -64,9 +63,6 @@ name = "length"
 name = "stop-reason"
 """
 
-OUTPUTS = ("conversations.jsonl", "scores.jsonl")
-
-
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "turnloom.cli", *args]
 
@@ -86,30 +82,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> 
     return root
 
 
-def kill_when(cmd: list[str], env: dict[str, str], wal: Path, size: int) -> bool:
-    """Run `cmd`, SIGKILL it once `wal` holds at least `size` bytes; False if it
-    finished first."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            if wal.exists() and wal.stat().st_size >= size:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.002)
-        return False
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def assert_same_outputs(a: Path, b: Path) -> None:
-    for name in OUTPUTS:
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
-
-
 def test_reference_run_is_interesting(reference: Path) -> None:
     lines = (reference / "run" / "conversations.jsonl").read_text().splitlines()
     recs = [msgspec.json.decode(x) for x in lines]
@@ -125,7 +97,7 @@ def test_kill_and_resume_equals_uninterrupted(fraction: float, reference: Path,
     wal = run_dir / "turns.wal"
     size = int((full / "turns.wal").stat().st_size * fraction)
     killed = kill_when(cli("run", str(reference / "s.toml"), "--out", str(run_dir)),
-                       env, wal, size)
+                       wal, size, env=env)
     if killed:
         assert not (run_dir / "conversations.jsonl").exists()
         shown = subprocess.run(cli("show", str(run_dir)), env=env, capture_output=True,
@@ -145,9 +117,9 @@ def test_kill_during_resume(reference: Path, env: dict[str, str], tmp_path: Path
     run_dir = tmp_path / "run"
     wal = run_dir / "turns.wal"
     total = (full / "turns.wal").stat().st_size
-    kill_when(cli("run", str(reference / "s.toml"), "--out", str(run_dir)), env, wal,
-              int(total * 0.3))
-    kill_when(cli("resume", str(run_dir)), env, wal, int(total * 0.6))
+    kill_when(cli("run", str(reference / "s.toml"), "--out", str(run_dir)), wal,
+              int(total * 0.3), env=env)
+    kill_when(cli("resume", str(run_dir)), wal, int(total * 0.6), env=env)
     subprocess.run(cli("resume", str(run_dir)), env=env, check=True, capture_output=True,
                    timeout=120)
     assert_same_outputs(full, run_dir)
@@ -158,8 +130,8 @@ def test_torn_last_record_is_dropped(reference: Path, env: dict[str, str],
     full = reference / "run"
     run_dir = tmp_path / "run"
     wal = run_dir / "turns.wal"
-    kill_when(cli("run", str(reference / "s.toml"), "--out", str(run_dir)), env, wal,
-              int((full / "turns.wal").stat().st_size * 0.5))
+    kill_when(cli("run", str(reference / "s.toml"), "--out", str(run_dir)), wal,
+              int((full / "turns.wal").stat().st_size * 0.5), env=env)
     good = wal.stat().st_size
     with open(wal, "ab") as f:  # a record header promising more than is there
         f.write((1000).to_bytes(4, "little") + b"\x00\x00\x00\x00partial")

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import msgspec
@@ -17,6 +14,7 @@ import turnloom
 from turnloom.judging import JudgeCall, Unparseable
 from turnloom.plugins import Registry, get_plugin_manager
 from turnloom.records import ConversationState, TurnRecord
+from turnloom.testing.crash import assert_same_outputs, kill_when
 from turnloom.wal import TurnEvent, read_events
 from turnloom_socratic.judge import QuestionRelevance
 
@@ -176,24 +174,6 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "turnloom.cli", *args]
 
 
-def kill_when(cmd: list[str], wal: Path, size: int) -> bool:
-    """Run `cmd`; SIGKILL it once `wal` holds `size` bytes. False if it finished first."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if wal.exists() and wal.stat().st_size >= size:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return True
-            time.sleep(0.002)
-        return False
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def test_interrupted_run_resumes_the_same_tree(tmp_path: Path) -> None:
     scenario = tmp_path / "s.toml"
     scenario.write_text(RESUME_SCENARIO)
@@ -207,15 +187,14 @@ def test_interrupted_run_resumes_the_same_tree(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     wal = run_dir / "turns.wal"
     assert kill_when(cli("run", str(scenario), "--out", str(run_dir)), wal,
-                     (full / "turns.wal").stat().st_size // 2)
+                     (full / "turns.wal").stat().st_size // 2, timeout_s=120)
     logged = [e for e in read_events(wal) if type(e) is TurnEvent]
     # killed mid-conversation: some conversation has logged verifier turns but no end yet
     assert logged and not (run_dir / "conversations.jsonl").exists()
     done = subprocess.run(cli("resume", str(run_dir)), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    for name in ("conversations.jsonl", "scores.jsonl"):
-        assert (full / name).read_bytes() == (run_dir / name).read_bytes(), name
+    assert_same_outputs(full, run_dir)
     keys = [(e.index, e.branch, e.turn) for e in read_events(wal) if type(e) is TurnEvent]
     assert len(keys) == len(set(keys))
 

@@ -36,7 +36,6 @@ from turnloom.runtime import (
     BackendRT,
     JudgeRT,
     ParticipantRT,
-    Usage,
     build_backends,
     build_judges,
     build_participants,
@@ -591,13 +590,8 @@ class Engine:
             pu.cached_tokens += cached
             state = job.br.state
             try:
-                reply = p.obj.on_output(state, p.name, res.text, res.finish_reason)
-                if type(reply) is not Reply and not isinstance(reply, Reply):
-                    raise TypeError(f"returned {type(reply).__name__}, expected Reply")
-                if not reply.text.isascii():
-                    reply.text.encode()  # a lone surrogate fails here, not in a tokenizer
-                if reply.meta:
-                    _require_json(reply.meta, "Reply.meta")
+                reply = _checked_reply(p.obj.on_output(state, p.name, res.text,
+                                                       res.finish_reason))
             except Exception as exc:
                 state.errors.append(f"agent {p.spec.agent!r} of {p.name!r} failed in on_output: "
                                     f"{type(exc).__name__}: {exc}")
@@ -637,13 +631,7 @@ class Engine:
         for br, p, seed in work:
             state = br.state
             try:
-                reply = p.obj.respond(state, p.name, random.Random(seed))
-                if not isinstance(reply, Reply):
-                    raise TypeError(f"returned {type(reply).__name__}, expected Reply")
-                if not reply.text.isascii():
-                    reply.text.encode()  # a lone surrogate fails here, not in a tokenizer
-                if reply.meta:
-                    _require_json(reply.meta, "Reply.meta")
+                reply = _checked_reply(p.obj.respond(state, p.name, random.Random(seed)))
             except Exception as exc:
                 state.errors.append(f"environment {p.spec.agent!r} of {p.name!r} failed in "
                                     f"respond: {type(exc).__name__}: {exc}")
@@ -1138,6 +1126,17 @@ def _turn_seeds(branches: Sequence[Branch]) -> list[int]:
         return _core.turn_seeds(seeds, ids, turns)
     except OverflowError:  # an id outside 0..2**64: the exact definition copes
         return [turn_seed(*args) for args in zip(seeds, ids, turns)]
+
+
+def _checked_reply(reply: Any) -> Reply:
+    """A participant's reply, or an exception saying what is wrong with it."""
+    if type(reply) is not Reply and not isinstance(reply, Reply):
+        raise TypeError(f"returned {type(reply).__name__}, expected Reply")
+    if not reply.text.isascii():
+        reply.text.encode()  # a lone surrogate fails here, not in a tokenizer
+    if reply.meta:
+        _require_json(reply.meta, "Reply.meta")
+    return reply
 
 
 def _check_meta(state: ConversationState) -> None:

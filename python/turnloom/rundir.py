@@ -9,7 +9,7 @@ import os
 import platform
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from turnloom.export import atomic_write
 
@@ -74,20 +74,27 @@ SECRET_SETTINGS = frozenset({"api_key", "token", "password", "secret", "authoriz
 REDACTED = "<redacted>"
 
 
-def redact_secrets(scenario: dict[str, Any]) -> dict[str, Any]:
-    """The scenario with every secret backend setting replaced by REDACTED."""
+def _with_backend_settings(scenario: dict[str, Any],
+                           change: Callable[[str, dict[str, Any]], dict[str, Any]]
+                           ) -> dict[str, Any]:
+    """The scenario with each backend's settings replaced by `change(name, settings)`."""
     backends = scenario.get("backends")
     if not isinstance(backends, dict):
         return scenario
-    clean = {}
+    out = {}
     for name, spec in backends.items():
         settings = spec.get("settings") if isinstance(spec, dict) else None
-        if isinstance(settings, dict) and SECRET_SETTINGS & settings.keys():
-            settings = {k: REDACTED if k in SECRET_SETTINGS and v is not None else v
-                        for k, v in settings.items()}
-            spec = {**spec, "settings": settings}
-        clean[name] = spec
-    return {**scenario, "backends": clean}
+        if isinstance(settings, dict):
+            spec = {**spec, "settings": change(name, settings)}
+        out[name] = spec
+    return {**scenario, "backends": out}
+
+
+def redact_secrets(scenario: dict[str, Any]) -> dict[str, Any]:
+    """The scenario with every secret backend setting replaced by REDACTED."""
+    return _with_backend_settings(scenario, lambda name, settings: {
+        k: REDACTED if k in SECRET_SETTINGS and v is not None else v
+        for k, v in settings.items()})
 
 
 def secret_env_var(backend: str, setting: str) -> str:
@@ -98,26 +105,21 @@ def secret_env_var(backend: str, setting: str) -> str:
 
 def restore_secrets(scenario: dict[str, Any], manifest_file: Path) -> dict[str, Any]:
     """Fill redacted secrets back in from the environment (see `secret_env_var`)."""
-    backends = scenario.get("backends")
-    if not isinstance(backends, dict):
-        return scenario
-    out = {}
-    for name, spec in backends.items():
-        settings = spec.get("settings") if isinstance(spec, dict) else None
-        if isinstance(settings, dict) and REDACTED in settings.values():
-            settings = dict(settings)
-            for key, value in settings.items():
-                if value != REDACTED:
-                    continue
-                var = secret_env_var(name, key)
-                if var not in os.environ:
-                    raise RunDirError(f"{manifest_file}: backends.{name}.{key} was not saved with "
-                                      f"the run; set {var} to resume it (or give the backend "
-                                      "`api_key_env` in the scenario)")
-                settings[key] = os.environ[var]
-            spec = {**spec, "settings": settings}
-        out[name] = spec
-    return {**scenario, "backends": out}
+
+    def restore(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+        out = dict(settings)
+        for key, value in settings.items():
+            if value != REDACTED:
+                continue
+            var = secret_env_var(name, key)
+            if var not in os.environ:
+                raise RunDirError(f"{manifest_file}: backends.{name}.{key} was not saved with "
+                                  f"the run; set {var} to resume it (or give the backend "
+                                  "`api_key_env` in the scenario)")
+            out[key] = os.environ[var]
+        return out
+
+    return _with_backend_settings(scenario, restore)
 
 
 def write_manifest(path: Path, scenario: dict[str, Any], *, scenario_file: str | None,
