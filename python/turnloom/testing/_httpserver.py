@@ -141,8 +141,14 @@ class LoopbackServer:
     async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
+        # A connection accepted just before close() starts its handler a few loop
+        # iterations later; let it register, so that its socket is closed below too.
+        for _ in range(3):
+            await asyncio.sleep(0)
         for writer in list(self._writers):
-            writer.close()
+            # abort, not close: close() waits for unsent bytes, which a client that
+            # stopped reading never takes, and the loop ends before they go.
+            writer.transport.abort()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
