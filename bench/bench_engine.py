@@ -9,11 +9,15 @@ and the prompt's last 32 token ids (the scripted backend's rule).
   turnloom  a Scenario run through `turnloom.api.run` with the scripted backend,
             no progress bar, writing its run directory (log, conversations,
             scores) as a user's run does; third-party plugins are not loaded.
-  baseline  what a user would write: lists of message dicts per conversation,
+  baseline-hf  what a user would write: lists of message dicts per conversation,
             the chat template rendered and tokenized over the full history every
-            turn (jinja2 + tokenizers, the pieces `apply_chat_template` uses),
+            turn with transformers' `tokenizer.apply_chat_template`,
             asyncio.gather over all conversations, every conversation kept in
-            memory.
+            memory (needs transformers; skipped without it).
+  baseline  the same loop with the template compiled once and the Rust
+            tokenizer called directly (jinja2 + tokenizers, the pieces
+            `apply_chat_template` uses, same ids at ~2/3 of its cost): the
+            fastest version of the loop, and the ratio the table reports first.
 
 Each side runs in a fresh subprocess; peak RSS is its VmHWM (which sees Rust
 allocations). turnloom runs at two sizes to show memory tracks the active
@@ -108,10 +112,26 @@ def render_chatml_bytes(messages: list[dict[str, str]]) -> list[int]:
     return list((text + "<|im_start|>assistant\n").encode("utf-8"))
 
 
-def baseline_renderer(tokenizer: str) -> Callable[[list[dict[str, str]]], list[int]]:
+def hf_renderer(tokenizer: str) -> Callable[[list[dict[str, str]]], list[int]]:
+    """Full history -> prompt ids through transformers' apply_chat_template."""
+    from transformers import AutoTokenizer
+
+    from turnloom.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_model(tokenizer)))
+
+    def render(messages: list[dict[str, str]]) -> list[int]:
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    return render
+
+
+def baseline_renderer(tokenizer: str, side: str = "baseline") -> Callable[[list[dict[str, str]]], list[int]]:
     """Full history -> prompt ids, re-tokenizing everything (as apply_chat_template does)."""
     if tokenizer == "bytes":
         return render_chatml_bytes
+    if side == "baseline-hf":
+        return hf_renderer(tokenizer)
     import tokenizers
 
     from turnloom.chat_template import compile_template, read_chat_template
@@ -147,14 +167,16 @@ async def converse(index: int, turns: int, render: Callable[[list[dict[str, str]
     return {"id": index, "messages": views[1]}
 
 
-async def run_baseline_async(conversations: int, turns: int, tokenizer: str) -> list[dict]:
-    render = baseline_renderer(tokenizer)
+async def run_baseline_async(conversations: int, turns: int,
+                             render: Callable[[list[dict[str, str]]], list[int]]) -> list[dict]:
     return await asyncio.gather(*(converse(i, turns, render) for i in range(conversations)))
 
 
-def run_baseline(conversations: int, turns: int, tokenizer: str) -> dict[str, Any]:
+def run_baseline(conversations: int, turns: int, tokenizer: str,
+                 side: str = "baseline") -> dict[str, Any]:
     t, c = time.perf_counter(), time.process_time()
-    results = asyncio.run(run_baseline_async(conversations, turns, tokenizer))
+    render = baseline_renderer(tokenizer, side)
+    results = asyncio.run(run_baseline_async(conversations, turns, render))
     seconds, cpu = time.perf_counter() - t, time.process_time() - c
     done = sum(len(r["messages"]) - 1 for r in results)
     return {"turns": done, "seconds": seconds, "cpu": cpu}
@@ -164,8 +186,10 @@ def run_baseline(conversations: int, turns: int, tokenizer: str) -> dict[str, An
 
 
 def run_side(side: str, conversations: int, turns: int, tokenizer: str) -> dict[str, Any]:
-    runner = run_turnloom if side == "turnloom" else run_baseline
-    result = runner(conversations, turns, tokenizer)
+    if side == "turnloom":
+        result = run_turnloom(conversations, turns, tokenizer)
+    else:
+        result = run_baseline(conversations, turns, tokenizer, side)
     result.update(side=side, conversations=conversations, peak_rss=peak_rss_bytes())
     return result
 
@@ -183,17 +207,28 @@ def spawn(side: str, conversations: int, args: argparse.Namespace, tokenizer: st
 
 def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) -> None:
     base = next(r for r in rows if r["side"] == "baseline")
+    hf = next((r for r in rows if r["side"] == "baseline-hf"), None)
     base_wall, base_cpu = base["turns"] / base["seconds"], base["turns"] / base["cpu"]
     mib = 1 << 20
-    out(f"{'side':<10}{'conversations':>14}{'turns':>10}{'wall s':>9}{'CPU s':>9}{'turns/s':>10}"
-        f"{'turns/CPU s':>13}{'peak RSS MiB':>14}{'speed x':>9}{'CPU x':>8}{'RSS x':>8}")
+    out(f"{'side':<12}{'conversations':>14}{'turns':>10}{'wall s':>9}{'CPU s':>9}{'turns/s':>10}"
+        f"{'turns/CPU s':>13}{'peak RSS MiB':>14}{'speed x':>9}{'CPU x':>8}{'RSS x':>8}"
+        + (f"{'CPU x hf':>10}" if hf else ""))
     for r in rows:
         wall, cpu = r["turns"] / r["seconds"], r["turns"] / r["cpu"]
-        out(f"{r['side']:<10}{r['conversations']:>14,}{r['turns']:>10,}{r['seconds']:>9.2f}"
-            f"{r['cpu']:>9.2f}{wall:>10,.0f}{cpu:>13,.0f}{r['peak_rss'] / mib:>14.1f}"
-            f"{wall / base_wall:>8.1f}x{cpu / base_cpu:>7.1f}x{r['peak_rss'] / base['peak_rss']:>7.2f}x")
+        line = (f"{r['side']:<12}{r['conversations']:>14,}{r['turns']:>10,}{r['seconds']:>9.2f}"
+                f"{r['cpu']:>9.2f}{wall:>10,.0f}{cpu:>13,.0f}{r['peak_rss'] / mib:>14.1f}"
+                f"{wall / base_wall:>8.1f}x{cpu / base_cpu:>7.1f}x{r['peak_rss'] / base['peak_rss']:>7.2f}x")
+        if hf:
+            line += f"{cpu / (hf['turns'] / hf['cpu']):>9.1f}x"
+        out(line)
     out("speed x (wall clock), CPU x (process CPU time: fairer on a shared machine) and RSS x "
-        "are against the baseline row")
+        "are against the baseline row" + ("; CPU x hf against the baseline-hf row" if hf else ""))
+
+
+def has_transformers() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,7 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-conversations", type=int, default=None,
                         help="baseline size (default: --conversations)")
     parser.add_argument("--turns", type=int, default=8, help="messages per conversation")
-    parser.add_argument("--side", choices=("turnloom", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-hf", action="store_true",
+                        help="skip the apply_chat_template baseline (the slowest row)")
+    parser.add_argument("--side", choices=("turnloom", "baseline", "baseline-hf"), help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.side:
@@ -218,7 +255,13 @@ def main(argv: list[str] | None = None) -> None:
     n_base = args.baseline_conversations or args.conversations
     print(f"{args.turns} messages per conversation, two participants, scripted replies, "
           f"tokenizer {tokenizer}", flush=True)
-    rows = [spawn("baseline", n_base, args, tokenizer)]
+    rows = []
+    if tokenizer != "bytes" and not args.no_hf:
+        if has_transformers():
+            rows.append(spawn("baseline-hf", n_base, args, tokenizer))
+        else:
+            print("note: transformers is not installed; the baseline-hf row is skipped")
+    rows.append(spawn("baseline", n_base, args, tokenizer))
     sizes = sorted({n for n in (args.small, args.conversations) if 0 < n})
     rows += [spawn("turnloom", n, args, tokenizer) for n in sizes]
     print_table(rows)

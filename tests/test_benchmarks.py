@@ -93,10 +93,28 @@ def test_engine_table(model_cache, tmp_path):
     if model_cache == "empty":
         assert "tokenizer bytes" in lines[1] and lines[0].startswith("note:")
     rows = table(lines, "side")
-    assert list(rows) == ["baseline", "turnloom"]
+    # With the model files, the apply_chat_template loop runs too (transformers is in the
+    # hf extra that set-up installs); the byte-level fallback has no HF tokenizer.
+    expected = ["baseline", "turnloom"] if model_cache == "empty" else ["baseline-hf", "baseline", "turnloom"]
+    assert list(rows) == expected
     assert len(rows["turnloom"]) == 2
-    for line in rows["baseline"] + rows["turnloom"]:
+    for line in [line for side in expected for line in rows[side]]:
         cells = line.split()
         conversations, turns = number(cells[1]), number(cells[2])
         assert turns == conversations * 4  # every conversation ran all its turns
         assert number(cells[5]) > 0 and number(cells[7]) > 0  # turns/s, peak RSS
+
+
+def test_engine_baselines_render_the_same_prompts():
+    """The two baseline loops differ in cost only: same ids as apply_chat_template."""
+    spec = importlib.util.spec_from_file_location("bench_engine", BENCH / "bench_engine.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    if bench.tokenizer_spec() == "bytes":
+        pytest.fail("the embedded model is not prepared (scripts/setup.sh prepares it)")
+    hf = bench.baseline_renderer(bench.MODEL, "baseline-hf")
+    compiled = bench.baseline_renderer(bench.MODEL, "baseline")
+    messages = [{"role": "system", "content": bench.USER_PROMPT}]
+    for k, line in enumerate(bench.LINES[:5]):
+        messages.append({"role": "user" if k % 2 == 0 else "assistant", "content": line})
+        assert hf(messages) == compiled(messages)

@@ -108,17 +108,19 @@ class ScriptedBackend(Backend):
             await asyncio.sleep(self.latency_s)
         replies = self._replies
         n = len(replies)
+        cache = self._cache
+        fail_every = self.fail_every
         out: list[GenResult] = []
         for req in requests:
             ids = req.input_ids
+            n_prompt = len(ids)
             self._calls += 1
-            if self.fail_every and self._calls % self.fail_every == 0:
+            if fail_every and self._calls % fail_every == 0:
                 out.append(GenResult(rid=req.rid, output_ids=[], text="", finish_reason="error",
-                                     prompt_tokens=len(ids), error="scripted failure"))
+                                     prompt_tokens=n_prompt, error="scripted failure"))
                 continue
             p = req.params
-            key = hash((p.seed, len(ids), tuple(ids[-_TAIL:])))
-            output, text = replies[key % n]
+            output, text = replies[hash((p.seed, n_prompt, tuple(ids[-_TAIL:]))) % n]
             finish = "stop"
             if p.stop_token_ids or p.stop:
                 output, text = self._apply_stops(list(output), p.stop_token_ids, p.stop)
@@ -129,11 +131,11 @@ class ScriptedBackend(Backend):
             else:
                 output = list(output)
             cached = 0
-            if self._cache is not None:
-                cached = self._cache.match_len(ids)
-                self._cache.insert(list(ids) + output)
+            if cache is not None:
+                cached = cache.match_len(ids)
+                cache.insert(list(ids) + output)
             out.append(GenResult(rid=req.rid, output_ids=output, text=text,
-                                 finish_reason=finish, prompt_tokens=len(ids),
+                                 finish_reason=finish, prompt_tokens=n_prompt,
                                  cached_tokens=cached))
         elapsed = time.perf_counter() - t0
         for r in out:

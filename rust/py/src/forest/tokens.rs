@@ -73,6 +73,47 @@ impl SharedInts {
         py: Python<'py>,
         tokens: &[u32],
     ) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(py, tokens.iter().map(|&t| self.int(py, t)))
+        self.list_of_parts(py, tokens, &[])
+    }
+
+    /// `head` then `tail` as one Python list of ints, made at its final size
+    /// (a lane plus a generation prefix, without growing the list afterwards).
+    pub(crate) fn list_of_parts<'py>(
+        &mut self,
+        py: Python<'py>,
+        head: &[u32],
+        tail: &[u32],
+    ) -> PyResult<Bound<'py, PyList>> {
+        let len = head.len() + tail.len();
+        // SAFETY: PyList_New returns a new list with `len` NULL slots (or NULL
+        // with an exception set), owned by `list` from here on. Each slot is
+        // set once with a new strong reference, which PyList_SetItem steals
+        // (limited API: no SET_ITEM macro). Only int creation runs in between,
+        // which cannot reach the unfilled list.
+        unsafe {
+            let raw = ffi::PyList_New(len as ffi::Py_ssize_t);
+            if raw.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            let list = Bound::from_owned_ptr(py, raw);
+            for (i, &t) in head.iter().chain(tail).enumerate() {
+                let item = self.int_ptr(py, t);
+                if ffi::PyList_SetItem(raw, i as ffi::Py_ssize_t, item) != 0 {
+                    return Err(PyErr::fetch(py));
+                }
+            }
+            Ok(list.cast_into_unchecked())
+        }
+    }
+
+    /// A new strong reference to the int `token`, shared below the limit.
+    fn int_ptr(&mut self, py: Python<'_>, token: u32) -> *mut ffi::PyObject {
+        if let Some(Some(shared)) = self.ints.get(token as usize) {
+            let ptr = shared.as_ptr();
+            // SAFETY: `shared` keeps the object alive; the new reference is the caller's.
+            unsafe { ffi::Py_INCREF(ptr) };
+            return ptr;
+        }
+        self.int(py, token).into_ptr()
     }
 }
