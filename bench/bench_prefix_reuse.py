@@ -29,6 +29,10 @@ Policies, all against the same server and cache capacity:
             falling back to FCFS while more than 128 requests wait (SGLang `lpm`).
   turnloom  ready requests go to `turnloom._core.Scheduler` on the client side;
             only popped jobs are sent, keeping at most max_batch outstanding.
+            Admission is the engine's: token_budget = the cache capacity,
+            tree_reserve from `turnloom.admission` (a prior from the workload's
+            shape, then the running mean of finished trees' sizes), and
+            min_runnable = max_batch.
 
     .venv/bin/python bench/bench_prefix_reuse.py
     .venv/bin/python bench/bench_prefix_reuse.py --conversations 200 --capacity-fraction 0.1
@@ -46,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from turnloom._core import RadixCache, Scheduler
+from turnloom.admission import TreeSizeEstimator, expected_message_tokens, prior_tree_tokens
 
 LPM_FCFS_ABOVE = 128  # SGLang's lpm turns into FCFS when more requests wait
 VOCAB_IDS = list(range(1_000, 33_000))  # shared int objects keep token lists small
@@ -81,6 +86,11 @@ class Conversation:
     tails: list[list[int]]
     tail_ends: list[list[int]]
     branches_left: int = 0
+
+    def tokens(self) -> int:
+        """Tokens of the whole tree (its one view): what the engine's forest
+        reports for a finished tree (`Forest.subtree_tokens`)."""
+        return len(self.system) + len(self.trunk) + sum(map(len, self.tails))
 
 
 @dataclass(frozen=True)
@@ -281,19 +291,38 @@ def run_direct(server: Server, client: Client) -> None:
 
 @dataclass(frozen=True)
 class SchedulerSettings:
-    budget_fraction: float
+    """The engine's admission policy unless overridden (for sensitivity runs)."""
+
+    prior: int  # the tree-size estimator's prior
     output_reserve: int
     starvation_limit: int
+    budget_fraction: float = 1.0  # token_budget = fraction x capacity
+    tree_reserve: int | None = None  # None: the estimator's, updated as trees finish
+    min_runnable: int | None = None  # None: max_batch
+
+
+def workload_prior(shape: Shape) -> int:
+    """The estimator's prior as the engine works it out from a scenario: the
+    longest system prompt, every message at its speaker's longest length
+    (what max_new_tokens would say), the fork multiplying the rest."""
+    messages = [expected_message_tokens(shape.user_len[1]), expected_message_tokens(shape.reply_len[1])]
+    fork = 2 * shape.branch_turn - 1  # message index of the branch turn's reply
+    return prior_tree_tokens(shape.system_len[1], messages * shape.turns, {fork: shape.branches})
 
 
 def run_turnloom(server: Server, client: Client, settings: SchedulerSettings) -> dict[str, int]:
     """Ready jobs wait in the client-side Scheduler; its cache model is a separate
     RadixCache updated from completions (the client cannot see the server's)."""
     model = RadixCache(server.capacity)
+    # As the engine does: the reserve follows the sizes of finished trees.
+    tree_size = TreeSizeEstimator(settings.prior) if settings.tree_reserve is None else None
+    reserve = tree_size.estimate if tree_size is not None else settings.tree_reserve or 0
     sched = Scheduler(
         token_budget=max(1, int(server.capacity * settings.budget_fraction)),
         starvation_limit=settings.starvation_limit,
         output_reserve=settings.output_reserve,
+        tree_reserve=reserve,
+        min_runnable=server.max_batch if settings.min_runnable is None else settings.min_runnable,
     )
     waiting: dict[int, Request] = {}
     peak_admitted = 0
@@ -327,9 +356,13 @@ def run_turnloom(server: Server, client: Client, settings: SchedulerSettings) ->
             ready, over = client.follow_ups(done)
             push(ready)
             if over:
+                if tree_size is not None:
+                    reserve = tree_size.observe(client.convs[done.conv].tokens())
+                    sched.set_tree_reserve(reserve)
                 sched.finish_tree(done.conv)
     stats = sched.stats()
-    return {"max_wait": stats["max_wait"], "peak_admitted_tokens": peak_admitted}
+    return {"max_wait": stats["max_wait"], "peak_admitted_tokens": peak_admitted,
+            "final_tree_reserve": reserve}
 
 
 # --- report -----------------------------------------------------------------
@@ -343,25 +376,6 @@ class Result:
     extra: dict[str, int]
 
 
-def mean(bounds: tuple[int, int]) -> float:
-    return sum(bounds) / 2
-
-
-def admission_fraction(shape: Shape, output_reserve: int, headroom: float = 0.9) -> float:
-    """Budget fraction under which the trees admitted at once still fit once grown.
-
-    The Scheduler sizes a tree at admission by its first prompt + output_reserve
-    and never holds back an admitted tree's later turns, so trees admitted in one
-    burst grow to their full size together: budget x final / first <= capacity.
-    """
-    user, reply, system = mean(shape.user_len), mean(shape.reply_len), mean(shape.system_len)
-    trunk = system + (shape.branch_turn - 1) * (user + reply) + user
-    per_branch = reply + (shape.turns - shape.branch_turn) * (user + reply)
-    final = trunk + shape.branches * per_branch
-    first = system + user + output_reserve
-    return min(1.0, headroom * first / final)
-
-
 def simulate(policy: str, convs: list[Conversation], shape: Shape, args: argparse.Namespace,
              capacity: int, cost: Cost) -> Result:
     for conv in convs:
@@ -371,7 +385,8 @@ def simulate(policy: str, convs: list[Conversation], shape: Shape, args: argpars
     t = time.perf_counter()
     extra: dict[str, int] = {}
     if policy == "turnloom":
-        settings = SchedulerSettings(args.budget_fraction, args.output_reserve, args.starvation_limit)
+        settings = SchedulerSettings(workload_prior(shape), args.output_reserve, args.starvation_limit,
+                                     args.budget_fraction, args.tree_reserve, args.min_runnable)
         extra = run_turnloom(server, client, settings)
     else:
         run_direct(server, client)
@@ -429,9 +444,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacity-fraction", type=float, default=0.10, help="of the unique tokens")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget-fraction", type=float, default=None,
+    parser.add_argument("--budget-fraction", type=float, default=1.0,
                         help="Scheduler token_budget as a fraction of the cache capacity "
-                             "(default: derived from the expected tree growth, see admission_fraction)")
+                             "(default 1.0, the engine's)")
+    parser.add_argument("--tree-reserve", type=int, default=None,
+                        help="fixed Scheduler tree_reserve, 0 for none (default: the engine's "
+                             "estimate, updated as trees finish)")
+    parser.add_argument("--min-runnable", type=int, default=None,
+                        help="Scheduler min_runnable, 0 for none (default: --max-batch, the engine's)")
     parser.add_argument("--output-reserve", type=int, default=256)
     parser.add_argument("--starvation-limit", type=int, default=64)
     parser.add_argument("--prefill-ms", type=float, default=0.02, help="per uncached prompt token")
@@ -444,8 +464,6 @@ def main(argv: list[str] | None = None) -> None:
     cost = Cost(args.prefill_ms, args.decode_base_ms, args.decode_seq_ms)
 
     shape = Shape(turns=args.turns, branch_turn=args.branch_turn, branches=args.branches)
-    if args.budget_fraction is None:
-        args.budget_fraction = admission_fraction(shape, args.output_reserve)
     convs = build_workload(args.conversations, shape, args.seed)
     unique, floor, prompt_tokens = exact_unique_and_floor(convs, shape)
     capacity = max(1, int(unique * args.capacity_fraction))
@@ -453,8 +471,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.branch_turn}, {shape.system_prompts} system prompts; seed {args.seed}")
     print(f"server: continuous batching, max_batch {args.max_batch}; prefill {cost.prefill_ms} ms/token, "
           f"decode step {cost.decode_base_ms} ms + {cost.decode_seq_ms} ms x batch")
-    print(f"turnloom: token_budget = {args.budget_fraction:.3f} x capacity, output_reserve "
-          f"{args.output_reserve}, starvation_limit {args.starvation_limit}", flush=True)
+    reserve = (f"estimated (prior {workload_prior(shape):,}, then the mean of finished trees)"
+               if args.tree_reserve is None else f"{args.tree_reserve:,}")
+    min_runnable = args.max_batch if args.min_runnable is None else args.min_runnable
+    print(f"turnloom: token_budget = {args.budget_fraction:.3f} x capacity, tree_reserve {reserve}, "
+          f"min_runnable {min_runnable}, output_reserve {args.output_reserve}, "
+          f"starvation_limit {args.starvation_limit}", flush=True)
     rows = []
     for policy in args.policies.split(","):
         result = simulate(policy, convs, shape, args, capacity, cost)

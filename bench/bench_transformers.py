@@ -1,44 +1,42 @@
-"""Transformers backend vs a naive per-conversation `generate` loop, multi-turn.
+"""B3: SmolLM2 on CPU, turnloom against a naive per-conversation `generate` loop.
 
-Both sides run the same model on the same scripted conversations (a system
-prompt, then one scripted user message per turn, each answered by the model)
-with greedy decoding and the same max_new_tokens:
+Both sides hold the same multi-turn conversations: a system prompt, then per turn
+one user message (drawn per conversation from QUESTIONS by the scripted-user
+environment) answered by the model, greedy, with the same max_new_tokens.
 
-- naive: for every conversation and turn, re-render the whole history with
-  `apply_chat_template` and call HF `model.generate` on it, one at a time;
-- turnloom: all conversations of a turn go to `TransformersBackend.generate`
-  as one batch; prompts grow by appending token segments (no re-rendering), and
-  with prefix reuse each turn prefills only the tokens new since the last one.
+- turnloom: a Scenario run through `turnloom.api.run` (the engine, its forest and
+  scheduler, the transformers backend batching every ready conversation, with
+  prefix KV reuse between turns; `--no-reuse` adds a row without it);
+- naive: what a user would write: for every conversation, one turn after the
+  other, re-render the whole history with `apply_chat_template` and call
+  `model.generate` on it. It replays the user messages of the turnloom run, so
+  both sides answer the same questions.
 
-    python bench/bench_transformers.py --conversations 16 --turns 3 --max-new-tokens 48
+Rates are generated tokens per second of generation (model loading excluded on
+both sides; the engine's figure is its run loop).
+
+    .venv/bin/python bench/bench_transformers.py                       # 64 conversations x 4 turns
+    .venv/bin/python bench/bench_transformers.py --conversations 4 --turns 2 --max-new-tokens 8
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 SYSTEM = "You are a helpful assistant. Answer briefly."
-TOPICS = (
-    "the moon", "volcanoes", "bread baking", "chess openings", "honey bees", "the Roman empire",
-    "rain", "bicycles", "jazz", "penguins", "prime numbers", "coffee", "glaciers", "kites",
-    "octopuses", "libraries", "tea", "deserts", "trains", "comets",
-)
-TURNS = (
+TOPICS = ("the moon", "volcanoes", "bread baking", "chess openings", "honey bees", "rain",
+          "bicycles", "jazz", "prime numbers", "coffee", "glaciers", "comets")
+QUESTIONS = tuple(q.format(topic=t) for t in TOPICS for q in (
     "Tell me one interesting fact about {topic}.",
-    "Why is that surprising?",
     "Give me a short example related to {topic}.",
-    "Summarise our chat in one sentence.",
     "What should I read next about {topic}?",
-)
-
-
-def user_message(conversation: int, turn: int) -> str:
-    topic = TOPICS[conversation % len(TOPICS)]
-    return TURNS[turn % len(TURNS)].format(topic=topic)
+))
 
 
 @dataclass
@@ -54,7 +52,40 @@ class Outcome:
         return self.generated / self.seconds if self.seconds else 0.0
 
 
-def run_naive(model_dir: str, conversations: int, turns: int, max_new: int) -> Outcome:
+def run_turnloom(conversations: int, turns: int, max_new: int, reuse: bool, max_batch: int,
+                 out: Path) -> tuple[Outcome, list[list[str]]]:
+    """The engine on the transformers backend; returns the outcome and each
+    conversation's user messages (for the naive side to replay)."""
+    from turnloom.api import run
+    from turnloom.backends.base import SamplingParams
+    from turnloom.config import BackendSpec, ParticipantSpec, RunSettings, Scenario
+
+    scenario = Scenario(
+        run=RunSettings(name="bench-b3", conversations=conversations, max_turns=2 * turns, seed=0),
+        backends={"hf": BackendSpec(type="transformers", settings={
+            "prefix_reuse": reuse, "max_batch": max_batch, "device": "cpu"})},
+        participants=(
+            ParticipantSpec(name="user", agent="scripted-user",
+                            settings={"lines": list(QUESTIONS), "shuffle": True}),
+            ParticipantSpec(name="assistant", agent="assistant", system_prompt=SYSTEM,
+                            sampling=SamplingParams(max_new_tokens=max_new, temperature=0.0)),
+        ),
+    )
+    result = run(scenario, out=out, overwrite=True, progress=False)
+    summary = result.summary
+    usage = summary["participants"]["assistant"]
+    users = []
+    with open(out / "conversations.jsonl") as f:
+        for line in f:
+            record = json.loads(line)
+            users.append([m["content"] for m in record["messages"] if m["role"] == "user"])
+    name = "turnloom: engine, batched" + (" + prefix KV reuse" if reuse else ", no reuse")
+    outcome = Outcome(name, usage["completion_tokens"], summary["timing"]["wall_s"],
+                      usage["prompt_tokens"], usage["cached_tokens"])
+    return outcome, users
+
+
+def run_naive(model_dir: str, user_turns: list[list[str]], max_new: int) -> Outcome:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -73,10 +104,10 @@ def run_naive(model_dir: str, conversations: int, turns: int, max_new: int) -> O
     one_turn([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"}])  # warm-up
     generated = prompt_tokens = 0
     start = time.perf_counter()
-    for c in range(conversations):
+    for users in user_turns:
         messages = [{"role": "system", "content": SYSTEM}]
-        for t in range(turns):
-            messages.append({"role": "user", "content": user_message(c, t)})
+        for user in users:
+            messages.append({"role": "user", "content": user})
             text, n, p = one_turn(messages)
             generated += n
             prompt_tokens += p
@@ -85,77 +116,41 @@ def run_naive(model_dir: str, conversations: int, turns: int, max_new: int) -> O
                    prompt_tokens)
 
 
-def run_turnloom(conversations: int, turns: int, max_new: int, reuse: bool, max_batch: int) -> Outcome:
-    from turnloom.backends.base import GenRequest, SamplingParams
-    from turnloom.backends.transformers import TransformersBackend
-    from turnloom.models import load_chat_format
-
-    fmt = load_chat_format("default")
-    backend = TransformersBackend.from_settings({"prefix_reuse": reuse, "max_batch": max_batch, "device": "cpu"})
-    params = SamplingParams(max_new_tokens=max_new, temperature=0.0)
-
-    async def run() -> Outcome:
-        await backend.start()
-        warm = fmt.segment("system", SYSTEM) + fmt.segment("user", "Hi") + fmt.generation_prefix()
-        await backend.generate([GenRequest(rid="warm", input_ids=warm, params=params, affinity=-1)])
-        backend.prefix_store.clear()
-        lanes = [fmt.segment("system", SYSTEM) for _ in range(conversations)]
-        generated = prompt_tokens = cached = 0
-        start = time.perf_counter()
-        for t in range(turns):
-            requests = []
-            for c in range(conversations):
-                lanes[c] = lanes[c] + fmt.segment("user", user_message(c, t))
-                requests.append(GenRequest(rid=f"{c}-{t}", input_ids=lanes[c] + fmt.generation_prefix(),
-                                           params=params, affinity=c))
-            for c, result in enumerate(await backend.generate(requests)):
-                assert result.finish_reason in ("stop", "length"), result.error
-                generated += len(result.output_ids)
-                prompt_tokens += result.prompt_tokens
-                cached += result.cached_tokens
-                lanes[c] = lanes[c] + fmt.generation_prefix() + fmt.close_generated(result.output_ids,
-                                                                                   result.finish_reason)
-        elapsed = time.perf_counter() - start
-        await backend.close()
-        name = "turnloom: batched" + (" + prefix KV reuse" if reuse else ", no reuse")
-        return Outcome(name, generated, elapsed, prompt_tokens, cached)
-
-    return asyncio.run(run())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--conversations", type=int, default=16)
-    parser.add_argument("--turns", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--conversations", type=int, default=64)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=16)
-    parser.add_argument("--skip-no-reuse", action="store_true", help="leave out the batched run without reuse")
+    parser.add_argument("--no-reuse", action="store_true", help="add an engine run without prefix KV reuse")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for every mode (0: torch's default); 1 is steadier on a shared machine")
     args = parser.parse_args()
+    import torch
+
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
-
     from turnloom.models import default_model_dir
 
     model_dir = str(default_model_dir())
-    outcomes = [run_turnloom(args.conversations, args.turns, args.max_new_tokens, True, args.max_batch)]
-    if not args.skip_no_reuse:
-        outcomes.append(run_turnloom(args.conversations, args.turns, args.max_new_tokens, False, args.max_batch))
-    outcomes.append(run_naive(model_dir, args.conversations, args.turns, args.max_new_tokens))
+    work = Path(tempfile.mkdtemp(prefix="bench-b3-"))
+    modes = [True, False] if args.no_reuse else [True]
+    outcomes = []
+    users: list[list[str]] = []
+    for reuse in modes:
+        outcome, users = run_turnloom(args.conversations, args.turns, args.max_new_tokens, reuse,
+                                      args.max_batch, work / f"run-{int(reuse)}")
+        outcomes.append(outcome)
+    outcomes.append(run_naive(model_dir, users, args.max_new_tokens))
     naive = outcomes[-1]
-
-    import torch
 
     print(f"\n{args.conversations} conversations x {args.turns} turns, max_new_tokens={args.max_new_tokens}, "
           f"greedy, SmolLM2-135M-Instruct, CPU, {torch.get_num_threads()} torch threads\n")
-    header = f"{'mode':<48} {'gen tok':>8} {'prompt tok':>10} {'reused':>7} {'wall s':>8} {'gen tok/s':>9} {'speed-up':>8}"
+    header = f"{'mode':<44} {'gen tok':>8} {'prompt tok':>10} {'reused':>7} {'wall s':>8} {'gen tok/s':>9} {'speed-up':>8}"
     print(header)
     print("-" * len(header))
     for o in outcomes:
-        print(f"{o.name:<48} {o.generated:>8} {o.prompt_tokens:>10} {o.cached_tokens:>7} {o.seconds:>8.1f} "
+        print(f"{o.name:<44} {o.generated:>8} {o.prompt_tokens:>10} {o.cached_tokens:>7} {o.seconds:>8.1f} "
               f"{o.rate:>9.1f} {o.rate / naive.rate:>7.2f}x")
 
 

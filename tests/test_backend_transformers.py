@@ -334,3 +334,23 @@ def test_prefix_store_stays_within_budget(fmt: Any) -> None:
     gen(tight, [req(str(i), p, affinity=i, temperature=0.0, max_new_tokens=2) for i, p in enumerate(prompts)])
     assert store.nbytes <= store.capacity_bytes
     assert 1 <= len(store) < len(prompts)  # older entries were evicted
+
+
+@pytest.mark.model
+def test_engine_renders_with_the_models_own_chat_format(fmt: Any) -> None:
+    """A scenario that names no `tokenizer` gets SmolLM2's template, not byte ids
+    (which the model would read as garbage)."""
+    from turnloom.config import BackendSpec, ParticipantSpec, RunSettings, Scenario
+    from turnloom.plugins import Registry, get_plugin_manager
+    from turnloom.runtime import build_backends
+
+    scenario = Scenario(
+        run=RunSettings(name="fmt", conversations=1, max_turns=2),
+        backends={"hf": BackendSpec(type="transformers", settings={"device": "cpu"})},
+        participants=(ParticipantSpec(name="assistant", agent="assistant", system_prompt="Hi."),
+                      ParticipantSpec(name="user", agent="echo")),
+    )
+    registry = Registry.from_plugin_manager(get_plugin_manager())
+    engine_fmt = build_backends(scenario, registry)["hf"].fmt
+    assert engine_fmt.segment("user", "Hello there") == fmt.segment("user", "Hello there")
+    assert engine_fmt.generation_prefix() == fmt.generation_prefix()

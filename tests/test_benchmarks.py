@@ -52,6 +52,10 @@ def test_prefix_reuse_table():
                       "--branch-turn", "2", "--seed", "3")
     rows = table(lines, "policy")
     assert list(rows) == ["naive", "lpm", "turnloom", "limit"]
+    # The turnloom row runs the engine's admission policy, not a benchmark-tuned budget.
+    (policy,) = [line for line in lines if line.startswith("turnloom:")]
+    assert "token_budget = 1.000 x capacity, tree_reserve estimated" in policy
+    assert "min_runnable 64" in policy
     floor = number(rows["limit"][0].split()[1])
     for policy, (line,) in rows.items():
         cells = line.split()
@@ -83,6 +87,8 @@ def test_prefix_reuse_unique_tokens_are_trie_nodes():
     assert unique == len(prefixes)
     assert requests == 12 * (1 + 3 * 3)  # one trunk turn, then 3 branches x 3 turns
     assert 0 < floor <= prompt_tokens
+    # The turnloom row's tree-size prior is an upper bound of every tree's real size.
+    assert bench.workload_prior(shape) >= max(c.tokens() for c in convs) > 0
 
 
 @pytest.mark.parametrize("model_cache", ["as is", "empty"])

@@ -68,6 +68,18 @@ def test_lanes_and_segments(forest):
     assert forest.lanes_for([], []) == []
 
 
+def test_lanes_for_with_suffixes(forest):
+    """A prompt is a lane plus its view's generation prefix, built as one list."""
+    root, user, reply = conversation(forest)
+    suffixes = [[70, 71], None]  # view 1: none given; view 5: past the end
+    assert forest.lanes_for([reply, reply, user, root], [0, 1, 5, 0], suffixes) == [
+        [1, 2, 3, 6, 7, 70, 71], [9, 4, 5], [], [1, 2, 70, 71]]
+    big = 1 << 20  # past the shared-int table: still exact
+    assert forest.lanes_for([user], [1], [[], [big, 5]]) == [[9, 4, 5, big, 5]]
+    with pytest.raises(TypeError):
+        forest.lanes_for([user], [0], [["x"]])
+
+
 def test_tokens_accept_any_int_sequence(forest):
     root = forest.add_root(0, "system", "", {0: (1, 2), 1: range(3, 6), 2: [2**32 - 1, 300_000]})
     assert forest.lane(root, 0) == [1, 2]
@@ -105,6 +117,20 @@ def test_branches_and_shared_prefix(forest):
     other = forest.add_root(2, "environment", "")
     assert forest.shared_prefix_len(other, alt) == 0
     assert forest.stats()["roots"] == 2
+
+
+def test_subtree_tokens(forest):
+    root, user, reply = conversation(forest)
+    forest.append(user, 0, "assistant", "hey", {0: [8], 2: [1, 1, 1]})
+    assert forest.subtree_tokens(root) == 3 + 3 + 2 + 4 == forest.stats()["tokens"]
+    assert forest.subtree_tokens(root, [0]) == 6 == len(forest.lane(reply, 0)) + 1
+    assert forest.subtree_tokens(root, [1, 2]) == 6
+    assert forest.subtree_tokens(user) == 9
+    with pytest.raises(_core.InvalidArgumentError):
+        forest.subtree_tokens(root, [-1])
+    forest.free_subtree(user)
+    with pytest.raises(_core.StaleNodeError):
+        forest.subtree_tokens(user)
 
 
 def test_free_subtree_makes_ids_stale(forest):
@@ -486,6 +512,10 @@ class ForestMachine(RuleBasedStateMachine):
         assert len(self.forest) == len(live)
         for view in range(3):
             assert self.forest.lanes_for(live, [view] * len(live)) == [self.lane(n, view) for n in live]
+        suffixes = [[100 + v] * v for v in range(3)]
+        views = [n % 3 for n in live]
+        assert self.forest.lanes_for(live, views, suffixes) == [
+            self.lane(n, v) + suffixes[v] for n, v in zip(live, views)]
         for node in live:
             assert self.forest.depth(node) == len(self.forest.path(node)) - 1
 

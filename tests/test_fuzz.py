@@ -254,6 +254,7 @@ CORE_FUZZ = textwrap.dedent("""
                            f.is_live):
                     call(fn, n)
                 call(f.lane, n, d.draw(ints))
+                call(f.subtree_tokens, n, d.draw(st.none() | st.lists(ints, max_size=2)))
                 call(f.segment, n, d.draw(ints))
                 call(f.shared_prefix_len, n, node_id(d, live))
                 call(f.set_meta, n, d.draw(st.text(max_size=4)))
@@ -292,11 +293,13 @@ CORE_FUZZ = textwrap.dedent("""
               suppress_health_check=list(HealthCheck))
     @given(st.data())
     def scheduler(d):
-        s = call(_core.Scheduler, d.draw(st.none() | ints), d.draw(ints), d.draw(ints))
+        s = call(_core.Scheduler, d.draw(st.none() | ints), d.draw(ints), d.draw(ints),
+                 d.draw(ints), d.draw(ints))
         if s is None:
             return
         for _ in range(d.draw(st.integers(1, 20))):
-            op = d.draw(st.sampled_from(["push", "pop", "complete", "update", "finish"]))
+            op = d.draw(st.sampled_from(["push", "pop", "complete", "update", "finish",
+                                         "reserve"]))
             ids = d.draw(st.lists(ints, max_size=3))
             if op == "push":
                 call(s.push_many, ids, d.draw(st.lists(ints, max_size=3)),
@@ -309,6 +312,8 @@ CORE_FUZZ = textwrap.dedent("""
                 call(s.complete_many, ids)
             elif op == "update":
                 call(s.update_cached, ids, d.draw(st.lists(ints, max_size=3)))
+            elif op == "reserve":
+                call(s.set_tree_reserve, d.draw(ints))
             else:
                 call(s.finish_tree, d.draw(ints))
         s.stats()

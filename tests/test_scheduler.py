@@ -55,9 +55,44 @@ def test_admission_budget_and_release():
         "in_flight": 2,
         "admitted_trees": 2,
         "admitted_tokens": 60,
+        "runnable": 2,
         "pops": 3,
         "max_wait": 2,
     }
+
+
+def test_tree_reserve_holds_back_admissions_until_trees_finish():
+    # Admitted at 10 + 10 tokens, each tree reserves its expected size, 60.
+    s = _core.Scheduler(token_budget=130, output_reserve=10, tree_reserve=60)
+    s.push_many([1, 2, 3], [1, 2, 3], [10, 10, 10])
+    assert s.pop_batch(8, 1000) == [1, 2]
+    assert s.stats()["admitted_tokens"] == 120
+    s.complete_many([1, 2])
+    assert s.pop_batch(8, 1000) == []  # completions do not free a reserve
+    s.finish_tree(1)
+    assert s.pop_batch(8, 1000) == [3]
+
+
+def test_set_tree_reserve_applies_to_later_admissions():
+    s = _core.Scheduler(token_budget=100, output_reserve=0, tree_reserve=50)
+    s.push_many([1], [1], [5])
+    assert s.pop_batch(8, 1000) == [1]
+    s.set_tree_reserve(20)
+    assert s.stats()["admitted_tokens"] == 50  # tree 1 keeps its reserve
+    s.push_many([2, 3, 4], [2, 3, 4], [5, 5, 5])
+    assert s.pop_batch(8, 1000) == [2, 3]  # 50 + 20 + 20; a third 20 does not fit
+    with pytest.raises(_core.InvalidArgumentError):
+        s.set_tree_reserve(-1)
+
+
+def test_min_runnable_admits_past_the_budget_when_work_is_short():
+    s = _core.Scheduler(token_budget=30, output_reserve=10, min_runnable=3)
+    s.push_many([1, 2, 3, 4], [1, 2, 3, 4], [10, 10, 10, 10])
+    assert s.pop_batch(8, 1000) == [1, 2, 3]  # one fits the budget; the floor takes two more
+    assert s.stats()["runnable"] == 3
+    assert s.pop_batch(8, 1000) == []  # at the floor, the budget rules again
+    s.complete_many([1])
+    assert s.pop_batch(8, 1000) == [4]
 
 
 def test_starving_job_is_served_at_the_limit():
@@ -116,7 +151,9 @@ def test_misuse():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"token_budget": -1}, {"starvation_limit": -1}, {"output_reserve": -1}]
+    "kwargs",
+    [{"token_budget": -1}, {"starvation_limit": -1}, {"output_reserve": -1}, {"tree_reserve": -1},
+     {"min_runnable": -1}, {"tree_reserve": 2**32 + 1}],
 )
 def test_bad_constructor_arguments(kwargs):
     with pytest.raises(_core.InvalidArgumentError):
@@ -141,8 +178,9 @@ def test_a_million_jobs():
 class RefScheduler:
     """The documented rules as full scans over plain lists."""
 
-    def __init__(self, budget, limit, reserve):
+    def __init__(self, budget, limit, reserve, tree_reserve=0, min_runnable=0):
         self.budget, self.limit, self.reserve = budget, limit, reserve
+        self.tree_reserve, self.min_runnable = tree_reserve, min_runnable
         self.jobs: dict[int, dict] = {}  # id -> job
         self.trees: list[dict] = []  # incarnations
         self.seq = self.admits = self.pops = 0
@@ -150,9 +188,12 @@ class RefScheduler:
     def current(self, tree_id):
         return next((t for t in self.trees if t["id"] == tree_id and not t["finished"]), None)
 
-    def footprint(self, tree):
+    def footprint(self, tree, reserve=None):
         n = sum(1 for j in self.jobs.values() if j["tree"] is tree)
-        return tree["max_prompt"] + self.reserve * n
+        return max(tree["max_prompt"] + self.reserve * n, tree["reserve"] if reserve is None else reserve)
+
+    def runnable(self):
+        return sum(1 for j in self.jobs.values() if j["tree"]["admitted"] is not None)
 
     def admitted_tokens(self):
         return sum(self.footprint(t) for t in self.trees if t["admitted"] is not None)
@@ -169,16 +210,17 @@ class RefScheduler:
         for i, t, p, pr, c in zip(ids, trees, lens, prios, cached):
             tree = self.current(t)
             if tree is None:
-                tree = {"id": t, "admitted": None, "finished": False, "max_prompt": 0}
+                tree = {"id": t, "admitted": None, "finished": False, "max_prompt": 0, "reserve": 0}
                 self.trees.append(tree)
             tree["max_prompt"] = max(tree["max_prompt"], p)
             self.jobs[i] = dict(id=i, tree=tree, len=p, prio=pr, cached=c, seq=self.seq, at=self.pops, run=False)
             self.seq += 1
 
     def try_admit(self, tree):
-        fits = self.budget is None or self.admitted_tokens() + self.footprint(tree) <= self.budget
-        if fits or self.admitted_trees() == 0:
-            tree["admitted"] = self.admits
+        footprint = self.footprint(tree, self.tree_reserve)
+        fits = self.budget is None or self.admitted_tokens() + footprint <= self.budget
+        if fits or self.admitted_trees() == 0 or self.runnable() < self.min_runnable:
+            tree["admitted"], tree["reserve"] = self.admits, self.tree_reserve
             self.admits += 1
             return True
         return False
@@ -246,6 +288,7 @@ sched_ops = st.lists(
         st.tuples(st.just("pop"), st.tuples(st.integers(1, 4), st.integers(1, 100))),
         st.tuples(st.just("complete"), st.lists(st.integers(0, 10), max_size=3)),
         st.tuples(st.just("finish"), st.integers(0, 3)),
+        st.tuples(st.just("set_tree_reserve"), st.integers(0, 100)),
     ),
     max_size=50,
 )
@@ -263,10 +306,13 @@ def outcome(fn, *args):
     budget=st.one_of(st.none(), st.integers(0, 150)),
     limit=st.integers(0, 4),
     reserve=st.integers(0, 8),
+    tree_reserve=st.one_of(st.just(0), st.integers(0, 100)),
+    min_runnable=st.one_of(st.just(0), st.integers(0, 5)),
     ops=sched_ops,
 )
-def test_matches_python_reference(budget, limit, reserve, ops):
-    s, ref = _core.Scheduler(budget, limit, reserve), RefScheduler(budget, limit, reserve)
+def test_matches_python_reference(budget, limit, reserve, tree_reserve, min_runnable, ops):
+    s = _core.Scheduler(budget, limit, reserve, tree_reserve, min_runnable)
+    ref = RefScheduler(budget, limit, reserve, tree_reserve, min_runnable)
     popped: set[int] = set()
     for name, arg in ops:
         if name == "push":
@@ -280,9 +326,13 @@ def test_matches_python_reference(budget, limit, reserve, ops):
             assert not popped & set(batch)
         elif name == "complete":
             assert outcome(s.complete_many, arg) == outcome(ref.complete, arg)
+        elif name == "set_tree_reserve":
+            s.set_tree_reserve(arg)
+            ref.tree_reserve = arg
         else:
             assert outcome(s.finish_tree, arg) == outcome(ref.finish, arg)
         stats = s.stats()
         assert len(s) == stats["waiting"] == sum(1 for j in ref.jobs.values() if not j["run"])
         assert stats["admitted_tokens"] == ref.admitted_tokens()
         assert stats["admitted_trees"] == ref.admitted_trees()
+        assert stats["runnable"] == ref.runnable()

@@ -123,7 +123,13 @@ class Forest:
     def lane(self, node: int, view: int) -> list[int]:
         """Concatenation of the path's segments for `view`; nodes without one add nothing."""
     def lane_len(self, node: int, view: int) -> int: ...
-    def lanes_for(self, nodes: Sequence[int], views: Sequence[int]) -> list[list[int]]: ...
+    def lanes_for(
+        self,
+        nodes: Sequence[int],
+        views: Sequence[int],
+        suffixes: Sequence[Sequence[int] | None] | None = None,
+    ) -> list[list[int]]:
+        """Lanes of (nodes[i], views[i]); `suffixes[v]` (when given) ends every lane of view v."""
     def lanes_packed(
         self, nodes: Sequence[int] | Buffer, views: int | Sequence[int] | Buffer
     ) -> tuple[memoryview, memoryview]:
@@ -137,6 +143,9 @@ class Forest:
         node; `nodes` and `views` may be integer buffers."""
     def shared_prefix_len(self, a: int, b: int) -> int:
         """Number of nodes the two root paths share (0 when in different trees)."""
+    def subtree_tokens(self, node: int, views: Sequence[int] | None = None) -> int:
+        """Tokens in every segment of `node`'s subtree, for every view or only for `views`
+        (what a prefix cache holds for a whole conversation tree)."""
     def free_subtree(self, node: int) -> int:
         """Free `node` and all its descendants; returns how many nodes were freed."""
     def stats(self) -> dict[str, int]:
@@ -192,23 +201,33 @@ class Scheduler:
         token_budget: int | None = None,
         starvation_limit: int = 64,
         output_reserve: int = 256,
+        tree_reserve: int = 0,
+        min_runnable: int = 0,
     ) -> Scheduler:
         """`token_budget` caps the tokens of admitted (active) conversation trees;
-        None means unlimited.
+        None means unlimited. `tree_reserve` (tokens) is the least footprint of a tree
+        admitted from now on, `min_runnable` (jobs) the floor on work of admitted trees;
+        0 turns either off. InvalidArgumentError for a negative argument.
 
         Order: jobs that have waited `starvation_limit` pops first (oldest first);
         then jobs of admitted trees by priority, cached_len, earlier admitted tree,
         push order; then the tree first pushed earliest is admitted if it fits.
         Starvation: every pop serves jobs that have waited `starvation_limit` pops
-        before all others, oldest first (skipping trees the budget cannot admit), so
+        before all others, oldest first (skipping trees admission holds back), so
         the oldest waiting job never waits more than `starvation_limit` pops and a job
         with A older jobs still waiting when it reaches the limit waits at most
         `starvation_limit` + A pops.
         Footprint of a tree: its largest prompt_len pushed so far + `output_reserve`
-        per job of it waiting or in flight. A tree is admitted if admitted_tokens +
-        footprint <= token_budget, or if no tree is admitted; jobs of admitted trees
-        are never held back (new turns may take admitted_tokens over the budget, and
-        then no new tree is admitted until it is back under)."""
+        per job of it waiting or in flight, but at least the `tree_reserve` in force
+        when it was admitted. A tree is admitted if admitted_tokens + footprint <=
+        token_budget, or if no tree is admitted, or if fewer than `min_runnable` jobs
+        of admitted trees wait or run (the floor); jobs of admitted trees are never
+        held back (new turns and admissions under the floor may take admitted_tokens
+        over the budget; then no new tree is admitted, except under the floor, until
+        it is back under)."""
+    def set_tree_reserve(self, tokens: int) -> None:
+        """The reserve (expected size, in tokens) of trees admitted from now on; admitted
+        trees keep theirs. InvalidArgumentError if negative."""
     def __len__(self) -> int:
         """Jobs waiting."""
     def push_many(
@@ -233,7 +252,8 @@ class Scheduler:
         """The conversation tree is done: release its admission budget. Unknown trees are
         ignored; InvalidArgumentError while jobs of it still wait."""
     def stats(self) -> dict[str, int]:
-        """waiting, in_flight, admitted_trees, admitted_tokens, pops, max_wait (longest wait, in pops)."""
+        """waiting, in_flight, admitted_trees, admitted_tokens, runnable (jobs of admitted trees
+        waiting or in flight), pops, max_wait (longest wait, in pops)."""
 
 def turn_seeds(seeds: Sequence[int], branches: Sequence[int], turns: Sequence[int]) -> list[int]:
     """`turnloom.seeds.turn_seed` of every (seeds[i], branches[i], turns[i]); all

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import msgspec
 
 from turnloom import _core
+from turnloom.admission import estimator_for
 from turnloom.agents import Reply
 from turnloom.backends.base import GenRequest, GenResult
 from turnloom.collect import Collector
@@ -173,6 +174,7 @@ class Engine:
         self.backends = build_backends(scenario, registry)
         self.participants = build_participants(scenario, registry, self.backends)
         self.views = [p for p in self.participants if p.is_agent]
+        self._prefixes = [p.prefix for p in self.participants]  # by view id
         self.order = [self.participants[i] for i in scenario.turn_order()]
         # roles[v][s]: the role a message by participant s has in view v
         # (None: that view never sees the speaker's messages)
@@ -247,9 +249,17 @@ class Engine:
             be.max_inflight = spec.max_inflight or run.max_inflight
             cap = info.cache_capacity_tokens
             be.max_batch_tokens = spec.max_batch_tokens or cap or (1 << 40)
-            be.sched = _core.Scheduler(token_budget=cap) if cap else _core.Scheduler()
             if cap:
                 be.cache = _core.RadixCache(cap)
+                # Reserve each tree's expected final size at admission (a tree is admitted
+                # small and grows), but never let the budget leave the backend's lanes idle.
+                be.tree_size = estimator_for(self.scenario, [v for v in self.views if v.backend is be])
+                be.sched = _core.Scheduler(
+                    token_budget=cap,
+                    tree_reserve=be.tree_size.estimate if be.tree_size is not None else 0,
+                    min_runnable=be.batch_size * be.max_inflight)
+            else:
+                be.sched = _core.Scheduler()
 
     async def close_backends(self) -> None:
         for be in self.backends.values():
@@ -512,10 +522,9 @@ class Engine:
             be.sched.push_many(ids, trees, lens)
 
     def _prompts(self, jobs: Sequence[Job]) -> list[list[int]]:
-        lanes = self.forest.lanes_for([j.br.node for j in jobs], [j.p.index for j in jobs])
-        for lane, job in zip(lanes, jobs):
-            lane += job.p.prefix
-        return lanes
+        """Each job's prompt: its speaker's lane plus the generation prefix."""
+        return self.forest.lanes_for([j.br.node for j in jobs], [j.p.index for j in jobs],
+                                     self._prefixes)
 
     def _dispatch(self, be: BackendRT) -> None:
         sched = be.sched
@@ -843,6 +852,11 @@ class Engine:
 
     def _close_tree(self, tree: Tree) -> None:
         if tree.root >= 0 and self.forest.is_live(tree.root):
+            for be in tree.backends:
+                if be.tree_size is not None:
+                    # Its real size in the backend's views sizes the trees admitted next.
+                    size = self.forest.subtree_tokens(tree.root, be.tree_size.views)
+                    be.sched.set_tree_reserve(be.tree_size.observe(size))
             self.forest.free_subtree(tree.root)
         for be in tree.backends:
             be.sched.finish_tree(tree.root)

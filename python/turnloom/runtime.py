@@ -38,7 +38,7 @@ class BackendRT:
 
     __slots__ = ("name", "spec", "backend", "fmt", "plugin", "info", "sched", "batch_size",
                  "max_inflight", "max_batch_tokens", "inflight", "cache", "reports_cached",
-                 "usage")
+                 "tree_size", "usage")
 
     def __init__(self, name: str, spec: Any, backend: Backend, fmt: ChatFormat,
                  plugin: str) -> None:
@@ -55,6 +55,7 @@ class BackendRT:
         self.inflight = 0
         self.cache: Any = None  # RadixCache model, when the backend has a cache capacity
         self.reports_cached = False  # seen a result with cached_tokens > 0
+        self.tree_size: Any = None  # TreeSizeEstimator, when the backend has a cache capacity
         self.usage = Usage()
 
 

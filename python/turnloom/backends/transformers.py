@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import torch
 
     from turnloom.hf_tokenizer import HFTokenizer
+    from turnloom.tokenizer import ChatFormat
 
 NAME = "transformers"
 # Prompt tokens per prefill forward pass, summed over the batch.
@@ -69,6 +70,17 @@ class TransformersBackend(Backend):
     def __init__(self, settings: TransformersSettings | None = None) -> None:
         self.settings = settings or TransformersSettings()
         self._runner: _Runner | None = None
+        self._chat_format: ChatFormat | None = None
+
+    @property
+    def chat_format(self) -> ChatFormat:
+        """The model's own chat format: the engine renders this backend's prompts with
+        it unless the scenario names another `tokenizer` (byte ids would be garbage here)."""
+        if self._chat_format is None:
+            from turnloom.models import load_chat_format
+
+            self._chat_format = load_chat_format(self.settings.model)
+        return self._chat_format
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> TransformersBackend:

@@ -9,15 +9,15 @@
 //! 1. **Starvation.** The earliest pushed waiting job, if it has waited
 //!    `starvation_limit` pops or more. If its tree is not admitted yet (it is
 //!    then the first tree in admission order), the tree is admitted now when
-//!    the budget allows; otherwise no tree is admitted for the rest of the
-//!    pop and only starving jobs of admitted trees are taken (starvation
-//!    never forces an admission over the budget).
+//!    admission allows (see *Admission accounting*); otherwise no tree is
+//!    admitted for the rest of the pop and only starving jobs of admitted
+//!    trees are taken (starvation never forces an admission).
 //! 2. **Cache reuse.** A waiting job of an admitted tree: higher priority
 //!    first, then longer cached prefix, then the tree admitted earlier (so
 //!    conversations run to completion, depth-first-ish, before new ones start
 //!    and evict their prefixes), then push order.
 //! 3. **Admission.** When no job of an admitted tree waits, the tree whose
-//!    first job was pushed earliest is admitted (if the budget allows) and its
+//!    first job was pushed earliest is admitted (if admission allows) and its
 //!    jobs join rule 2.
 //!
 //! A batch ends at `max_requests` jobs, or before the first job that would
@@ -29,11 +29,11 @@
 //! The *wait* of a job is the number of pops that ended while it was waiting
 //! (counted from its push). Every pop first takes the jobs whose wait is at
 //! least `starvation_limit`, oldest push first, before any other job,
-//! skipping only jobs of trees the budget cannot admit yet. A pop always
+//! skipping only jobs of trees admission holds back. A pop always
 //! takes at least one job when one is ready (`max_requests` >= 1 and a first
 //! job is taken whatever its size), so a job that reaches the limit while
 //! `A` older jobs still wait is served within `A` more pops: its wait is at
-//! most `starvation_limit + A` pops, unless the budget holds back its tree.
+//! most `starvation_limit + A` pops, unless admission holds back its tree.
 //! In particular the oldest waiting job is served at the very pop where it
 //! reaches the limit, so with no older backlog no job waits more than
 //! `starvation_limit` pops. (No order can promise that bound for every job of
@@ -43,15 +43,27 @@
 //! The footprint of a tree is its largest prompt length pushed so far (the
 //! context the cache holds for it) plus `output_reserve` for each of its jobs
 //! waiting or in flight (waiting jobs of an admitted tree run next, so their
-//! output is reserved up front). `admitted_tokens` is the sum over admitted
-//! trees. A tree is admitted only if `admitted_tokens` plus its footprint
-//! fits `token_budget`, or if no tree is admitted (so the scheduler always
-//! makes progress). Jobs of admitted trees are never held back by the
-//! budget: once started, a conversation runs. So `admitted_tokens` exceeds
-//! the budget only with a lone admitted tree, or after jobs are pushed to
-//! admitted trees (a new turn adds its reserve and may lengthen the prompt);
-//! then no new tree is admitted until completions and `finish_tree` (which
-//! releases the whole footprint) bring it back under.
+//! output is reserved up front), but at least its *reserve*: the
+//! `tree_reserve` in force when the tree was admitted (0: none). A tree is
+//! admitted small (a system prompt and a first message) and grows turn by
+//! turn and branch by branch; reserving its expected final size up front
+//! keeps the trees admitted in one burst from outgrowing the budget together.
+//! `set_tree_reserve` applies to trees admitted from then on; admitted trees
+//! keep the reserve they were admitted with. `admitted_tokens` is the sum of
+//! the footprints of admitted trees.
+//!
+//! A tree is admitted if `admitted_tokens` plus its footprint (with the
+//! current `tree_reserve`) fits `token_budget`; or if no tree is admitted (so
+//! the scheduler always makes progress); or if fewer than `min_runnable` jobs
+//! of admitted trees are waiting or in flight (the *floor*, 0 for none: the
+//! budget never starves the backend of work). Jobs of admitted trees are
+//! never held back: once started, a conversation runs. So `admitted_tokens`
+//! exceeds the budget only with a lone admitted tree, after admissions under
+//! the floor, or after jobs pushed to admitted trees grow their footprint
+//! past their reserve (a new turn adds its output reserve and may lengthen
+//! the prompt); then no new tree is admitted, except under the floor, until
+//! completions and `finish_tree` (which releases the whole footprint) bring
+//! it back under.
 
 mod ready;
 
@@ -78,6 +90,8 @@ pub struct SchedulerStats {
     pub in_flight: usize,
     pub admitted_trees: usize,
     pub admitted_tokens: u64,
+    /// Jobs of admitted trees waiting or in flight (what the floor counts).
+    pub runnable: usize,
     pub pops: u64,
     /// Largest wait (in pops) of any job popped so far.
     pub max_wait: u64,
@@ -109,6 +123,8 @@ struct Tree {
     waiting: u64,
     in_flight: u64,
     max_prompt: u64,
+    /// `tree_reserve` when the tree was admitted; 0 before.
+    reserve: u64,
 }
 
 /// Ready jobs, popped in batches in cache-aware order (see the module docs).
@@ -116,6 +132,8 @@ pub struct Scheduler {
     token_budget: Option<u64>,
     starvation_limit: u64,
     output_reserve: u64,
+    tree_reserve: u64,
+    min_runnable: u64,
     jobs: IdMap<Job>,
     trees: IdMap<Tree>,
     /// Tree id to the serial of its current incarnation.
@@ -130,6 +148,8 @@ pub struct Scheduler {
     in_flight: usize,
     admitted_trees: usize,
     admitted_tokens: u64,
+    /// Jobs of admitted trees waiting or in flight.
+    runnable: u64,
     max_wait: u64,
 }
 
@@ -140,15 +160,25 @@ fn invalid(msg: String) -> CoreError {
 impl Scheduler {
     /// `token_budget` caps the footprint of admitted trees (None: no cap);
     /// `output_reserve` is the footprint of one job of an admitted tree
-    /// (waiting or in flight) on top of its largest prompt.
-    pub fn new(token_budget: Option<u64>, starvation_limit: u64, output_reserve: u64) -> CoreResult<Self> {
-        if output_reserve > MAX_TOKENS {
-            return Err(invalid(format!("output_reserve {output_reserve} is above {MAX_TOKENS}")));
-        }
+    /// (waiting or in flight) on top of its largest prompt; `tree_reserve`
+    /// is the least footprint of a tree admitted from now on (0: none);
+    /// `min_runnable` is the floor on jobs of admitted trees below which
+    /// trees are admitted past the budget (0: none).
+    pub fn new(
+        token_budget: Option<u64>,
+        starvation_limit: u64,
+        output_reserve: u64,
+        tree_reserve: u64,
+        min_runnable: u64,
+    ) -> CoreResult<Self> {
+        check_reserve("output_reserve", output_reserve)?;
+        check_reserve("tree_reserve", tree_reserve)?;
         Ok(Scheduler {
             token_budget,
             starvation_limit,
             output_reserve,
+            tree_reserve,
+            min_runnable,
             jobs: IdMap::default(),
             trees: IdMap::default(),
             current: IdMap::default(),
@@ -161,8 +191,16 @@ impl Scheduler {
             in_flight: 0,
             admitted_trees: 0,
             admitted_tokens: 0,
+            runnable: 0,
             max_wait: 0,
         })
+    }
+
+    /// The reserve of trees admitted from now on; admitted trees keep theirs.
+    pub fn set_tree_reserve(&mut self, tokens: u64) -> CoreResult<()> {
+        check_reserve("tree_reserve", tokens)?;
+        self.tree_reserve = tokens;
+        Ok(())
     }
 
     /// Jobs waiting (pushed, not popped).
@@ -180,6 +218,7 @@ impl Scheduler {
             in_flight: self.in_flight,
             admitted_trees: self.admitted_trees,
             admitted_tokens: self.admitted_tokens,
+            runnable: self.runnable as usize,
             pops: self.pops,
             max_wait: self.max_wait,
         }
@@ -236,6 +275,7 @@ impl Scheduler {
         tree.max_prompt = tree.max_prompt.max(prompt_len);
         if tree.admitted.is_some() {
             self.admitted_tokens += footprint(tree, self.output_reserve) - before;
+            self.runnable += 1;
         }
         let admit_order = tree.admitted;
         if admit_order.is_none() {
@@ -262,6 +302,7 @@ impl Scheduler {
                 waiting: 0,
                 in_flight: 0,
                 max_prompt: 0,
+                reserve: 0,
             },
         );
         self.current.insert(id, serial);
@@ -326,7 +367,9 @@ impl Scheduler {
     }
 
     /// The job the order rules pick next, admitting trees on the way;
-    /// `blocked` records that the budget refused the head pending tree.
+    /// `blocked` records that admission refused the head pending tree (it
+    /// stays refused for the rest of the pop: taking jobs changes neither
+    /// the budget nor the runnable count).
     fn next_job(&mut self, now: u64, blocked: &mut bool) -> Option<u64> {
         loop {
             // Rule 1. Wait grows with age, so only the oldest waiting job can
@@ -362,21 +405,26 @@ impl Scheduler {
         }
     }
 
-    /// Admit the tree if its footprint fits the budget (or nothing is
-    /// admitted); its waiting jobs become ready.
+    /// Admit the tree if its footprint with the current reserve fits the
+    /// budget, or nothing is admitted, or runnable jobs are under the floor;
+    /// its waiting jobs become ready.
     fn try_admit(&mut self, serial: u64) -> bool {
         let tree = self.trees.get_mut(&serial).expect("pending trees exist");
-        let fp = footprint(tree, self.output_reserve);
+        // A pending tree has no reserve yet, so this is its footprint once admitted.
+        let fp = footprint(tree, self.output_reserve).max(self.tree_reserve);
         let fits = self.token_budget.is_none_or(|b| self.admitted_tokens + fp <= b);
-        if !fits && self.admitted_trees > 0 {
+        let under_floor = self.runnable < self.min_runnable;
+        if !fits && !under_floor && self.admitted_trees > 0 {
             return false;
         }
         let order = self.next_admit;
         self.next_admit += 1;
         tree.admitted = Some(order);
+        tree.reserve = self.tree_reserve;
         self.pending.remove(&tree.first_seq);
         self.admitted_trees += 1;
         self.admitted_tokens += fp;
+        self.runnable += tree.waiting + tree.in_flight;
         for id in std::mem::take(&mut tree.pending_jobs) {
             self.ready.insert(ready_job(id, &self.jobs[&id], order));
         }
@@ -409,9 +457,11 @@ impl Scheduler {
         for id in job_ids {
             let job = self.jobs.remove(id).expect("validated above");
             let tree = self.trees.get_mut(&job.tree).expect("jobs have trees");
+            let before = footprint(tree, self.output_reserve);
             tree.in_flight -= 1;
             if tree.admitted.is_some() {
-                self.admitted_tokens -= self.output_reserve;
+                self.admitted_tokens -= before - footprint(tree, self.output_reserve);
+                self.runnable -= 1;
             }
             self.in_flight -= 1;
             if tree.finished && tree.in_flight == 0 {
@@ -434,6 +484,7 @@ impl Scheduler {
         if tree.admitted.take().is_some() {
             self.admitted_tokens -= footprint(tree, self.output_reserve);
             self.admitted_trees -= 1;
+            self.runnable -= tree.in_flight;
         }
         self.current.remove(&tree_id);
         if tree.in_flight == 0 {
@@ -445,9 +496,17 @@ impl Scheduler {
     }
 }
 
-/// Largest prompt plus the output reserve of every job waiting or in flight.
+/// Largest prompt plus the output reserve of every job waiting or in
+/// flight, but at least the tree's reserve.
 fn footprint(tree: &Tree, output_reserve: u64) -> u64 {
-    tree.max_prompt + output_reserve * (tree.waiting + tree.in_flight)
+    (tree.max_prompt + output_reserve * (tree.waiting + tree.in_flight)).max(tree.reserve)
+}
+
+fn check_reserve(name: &str, tokens: u64) -> CoreResult<()> {
+    if tokens > MAX_TOKENS {
+        return Err(invalid(format!("{name} {tokens} is above {MAX_TOKENS}")));
+    }
+    Ok(())
 }
 
 fn ready_job(id: u64, job: &Job, admit_order: u64) -> ReadyJob {
@@ -471,6 +530,7 @@ impl Scheduler {
         let mut admitted_tokens = 0;
         let mut admitted = 0;
         let mut ready = 0;
+        let mut runnable = 0;
         for (&serial, t) in &self.trees {
             let waiting = self.jobs.values().filter(|j| j.tree == serial && !j.in_flight).count() as u64;
             let in_flight = self.jobs.values().filter(|j| j.tree == serial && j.in_flight).count() as u64;
@@ -480,15 +540,18 @@ impl Scheduler {
                 admitted += 1;
                 admitted_tokens += footprint(t, self.output_reserve);
                 ready += waiting;
+                runnable += waiting + in_flight;
                 assert!(t.pending_jobs.is_empty());
             } else if !t.finished {
                 assert_eq!(self.pending.get(&t.first_seq), Some(&serial));
                 assert_eq!(t.pending_jobs.len() as u64, waiting);
+                assert_eq!((t.reserve, in_flight), (0, 0), "pending trees hold nothing");
             }
             assert!(t.finished || waiting + in_flight > 0 || t.admitted.is_some(), "idle tree not admitted");
         }
         assert_eq!(admitted, self.admitted_trees);
         assert_eq!(admitted_tokens, self.admitted_tokens);
+        assert_eq!(runnable, self.runnable);
         assert_eq!(ready as usize, self.ready.len());
         assert_eq!(self.in_flight, self.jobs.values().filter(|j| j.in_flight).count());
     }

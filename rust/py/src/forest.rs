@@ -438,12 +438,16 @@ impl PyForest {
             .map_err(to_py_err)
     }
 
-    /// Lanes of `(nodes[i], views[i])` for every i, in one call.
+    /// Lanes of `(nodes[i], views[i])` for every i, in one call. With
+    /// `suffixes`, `suffixes[v]` (when present) is appended to every lane of
+    /// view `v`: a prompt is a lane plus its generation prefix.
+    #[pyo3(signature = (nodes, views, suffixes=None))]
     fn lanes_for<'py>(
         &mut self,
         py: Python<'py>,
         nodes: Vec<NodeId>,
         views: Vec<i64>,
+        suffixes: Option<Vec<Option<Vec<u32>>>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let views = views.into_iter().map(view).collect::<PyResult<Vec<_>>>()?;
         if nodes.len() != views.len() {
@@ -453,6 +457,7 @@ impl PyForest {
                 views.len()
             )));
         }
+        let suffixes = suffixes.unwrap_or_default();
         // One buffer for every lane; each is copied out as a list right away.
         let mut buffer = Vec::new();
         let lanes = PyList::empty(py);
@@ -461,7 +466,11 @@ impl PyForest {
             self.inner
                 .lane_into(node, view, &mut buffer)
                 .map_err(to_py_err)?;
-            lanes.append(self.ints.list(py, &buffer)?)?;
+            let suffix = suffixes
+                .get(usize::from(view))
+                .and_then(Option::as_deref)
+                .unwrap_or_default();
+            lanes.append(self.ints.list_of_parts(py, &buffer, suffix)?)?;
         }
         Ok(lanes)
     }
@@ -495,6 +504,18 @@ impl PyForest {
     /// Number of nodes the two root paths share (0 when in different trees).
     fn shared_prefix_len(&self, a: NodeId, b: NodeId) -> PyResult<usize> {
         self.inner.shared_prefix_len(a, b).map_err(to_py_err)
+    }
+
+    /// Tokens in every segment of `node`'s subtree, for every view or only
+    /// for `views` (what a prefix cache holds for a whole conversation tree).
+    #[pyo3(signature = (node, views=None))]
+    fn subtree_tokens(&self, node: NodeId, views: Option<Vec<i64>>) -> PyResult<u64> {
+        let views = views
+            .map(|vs| vs.into_iter().map(view).collect::<PyResult<Vec<_>>>())
+            .transpose()?;
+        self.inner
+            .subtree_tokens(node, views.as_deref())
+            .map_err(to_py_err)
     }
 
     /// Free `node` and all its descendants; returns how many nodes were freed.

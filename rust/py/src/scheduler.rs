@@ -47,13 +47,17 @@ fn natural(value: i64, name: &str) -> PyResult<u64> {
 /// than `starvation_limit` pops.
 ///
 /// Admission: a tree's footprint is its largest prompt_len pushed so far
-/// plus `output_reserve` for each of its jobs waiting or in flight;
+/// plus `output_reserve` for each of its jobs waiting or in flight, but at
+/// least the `tree_reserve` in force when it was admitted (its expected
+/// final size; `set_tree_reserve` applies to later admissions only);
 /// `admitted_tokens` sums the footprints of admitted trees. A tree is
 /// admitted when `admitted_tokens + footprint <= token_budget`, or when no
-/// tree is admitted (progress). Jobs of admitted trees are never held back,
-/// so new turns pushed to admitted trees may take `admitted_tokens` over the
-/// budget; no new tree is admitted until it is back under. `finish_tree`
-/// releases the whole footprint.
+/// tree is admitted (progress), or when fewer than `min_runnable` jobs of
+/// admitted trees wait or run (the floor: the budget never starves the
+/// backend). Jobs of admitted trees are never held back, so new turns pushed
+/// to admitted trees may take `admitted_tokens` over the budget, as may
+/// admissions under the floor; no new tree is admitted, except under the
+/// floor, until it is back under. `finish_tree` releases the whole footprint.
 #[pyclass(module = "turnloom._core", name = "Scheduler")]
 pub(crate) struct PyScheduler {
     inner: Scheduler,
@@ -62,19 +66,37 @@ pub(crate) struct PyScheduler {
 #[pymethods]
 impl PyScheduler {
     /// `token_budget` caps the tokens of admitted (active) conversation
-    /// trees; None means unlimited. See the class docstring for the exact
-    /// starvation guarantee and footprint accounting.
+    /// trees; None means unlimited. `tree_reserve` (tokens) is the least
+    /// footprint of a tree admitted from now on, `min_runnable` (jobs) the
+    /// floor on work of admitted trees; 0 turns either off. See the class
+    /// docstring for the exact starvation guarantee and footprint accounting.
     #[new]
-    #[pyo3(signature = (token_budget=None, starvation_limit=64, output_reserve=256))]
-    fn new(token_budget: Option<i64>, starvation_limit: i64, output_reserve: i64) -> PyResult<Self> {
+    #[pyo3(signature = (token_budget=None, starvation_limit=64, output_reserve=256, tree_reserve=0, min_runnable=0))]
+    fn new(
+        token_budget: Option<i64>,
+        starvation_limit: i64,
+        output_reserve: i64,
+        tree_reserve: i64,
+        min_runnable: i64,
+    ) -> PyResult<Self> {
         let token_budget = token_budget.map(|b| natural(b, "token_budget")).transpose()?;
         let inner = Scheduler::new(
             token_budget,
             natural(starvation_limit, "starvation_limit")?,
             natural(output_reserve, "output_reserve")?,
+            natural(tree_reserve, "tree_reserve")?,
+            natural(min_runnable, "min_runnable")?,
         )
         .map_err(to_py_err)?;
         Ok(PyScheduler { inner })
+    }
+
+    /// The reserve (expected size, in tokens) of trees admitted from now on;
+    /// admitted trees keep the one they were admitted with.
+    fn set_tree_reserve(&mut self, tokens: i64) -> PyResult<()> {
+        self.inner
+            .set_tree_reserve(natural(tokens, "tree_reserve")?)
+            .map_err(to_py_err)
     }
 
     /// Jobs waiting.
@@ -85,8 +107,8 @@ impl PyScheduler {
     fn __repr__(&self) -> String {
         let s = self.inner.stats();
         format!(
-            "Scheduler(waiting={}, in_flight={}, admitted_trees={}, admitted_tokens={})",
-            s.waiting, s.in_flight, s.admitted_trees, s.admitted_tokens
+            "Scheduler(waiting={}, in_flight={}, admitted_trees={}, admitted_tokens={}, runnable={})",
+            s.waiting, s.in_flight, s.admitted_trees, s.admitted_tokens, s.runnable
         )
     }
 
@@ -153,8 +175,9 @@ impl PyScheduler {
         }
     }
 
-    /// waiting, in_flight, admitted_trees, admitted_tokens, pops, max_wait
-    /// (the longest wait, in pops, of any job popped so far).
+    /// waiting, in_flight, admitted_trees, admitted_tokens, runnable (jobs of
+    /// admitted trees waiting or in flight), pops, max_wait (the longest
+    /// wait, in pops, of any job popped so far).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();
         let dict = PyDict::new(py);
@@ -162,6 +185,7 @@ impl PyScheduler {
         dict.set_item("in_flight", s.in_flight)?;
         dict.set_item("admitted_trees", s.admitted_trees)?;
         dict.set_item("admitted_tokens", s.admitted_tokens)?;
+        dict.set_item("runnable", s.runnable)?;
         dict.set_item("pops", s.pops)?;
         dict.set_item("max_wait", s.max_wait)?;
         Ok(dict)

@@ -156,6 +156,24 @@ impl Model {
             .collect()
     }
 
+    /// Tokens of every segment in `id`'s subtree, only `views` when given.
+    fn subtree_tokens(&self, id: NodeId, views: Option<&[u16]>) -> u64 {
+        let node = &self.live[&id];
+        let own: usize = node
+            .spec
+            .segments
+            .iter()
+            .filter(|(v, _)| views.is_none_or(|views| views.contains(v)))
+            .map(|(_, t)| t.len())
+            .sum();
+        own as u64
+            + node
+                .children
+                .iter()
+                .map(|&c| self.subtree_tokens(c, views))
+                .sum::<u64>()
+    }
+
     fn free(&mut self, id: NodeId) -> usize {
         let node = self.live.remove(&id).unwrap();
         if let Some(p) = node.parent {
@@ -357,6 +375,7 @@ fn agree(forest: &Forest, model: &Model) -> Result<(), String> {
             if !is_stale(forest.node(id), id)
                 || forest.is_live(id)
                 || !is_stale(forest.lane(id, 0), id)
+                || !is_stale(forest.subtree_tokens(id, None), id)
             {
                 return Err(format!("freed {id} is not stale"));
             }
@@ -382,6 +401,15 @@ fn agree(forest: &Forest, model: &Model) -> Result<(), String> {
         }
         if forest.depth(id) != Ok(path.len() as u32 - 1) {
             return Err(format!("depth of {id} is not path length - 1"));
+        }
+        for views in [None, Some(&[1][..]), Some(&[0, 2][..])] {
+            let expected = model.subtree_tokens(id, views);
+            if forest.subtree_tokens(id, views) != Ok(expected) {
+                return Err(format!(
+                    "subtree_tokens of {id} for {views:?}: {:?} != {expected}",
+                    forest.subtree_tokens(id, views)
+                ));
+            }
         }
         for view in 0..VIEWS {
             let lane = model.lane(id, view);

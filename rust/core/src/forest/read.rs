@@ -201,6 +201,28 @@ impl Forest {
             .collect()
     }
 
+    /// Tokens in the segments of every node of `id`'s subtree, for every view
+    /// or only for `views`: what a prefix cache holds for a whole conversation
+    /// tree (each view's lane is one cached sequence, branches share history).
+    pub fn subtree_tokens(&self, id: NodeId, views: Option<&[u16]>) -> CoreResult<u64> {
+        let mut stack = vec![self.live_slot(id)?];
+        let mut total = 0u64;
+        while let Some(slot) = stack.pop() {
+            total += self
+                .entries(slot)
+                .iter()
+                .filter(|entry| views.is_none_or(|v| v.contains(&entry.view)))
+                .map(|entry| u64::from(entry.len))
+                .sum::<u64>();
+            let mut child = self.slot(slot).first_child;
+            while child != NIL {
+                stack.push(child);
+                child = self.slot(child).next_sibling;
+            }
+        }
+        Ok(total)
+    }
+
     /// Number of nodes the two root paths share: depth of their deepest common
     /// ancestor plus one, or 0 when they are in different trees.
     pub fn shared_prefix_len(&self, a: NodeId, b: NodeId) -> CoreResult<usize> {

@@ -114,6 +114,31 @@ fn branches_and_shared_prefix() {
 }
 
 #[test]
+fn subtree_tokens_sum_every_segment_below() {
+    let mut forest = Forest::new();
+    let (root, user, reply) = conversation(&mut forest);
+    forest
+        .append(
+            user,
+            &msg("assistant", "hey", vec![(0, &[8]), (2, &[1, 1, 1])]),
+        )
+        .unwrap();
+    // root 2 + 1, user 1 + 2, reply 2, alt 1 + 3
+    assert_eq!(forest.subtree_tokens(root, None), Ok(12));
+    assert_eq!(forest.subtree_tokens(root, Some(&[0])), Ok(6));
+    assert_eq!(forest.subtree_tokens(root, Some(&[1, 2])), Ok(6));
+    assert_eq!(forest.subtree_tokens(root, Some(&[])), Ok(0));
+    assert_eq!(forest.subtree_tokens(user, None), Ok(9));
+    assert_eq!(forest.subtree_tokens(reply, None), Ok(2));
+    forest.free_subtree(user).unwrap();
+    assert_eq!(forest.subtree_tokens(root, None), Ok(3));
+    assert_eq!(
+        forest.subtree_tokens(user, None),
+        Err(CoreError::StaleNode(user))
+    );
+}
+
+#[test]
 fn free_makes_ids_stale_and_keeps_the_rest() {
     let mut forest = Forest::with_compaction_floor(1);
     let (root, user, reply) = conversation(&mut forest);

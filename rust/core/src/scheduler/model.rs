@@ -19,12 +19,16 @@ struct MTree {
     admitted: Option<u64>,
     finished: bool,
     max_prompt: u64,
+    /// The tree reserve in force at admission.
+    reserve: u64,
 }
 
 pub(super) struct Model {
     budget: Option<u64>,
     limit: u64,
     reserve: u64,
+    tree_reserve: u64,
+    min_runnable: u64,
     jobs: Vec<MJob>,
     trees: Vec<MTree>,
     seq: u64,
@@ -33,8 +37,23 @@ pub(super) struct Model {
 }
 
 impl Model {
-    pub fn new(budget: Option<u64>, limit: u64, reserve: u64) -> Self {
-        Model { budget, limit, reserve, jobs: vec![], trees: vec![], seq: 0, admits: 0, pops: 0 }
+    pub fn new(budget: Option<u64>, limit: u64, reserve: u64, tree_reserve: u64, min_runnable: u64) -> Self {
+        Model {
+            budget,
+            limit,
+            reserve,
+            tree_reserve,
+            min_runnable,
+            jobs: vec![],
+            trees: vec![],
+            seq: 0,
+            admits: 0,
+            pops: 0,
+        }
+    }
+
+    pub fn set_tree_reserve(&mut self, tokens: u64) {
+        self.tree_reserve = tokens;
     }
 
     fn count(&self, tree: usize, in_flight: bool) -> u64 {
@@ -48,8 +67,19 @@ impl Model {
             .sum()
     }
 
+    /// With `reserve`, the tree's reserve (its own once admitted).
+    fn footprint_with(&self, tree: usize, reserve: u64) -> u64 {
+        let jobs = self.count(tree, false) + self.count(tree, true);
+        (self.trees[tree].max_prompt + self.reserve * jobs).max(reserve)
+    }
+
     fn footprint(&self, tree: usize) -> u64 {
-        self.trees[tree].max_prompt + self.reserve * (self.count(tree, false) + self.count(tree, true))
+        self.footprint_with(tree, self.trees[tree].reserve)
+    }
+
+    /// Jobs of admitted trees, waiting or in flight.
+    pub fn runnable(&self) -> usize {
+        self.jobs.iter().filter(|j| self.trees[j.tree].admitted.is_some()).count()
     }
 
     pub fn admitted_trees(&self) -> usize {
@@ -73,7 +103,7 @@ impl Model {
             let tree = match self.trees.iter().position(|t| t.id == tree_id && !t.finished) {
                 Some(t) => t,
                 None => {
-                    self.trees.push(MTree { id: tree_id, admitted: None, finished: false, max_prompt: 0 });
+                    self.trees.push(MTree { id: tree_id, admitted: None, finished: false, max_prompt: 0, reserve: 0 });
                     self.trees.len() - 1
                 }
             };
@@ -98,9 +128,12 @@ impl Model {
     }
 
     fn try_admit(&mut self, tree: usize) -> bool {
-        let fits = self.budget.is_none_or(|b| self.admitted_tokens() + self.footprint(tree) <= b);
-        if fits || self.admitted_trees() == 0 {
+        let fp = self.footprint_with(tree, self.tree_reserve);
+        let fits = self.budget.is_none_or(|b| self.admitted_tokens() + fp <= b);
+        let under_floor = (self.runnable() as u64) < self.min_runnable;
+        if fits || under_floor || self.admitted_trees() == 0 {
             self.trees[tree].admitted = Some(self.admits);
+            self.trees[tree].reserve = self.tree_reserve;
             self.admits += 1;
             true
         } else {

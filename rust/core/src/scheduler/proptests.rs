@@ -18,6 +18,7 @@ enum Op {
     Complete(Vec<Index>, Option<u64>),
     Update(u64, u64),
     Finish(u64),
+    SetTreeReserve(u64),
 }
 
 fn push_item() -> impl Strategy<Value = PushItem> {
@@ -32,6 +33,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(i, x)| Op::Complete(i, x)),
         1 => (0u64..12, 0u64..55).prop_map(|(j, c)| Op::Update(j, c)),
         2 => (0u64..4).prop_map(Op::Finish),
+        1 => (0u64..120).prop_map(Op::SetTreeReserve),
     ]
 }
 
@@ -61,10 +63,12 @@ proptest! {
         budget in prop::option::of(0u64..200),
         limit in 0u64..5,
         reserve in 0u64..10,
+        tree_reserve in prop_oneof![Just(0u64), 0u64..120],
+        min_runnable in prop_oneof![Just(0u64), 0u64..6],
         ops in prop::collection::vec(op(), 1..60),
     ) {
-        let mut s = Scheduler::new(budget, limit, reserve).unwrap();
-        let mut m = Model::new(budget, limit, reserve);
+        let mut s = Scheduler::new(budget, limit, reserve, tree_reserve, min_runnable).unwrap();
+        let mut m = Model::new(budget, limit, reserve, tree_reserve, min_runnable);
         let mut in_flight: Vec<u64> = Vec::new();
         for op in ops {
             match op {
@@ -95,12 +99,17 @@ proptest! {
                 }
                 Op::Update(j, c) => same_outcome(s.update_cached(&[j], &[c]), m.update(j, c))?,
                 Op::Finish(t) => same_outcome(s.finish_tree(t), m.finish(t))?,
+                Op::SetTreeReserve(r) => {
+                    s.set_tree_reserve(r).unwrap();
+                    m.set_tree_reserve(r);
+                }
             }
             s.check_invariants();
             let st = s.stats();
             prop_assert_eq!(st.waiting, m.waiting());
             prop_assert_eq!(st.admitted_trees, m.admitted_trees());
             prop_assert_eq!(st.admitted_tokens, m.admitted_tokens());
+            prop_assert_eq!(st.runnable, m.runnable());
             prop_assert_eq!(st.pops, m.pops);
         }
     }
@@ -114,7 +123,7 @@ proptest! {
             1..40,
         ),
     ) {
-        let mut s = Scheduler::new(budget, limit, 7).unwrap();
+        let mut s = Scheduler::new(budget, limit, 7, 0, 0).unwrap();
         let mut next = 0u64;
         let mut lens = HashMap::new();
         let mut tree_of = HashMap::new();
@@ -177,7 +186,7 @@ proptest! {
             1..80,
         ),
     ) {
-        let mut s = Scheduler::new(None, limit, 16).unwrap();
+        let mut s = Scheduler::new(None, limit, 16, 0, 0).unwrap();
         let mut next = 0u64;
         let mut lens = HashMap::new();
         // Waiting jobs in push order (ids grow with pushes): id -> push pop.
@@ -218,15 +227,20 @@ proptest! {
     }
 
     #[test]
-    fn budget_is_only_exceeded_by_a_lone_tree(
+    fn budget_is_only_exceeded_by_a_lone_tree_or_under_the_floor(
         budget in 0u64..400,
         reserve in 0u64..20,
+        tree_reserve in prop_oneof![Just(0u64), 0u64..300],
+        min_runnable in prop_oneof![Just(0u64), 0u64..8],
         trees in prop::collection::vec(prop::collection::vec(1u64..80, 1..4), 1..15),
-        pops in prop::collection::vec((1usize..4, 0.0f64..1.0, any::<bool>()), 1..60),
+        pops in prop::collection::vec((1usize..4, 0.0f64..1.0, any::<bool>(), prop::option::of(0u64..300)), 1..60),
     ) {
         // Each tree's jobs are pushed together and it gets no more jobs, so
         // admitted trees never grow: admission alone decides admitted_tokens.
-        let mut s = Scheduler::new(Some(budget), 3, reserve).unwrap();
+        // Under the floor a tree (at most 3 jobs) is admitted past the budget,
+        // so past the budget, jobs of admitted trees stay under floor + 3.
+        const MAX_TREE_JOBS: usize = 3;
+        let mut s = Scheduler::new(Some(budget), 3, reserve, tree_reserve, min_runnable).unwrap();
         let mut next = 0u64;
         let mut jobs_left: HashMap<u64, usize> = HashMap::new();
         let mut lens = HashMap::new();
@@ -242,13 +256,23 @@ proptest! {
             jobs_left.insert(t as u64, ids.len());
         }
         let mut in_flight: Vec<u64> = Vec::new();
-        for (r, done, finish) in pops {
+        let floor = min_runnable as usize;
+        for (r, done, finish, set_reserve) in pops {
+            if let Some(tokens) = set_reserve {
+                s.set_tree_reserve(tokens).unwrap();
+            }
             let before = s.stats();
             let batch = pop_checked(&mut s, r, 1000, &lens)?;
             let after = s.stats();
             prop_assert!(!batch.is_empty() || before.waiting == 0 || before.admitted_trees > 0, "stalled with nothing admitted");
-            prop_assert!(after.admitted_tokens <= budget || after.admitted_trees == 1,
-                "{} tokens admitted over budget {} by {} trees", after.admitted_tokens, budget, after.admitted_trees);
+            prop_assert!(after.admitted_tokens <= budget || after.admitted_trees == 1 || after.runnable < floor + MAX_TREE_JOBS,
+                "{} tokens admitted over budget {} by {} trees with {} runnable jobs",
+                after.admitted_tokens, budget, after.admitted_trees, after.runnable);
+            // The floor: a pop cut short (never by max_tokens here) with jobs
+            // still waiting means admission stopped at or above the floor.
+            if batch.len() < r && after.waiting > 0 {
+                prop_assert!(after.runnable >= floor, "{} runnable jobs under the floor {}", after.runnable, floor);
+            }
             in_flight.extend(&batch);
             let k = (in_flight.len() as f64 * done) as usize;
             let finished: Vec<u64> = in_flight.drain(..k).collect();

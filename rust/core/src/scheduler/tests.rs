@@ -1,7 +1,7 @@
 use super::*;
 
 fn sched(budget: Option<u64>, limit: u64, reserve: u64) -> Scheduler {
-    Scheduler::new(budget, limit, reserve).unwrap()
+    Scheduler::new(budget, limit, reserve, 0, 0).unwrap()
 }
 
 fn push(s: &mut Scheduler, jobs: &[(u64, u64, u64)]) {
@@ -121,6 +121,73 @@ fn a_tree_too_big_for_the_budget_runs_alone() {
     s.finish_tree(1).unwrap();
     assert_eq!(s.stats().admitted_tokens, 0);
     assert_eq!(s.pop_batch(8, 1000).unwrap(), vec![2]);
+}
+
+#[test]
+fn tree_reserve_holds_back_admissions_until_trees_finish() {
+    // Each tree is admitted at 10 + 10 = 20 tokens but reserves 60.
+    let mut s = Scheduler::new(Some(130), 64, 10, 60, 0).unwrap();
+    push(&mut s, &[(1, 1, 10), (2, 2, 10), (3, 3, 10)]);
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), vec![1, 2], "a third reserve does not fit");
+    assert_eq!(s.stats().admitted_tokens, 120);
+    // Growing within its reserve changes nothing; past it, the footprint grows.
+    s.complete_many(&[1]).unwrap();
+    push(&mut s, &[(4, 1, 40)]);
+    assert_eq!(s.stats().admitted_tokens, 120);
+    push(&mut s, &[(5, 1, 45)]);
+    assert_eq!(s.stats().admitted_tokens, 125, "45 + 2 x 10 = 65 > 60");
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), vec![4, 5]);
+    s.complete_many(&[2, 4, 5]).unwrap();
+    assert_eq!(s.stats().admitted_tokens, 120, "back to the reserves");
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), Vec::<u64>::new());
+    s.finish_tree(1).unwrap();
+    assert_eq!(s.stats().admitted_tokens, 60);
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), vec![3]);
+    assert_eq!(s.stats().admitted_tokens, 120);
+    s.check_invariants();
+}
+
+#[test]
+fn set_tree_reserve_applies_to_later_admissions_only() {
+    let mut s = Scheduler::new(Some(100), 64, 0, 50, 0).unwrap();
+    push(&mut s, &[(1, 1, 5)]);
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), vec![1]);
+    assert_eq!(s.stats().admitted_tokens, 50);
+    s.set_tree_reserve(20).unwrap();
+    assert_eq!(s.stats().admitted_tokens, 50, "tree 1 keeps the reserve it was admitted with");
+    push(&mut s, &[(2, 2, 5), (3, 3, 5), (4, 4, 5)]);
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), vec![2, 3], "50 + 2 x 20 fit, a third 20 does not");
+    assert_eq!(s.stats().admitted_tokens, 90);
+    s.complete_many(&[1]).unwrap();
+    s.finish_tree(1).unwrap();
+    assert_eq!(s.stats().admitted_tokens, 40, "finishing releases the old reserve");
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), vec![4]);
+    assert!(matches!(s.set_tree_reserve(MAX_TOKENS + 1), Err(CoreError::InvalidArgument(_))));
+    assert!(Scheduler::new(None, 64, 0, MAX_TOKENS + 1, 0).is_err());
+    s.check_invariants();
+}
+
+#[test]
+fn min_runnable_admits_past_the_budget_only_when_work_is_short() {
+    // Every tree's footprint (20) exceeds what is left of the budget after one.
+    let mut s = Scheduler::new(Some(30), 64, 10, 0, 3).unwrap();
+    push(&mut s, &[(1, 1, 10), (2, 2, 10), (3, 3, 10), (4, 4, 10), (5, 4, 10)]);
+    // Under the floor of 3 runnable jobs, trees 2 and 3 are admitted anyway;
+    // then 3 jobs run and tree 4 waits.
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), vec![1, 2, 3]);
+    assert_eq!(s.stats().admitted_tokens, 60);
+    assert_eq!(s.stats().runnable, 3);
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), Vec::<u64>::new());
+    // One job done: 2 runnable, under the floor again.
+    s.complete_many(&[1]).unwrap();
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), vec![4, 5]);
+    assert_eq!(s.stats().runnable, 4);
+    s.check_invariants();
+    // Without the floor the same budget admits one tree at a time.
+    let mut s = sched(Some(30), 64, 10);
+    push(&mut s, &[(1, 1, 10), (2, 2, 10)]);
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), vec![1]);
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), Vec::<u64>::new());
 }
 
 #[test]
