@@ -537,3 +537,32 @@ def test_a_full_disk_under_an_exporter_stops_the_run_and_resume_finishes(tmp_pat
     plain.register(Kinds("exporters", MidwayExporter), name="bad")  # room on the disk again
     result = turnloom.resume(run_dir, progress=False, plugin_manager=plain)
     assert [r["index"] for r in result.conversations()] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("backend", "warned"), [
+    ({"type": "sglang", "settings": {"urls": ["http://127.0.0.1:9"]}}, True),
+    ({"type": "sglang", "tokenizer": "bytes", "settings": {"urls": ["http://127.0.0.1:9"]}}, False),
+    ({"type": "openai", "settings": {"base_url": "http://127.0.0.1:9/v1", "model": "m",
+                                     "endpoint": "chat"}}, False),
+    ({"type": "openai", "settings": {"base_url": "http://127.0.0.1:9/v1", "model": "m"}}, True),
+    ({"type": "scripted"}, False),
+])
+def test_byte_ids_to_a_model_server_are_flagged(backend, warned, caplog):
+    """A model server reads prompt ids with its own vocabulary: a backend that sends ids
+    as they are, with no `tokenizer`, gets a warning instead of silent garbage."""
+    from turnloom.config import BackendSpec, ParticipantSpec, RunSettings, Scenario
+    from turnloom.plugins import Registry, get_plugin_manager
+    from turnloom.runtime import build_backends
+
+    scenario = Scenario(
+        run=RunSettings(name="ids", conversations=1, max_turns=2),
+        backends={"served": BackendSpec(**backend)},
+        participants=(ParticipantSpec(name="assistant", agent="assistant"),
+                      ParticipantSpec(name="user", agent="echo")),
+    )
+    with caplog.at_level("WARNING", logger="turnloom.runtime"):
+        build_backends(scenario, Registry.from_plugin_manager(get_plugin_manager()))
+    flagged = [r for r in caplog.records if "names no `tokenizer`" in r.getMessage()]
+    assert bool(flagged) is warned
+    if warned:
+        assert "'served'" in flagged[0].getMessage()

@@ -4,6 +4,7 @@ agents or environments, judges, scorers and exporters."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 from turnloom.agents import Agent, Environment, Sampler
@@ -11,6 +12,8 @@ from turnloom.backends.base import Backend, BackendInfo, SamplingParams
 from turnloom.config import JudgeSpec, ParticipantSpec, Scenario, ScenarioError, error_at
 from turnloom.judging import Judge
 from turnloom.tokenizer import ByteTokenizer, ChatFormat, ChatMLFormat
+
+log = logging.getLogger(__name__)
 
 
 class Usage:
@@ -133,6 +136,12 @@ def build_backends(scenario: Scenario, registry: Any) -> dict[str, BackendRT]:
                            "not a turnloom Backend")
         fmt = getattr(backend, "chat_format", None) if spec.tokenizer is None else None
         if fmt is None:
+            if spec.tokenizer is None and backend.reads_token_ids:
+                # A model server reads these ids with its own vocabulary: byte ids are
+                # garbage to it, and nothing downstream would say so.
+                log.warning("backend %r (%s) names no `tokenizer` and has no chat format of its "
+                            "own: prompts go out as byte-level ChatML ids; set `tokenizer` to "
+                            "the served model's spec unless that is intended", name, spec.type)
             try:
                 fmt = load_chat_format(spec.tokenizer or "bytes")
             except Exception as exc:

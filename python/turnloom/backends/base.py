@@ -71,6 +71,10 @@ class BackendError(Exception):
 class Backend(abc.ABC):
     """Async generation backend. Results come back in request order."""
 
+    #: Whether prompt ids reach a model as they are, so they must come from that
+    #: model's own tokenizer (False for a backend that decodes prompts back to text).
+    reads_token_ids: bool = True
+
     @abc.abstractmethod
     async def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         """Run a batch; one result per request, same order. A failed request is a

@@ -144,6 +144,7 @@ class OpenAIBackend(Backend):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.endpoint = endpoint
+        self.reads_token_ids = endpoint == "completions"  # chat decodes prompts to messages
         self.api_key = api_key
         self.tokenizer = tokenizer
         self._custom_messages = messages_from_ids
