@@ -9,6 +9,9 @@ and the prompt's last 32 token ids (the scripted backend's rule).
   turnloom  a Scenario run through `turnloom.api.run` with the scripted backend,
             no progress bar, writing its run directory (log, conversations,
             scores) as a user's run does; third-party plugins are not loaded.
+            `run.batch_size` is --batch-size (128); one more row runs the large
+            size at the scripted backend's max_batch (1024), which is what a
+            scenario that sets no batch size gets.
   baseline-hf  what a user would write: lists of message dicts per conversation,
             the chat template rendered and tokenized over the full history every
             turn with transformers' `tokenizer.apply_chat_template`,
@@ -41,9 +44,14 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from turnloom.backends.scripted import _TAIL, DEFAULT_LINES
+from turnloom.backends.scripted import _TAIL, DEFAULT_LINES, ScriptedSettings
 
 MODEL = "smollm2-135m-instruct"
+# The scripted backend answers at once, so its batch size only trades per-call overhead
+# against keeping one batch's prompts, results and records in the CPU caches across the
+# engine's passes over them; 128 is where that bottoms out here (sweep in bench/README.md).
+BATCH_SIZE = 128
+SCRIPTED_MAX_BATCH = ScriptedSettings().max_batch  # the batch size of a scenario that sets none
 TAIL = _TAIL  # the scripted backend hashes this many trailing prompt ids
 LINES = DEFAULT_LINES  # the same reply rule on both sides
 USER_PROMPT = "You are a curious student who asks short, concrete questions about programming."
@@ -75,11 +83,12 @@ def tokenizer_spec() -> str:
 # --- turnloom side ---------------------------------------------------------------------
 
 
-def scenario(conversations: int, turns: int, tokenizer: str) -> Any:
+def scenario(conversations: int, turns: int, tokenizer: str, batch_size: int | None = None) -> Any:
     from turnloom.config import BackendSpec, ParticipantSpec, RunSettings, Scenario
 
     return Scenario(
-        run=RunSettings(name="bench-engine", conversations=conversations, max_turns=turns, seed=0),
+        run=RunSettings(name="bench-engine", conversations=conversations, max_turns=turns, seed=0,
+                        batch_size=batch_size),
         backends={"sim": BackendSpec(type="scripted", tokenizer=tokenizer, settings={"lines": list(LINES)})},
         participants=(
             ParticipantSpec(name="user", agent="user-simulator", system_prompt=USER_PROMPT),
@@ -88,10 +97,11 @@ def scenario(conversations: int, turns: int, tokenizer: str) -> Any:
     )
 
 
-def run_turnloom(conversations: int, turns: int, tokenizer: str) -> dict[str, Any]:
+def run_turnloom(conversations: int, turns: int, tokenizer: str,
+                 batch_size: int | None = None) -> dict[str, Any]:
     from turnloom.api import run
 
-    sc = scenario(conversations, turns, tokenizer)
+    sc = scenario(conversations, turns, tokenizer, batch_size)
     out = tempfile.mkdtemp(prefix="bench-engine-")
     try:
         t, c = time.perf_counter(), time.process_time()
@@ -185,18 +195,23 @@ def run_baseline(conversations: int, turns: int, tokenizer: str,
 # --- driver ----------------------------------------------------------------------------
 
 
-def run_side(side: str, conversations: int, turns: int, tokenizer: str) -> dict[str, Any]:
+def run_side(side: str, conversations: int, turns: int, tokenizer: str,
+             batch_size: int | None = None) -> dict[str, Any]:
     if side == "turnloom":
-        result = run_turnloom(conversations, turns, tokenizer)
+        result = run_turnloom(conversations, turns, tokenizer, batch_size)
     else:
         result = run_baseline(conversations, turns, tokenizer, side)
-    result.update(side=side, conversations=conversations, peak_rss=peak_rss_bytes())
+    result.update(side=side, conversations=conversations, peak_rss=peak_rss_bytes(),
+                  batch=batch_size if side == "turnloom" else None)
     return result
 
 
-def spawn(side: str, conversations: int, args: argparse.Namespace, tokenizer: str) -> dict[str, Any]:
+def spawn(side: str, conversations: int, args: argparse.Namespace, tokenizer: str,
+          batch_size: int | None = None) -> dict[str, Any]:
     command = [sys.executable, __file__, "--side", side, "--conversations", str(conversations),
                "--turns", str(args.turns), "--tokenizer", tokenizer]
+    if batch_size:
+        command += ["--batch-size", str(batch_size)]
     # The engine alone: third-party plugins installed in the environment stay out.
     env = {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
@@ -212,7 +227,7 @@ def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) 
     mib = 1 << 20
     out(f"{'side':<12}{'conversations':>14}{'turns':>10}{'wall s':>9}{'CPU s':>9}{'turns/s':>10}"
         f"{'turns/CPU s':>13}{'peak RSS MiB':>14}{'speed x':>9}{'CPU x':>8}{'RSS x':>8}"
-        + (f"{'CPU x hf':>10}" if hf else ""))
+        + (f"{'CPU x hf':>10}" if hf else "") + f"{'batch':>7}")
     for r in rows:
         wall, cpu = r["turns"] / r["seconds"], r["turns"] / r["cpu"]
         line = (f"{r['side']:<12}{r['conversations']:>14,}{r['turns']:>10,}{r['seconds']:>9.2f}"
@@ -220,9 +235,10 @@ def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) 
                 f"{wall / base_wall:>8.1f}x{cpu / base_cpu:>7.1f}x{r['peak_rss'] / base['peak_rss']:>7.2f}x")
         if hf:
             line += f"{cpu / (hf['turns'] / hf['cpu']):>9.1f}x"
-        out(line)
+        out(line + f"{r.get('batch') or '-':>7}")
     out("speed x (wall clock), CPU x (process CPU time: fairer on a shared machine) and RSS x "
-        "are against the baseline row" + ("; CPU x hf against the baseline-hf row" if hf else ""))
+        "are against the baseline row" + ("; CPU x hf against the baseline-hf row" if hf else "")
+        + "; batch: turnloom's requests per backend call")
 
 
 def has_transformers() -> bool:
@@ -239,13 +255,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline-conversations", type=int, default=None,
                         help="baseline size (default: --conversations)")
     parser.add_argument("--turns", type=int, default=8, help="messages per conversation")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                        help="turnloom's requests per backend call (run.batch_size)")
+    parser.add_argument("--compare-batch-size", type=int, default=SCRIPTED_MAX_BATCH,
+                        help="one more turnloom row at this batch size (0: none); default: the "
+                             "scripted backend's max_batch, what a scenario that sets none gets")
     parser.add_argument("--no-hf", action="store_true",
                         help="skip the apply_chat_template baseline (the slowest row)")
     parser.add_argument("--side", choices=("turnloom", "baseline", "baseline-hf"), help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.side:
-        print(json.dumps(run_side(args.side, args.conversations, args.turns, args.tokenizer)))
+        print(json.dumps(run_side(args.side, args.conversations, args.turns, args.tokenizer,
+                                  args.batch_size)))
         return
 
     tokenizer = tokenizer_spec()
@@ -263,7 +285,9 @@ def main(argv: list[str] | None = None) -> None:
             print("note: transformers is not installed; the baseline-hf row is skipped")
     rows.append(spawn("baseline", n_base, args, tokenizer))
     sizes = sorted({n for n in (args.small, args.conversations) if 0 < n})
-    rows += [spawn("turnloom", n, args, tokenizer) for n in sizes]
+    rows += [spawn("turnloom", n, args, tokenizer, args.batch_size) for n in sizes]
+    if args.compare_batch_size and args.compare_batch_size != args.batch_size:
+        rows.append(spawn("turnloom", args.conversations, args, tokenizer, args.compare_batch_size))
     print_table(rows)
     peaks = ", ".join(f"{r['conversations']:,}: {r['peak_active']:,}" for r in rows if r["side"] == "turnloom")
     print(f"turnloom peak active conversations (run size: peak): {peaks}")
