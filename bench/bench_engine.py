@@ -9,9 +9,9 @@ and the prompt's last 32 token ids (the scripted backend's rule).
   turnloom  a Scenario run through `turnloom.api.run` with the scripted backend,
             no progress bar, writing its run directory (log, conversations,
             scores) as a user's run does; third-party plugins are not loaded.
-            `run.batch_size` is --batch-size (128); one more row runs the large
-            size at the scripted backend's max_batch (1024), which is what a
-            scenario that sets no batch size gets.
+            The batch size is the scripted backend's default (max_batch 128)
+            unless --batch-size is given; one more row runs the large size at
+            1024 requests per call, for comparison.
   baseline-hf  what a user would write: lists of message dicts per conversation,
             the chat template rendered and tokenized over the full history every
             turn with transformers' `tokenizer.apply_chat_template`,
@@ -44,14 +44,15 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from turnloom.backends.scripted import _TAIL, DEFAULT_LINES, ScriptedSettings
+from turnloom.backends.scripted import _TAIL, DEFAULT_LINES
 
 MODEL = "smollm2-135m-instruct"
 # The scripted backend answers at once, so its batch size only trades per-call overhead
 # against keeping one batch's prompts, results and records in the CPU caches across the
-# engine's passes over them; 128 is where that bottoms out here (sweep in bench/README.md).
-BATCH_SIZE = 128
-SCRIPTED_MAX_BATCH = ScriptedSettings().max_batch  # the batch size of a scenario that sets none
+# engine's passes over them. turnloom runs at the backend's default (None: its max_batch,
+# 128) and, for comparison, at 1024 (the default before the sweep in bench/README.md).
+BATCH_SIZE = None
+COMPARE_BATCH_SIZE = 1024
 TAIL = _TAIL  # the scripted backend hashes this many trailing prompt ids
 LINES = DEFAULT_LINES  # the same reply rule on both sides
 USER_PROMPT = "You are a curious student who asks short, concrete questions about programming."
@@ -110,7 +111,9 @@ def run_turnloom(conversations: int, turns: int, tokenizer: str,
     finally:
         shutil.rmtree(out, ignore_errors=True)
     summary = result.summary
-    return {"turns": summary["turns"], "seconds": seconds, "cpu": cpu,
+    # Requests per backend call: the scenario's, else the backend's max_batch.
+    batch = batch_size or summary["backends"]["sim"]["info"]["max_batch"]
+    return {"turns": summary["turns"], "seconds": seconds, "cpu": cpu, "batch": batch,
             "peak_active": summary["memory"]["peak_active_conversations"]}
 
 
@@ -201,8 +204,7 @@ def run_side(side: str, conversations: int, turns: int, tokenizer: str,
         result = run_turnloom(conversations, turns, tokenizer, batch_size)
     else:
         result = run_baseline(conversations, turns, tokenizer, side)
-    result.update(side=side, conversations=conversations, peak_rss=peak_rss_bytes(),
-                  batch=batch_size if side == "turnloom" else None)
+    result.update(side=side, conversations=conversations, peak_rss=peak_rss_bytes())
     return result
 
 
@@ -256,10 +258,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="baseline size (default: --conversations)")
     parser.add_argument("--turns", type=int, default=8, help="messages per conversation")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
-                        help="turnloom's requests per backend call (run.batch_size)")
-    parser.add_argument("--compare-batch-size", type=int, default=SCRIPTED_MAX_BATCH,
-                        help="one more turnloom row at this batch size (0: none); default: the "
-                             "scripted backend's max_batch, what a scenario that sets none gets")
+                        help="turnloom's requests per backend call (run.batch_size; default: the "
+                             "scripted backend's max_batch)")
+    parser.add_argument("--compare-batch-size", type=int, default=COMPARE_BATCH_SIZE,
+                        help="one more turnloom row at this batch size (0: none)")
     parser.add_argument("--no-hf", action="store_true",
                         help="skip the apply_chat_template baseline (the slowest row)")
     parser.add_argument("--side", choices=("turnloom", "baseline", "baseline-hf"), help=argparse.SUPPRESS)

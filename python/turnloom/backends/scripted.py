@@ -34,13 +34,17 @@ DEFAULT_LINES = (
 )
 # Hash only the prompt's tail: it holds the last messages, and hashing stays O(1) per turn.
 _TAIL = 32
+DEFAULT_MAX_BATCH = 128
 
 
 class ScriptedSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     lines: tuple[str, ...] = DEFAULT_LINES
     tokenizer: str = "bytes"
     latency_s: float = 0.0
-    max_batch: int = 1024
+    # Replies are instant, so a batch only has to amortise per-call costs; past ~128 a
+    # batch's prompts and records stop fitting the CPU caches and runs get slower
+    # (bench/README.md, B1's batch-size sweep).
+    max_batch: int = DEFAULT_MAX_BATCH
     cache_capacity_tokens: int | None = None
     fail_every: int = 0
     eos: bool = True
@@ -52,7 +56,7 @@ class ScriptedBackend(Backend):
 
     def __init__(self, lines: Sequence[str] = DEFAULT_LINES, *,
                  chat_format: ChatFormat | None = None, latency_s: float = 0.0,
-                 max_batch: int = 1024, cache_capacity_tokens: int | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH, cache_capacity_tokens: int | None = None,
                  fail_every: int = 0, eos: bool = True, model: str = "scripted") -> None:
         if not lines:
             raise BackendError("scripted backend: `lines` must not be empty")
