@@ -84,23 +84,23 @@ def write_scenario(path: Path, conversations: int, latency: float) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
-    root = tmp_path_factory.mktemp("reference")
-    scenario = write_scenario(root / "s.toml", 400, 0.02)
+def uninterrupted_run(root: Path, env: dict[str, str], conversations: int, latency: float) -> Path:
+    """`root`/s.toml run to completion into `root`/run; returns `root`."""
+    scenario = write_scenario(root / "s.toml", conversations, latency)
     subprocess.run(cli("run", str(scenario), "--out", str(root / "run"), "--no-progress"),
                    env=env, check=True, capture_output=True, timeout=300)
     return root
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
+    return uninterrupted_run(tmp_path_factory.mktemp("reference"), env, 400, 0.02)
 
 
 @pytest.fixture(scope="module")
 def small_reference(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
     """A quick run whose log (~170 KiB) does not fit the tiny disks below."""
-    root = tmp_path_factory.mktemp("small")
-    scenario = write_scenario(root / "s.toml", 200, 0.0)
-    subprocess.run(cli("run", str(scenario), "--out", str(root / "run"), "--no-progress"),
-                   env=env, check=True, capture_output=True, timeout=300)
-    return root
+    return uninterrupted_run(tmp_path_factory.mktemp("small"), env, 200, 0.0)
 
 
 def record_boundaries(data: bytes) -> set[int]:

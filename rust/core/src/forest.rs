@@ -176,6 +176,15 @@ impl Forest {
         &self.slots[slot as usize]
     }
 
+    /// Slots of the slot's children, newest first (the order the list keeps).
+    fn child_slots(&self, slot: u32) -> impl Iterator<Item = u32> + '_ {
+        let first = self.slot(slot).first_child;
+        std::iter::successors((first != NIL).then_some(first), move |&child| {
+            let next = self.slot(child).next_sibling;
+            (next != NIL).then_some(next)
+        })
+    }
+
     /// Segment-table entries of a slot.
     fn entries(&self, slot: u32) -> &[SegEntry] {
         let record = self.slot(slot);

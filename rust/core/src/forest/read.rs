@@ -38,12 +38,7 @@ impl Forest {
     }
 
     fn child_ids(&self, slot: u32) -> Vec<NodeId> {
-        let mut ids = Vec::new();
-        let mut child = self.slot(slot).first_child;
-        while child != NIL {
-            ids.push(self.id_of(child));
-            child = self.slot(child).next_sibling;
-        }
+        let mut ids: Vec<NodeId> = self.child_slots(slot).map(|c| self.id_of(c)).collect();
         // The list is kept newest first so appends are O(1).
         ids.reverse();
         ids
@@ -214,11 +209,7 @@ impl Forest {
                 .filter(|entry| views.is_none_or(|v| v.contains(&entry.view)))
                 .map(|entry| u64::from(entry.len))
                 .sum::<u64>();
-            let mut child = self.slot(slot).first_child;
-            while child != NIL {
-                stack.push(child);
-                child = self.slot(child).next_sibling;
-            }
+            stack.extend(self.child_slots(slot));
         }
         Ok(total)
     }

@@ -211,11 +211,7 @@ impl Forest {
         let mut stack = vec![top];
         let mut freed = 0;
         while let Some(slot) = stack.pop() {
-            let mut child = self.slot(slot).first_child;
-            while child != NIL {
-                stack.push(child);
-                child = self.slot(child).next_sibling;
-            }
+            stack.extend(self.child_slots(slot));
             self.release(slot);
             freed += 1;
         }
