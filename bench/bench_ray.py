@@ -65,7 +65,7 @@ def run_single(conversations: int, turns: int, tokenizer: str,
 
 
 def run_sharded(conversations: int, turns: int, tokenizer: str, shard_counts: list[int],
-                repeat: int) -> list[dict[str, Any]]:
+                repeat: int, poll_s: float) -> list[dict[str, Any]]:
     import ray
 
     from turnloom.distributed import run_ray
@@ -82,7 +82,7 @@ def run_sharded(conversations: int, turns: int, tokenizer: str, shard_counts: li
                 try:
                     t, c = time.perf_counter(), time.process_time()
                     result = run_ray(scenario(conversations, turns, tokenizer),
-                                     out=f"{out}/run", shards=shards, progress=False, poll_s=0.1)
+                                     out=f"{out}/run", shards=shards, progress=False, poll_s=poll_s)
                     seconds, driver_cpu = time.perf_counter() - t, time.process_time() - c
                 finally:
                     shutil.rmtree(out, ignore_errors=True)
@@ -104,7 +104,7 @@ def run_sharded(conversations: int, turns: int, tokenizer: str, shard_counts: li
 def spawn(side: str, args: argparse.Namespace, tokenizer: str) -> list[dict[str, Any]]:
     command = [sys.executable, __file__, "--side", side, "--conversations",
                str(args.conversations), "--turns", str(args.turns), "--tokenizer", tokenizer,
-               "--shards", args.shards, "--repeat", str(args.repeat)]
+               "--shards", args.shards, "--repeat", str(args.repeat), "--poll-s", str(args.poll_s)]
     env = {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", default="1,2", help="comma-separated shard counts")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per row; the fastest is shown (the machine may be shared)")
+    parser.add_argument("--poll-s", type=float, default=0.5,
+                        help="seconds between the driver's progress polls (run_ray's default)")
     parser.add_argument("--side", choices=("single", "ray"), help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.side == "ray":
         print(json.dumps(run_sharded(args.conversations, args.turns, args.tokenizer,
-                                     shard_counts, args.repeat)))
+                                     shard_counts, args.repeat, args.poll_s)))
         return
 
     tokenizer = tokenizer_spec()

@@ -238,6 +238,10 @@ def test_scenario_executor_runs_on_ray(cluster: str, reference: Path, tmp_path: 
     s = Scenario.from_dict({**scenario().to_dict(),
                             "run": {**scenario().to_dict()["run"], "executor": "ray"},
                             "executor": {"address": cluster, "shards": 3}})
-    result = turnloom.run(s, out=tmp_path / "run", progress=False)
+    totals: list[dict[str, int]] = []
+    result = turnloom.run(s, out=tmp_path / "run", progress=False, on_progress=totals.append)
     assert is_sharded(result.run_dir) and result.summary["sharding"]["shards"] == 3
     assert_same_outputs(reference, result.run_dir)
+    # The shards' totals, summed: the same callback as a run in one process gets.
+    assert totals[-1]["conversations"] == result.summary["conversations"]
+    assert totals[-1]["turns"] == result.summary["turns"]

@@ -251,3 +251,35 @@ def test_resume_from_every_step(tmp_path: Path) -> None:
         (run_dir / "turns.wal").write_bytes(data[:cut] + data[cut:cut + 5])  # and a torn tail
         turnloom.resume(run_dir, progress=False, plugin_manager=pm())
         assert_same_outputs(full.run_dir, run_dir)
+
+
+def test_progress_totals_include_replayed_work(tmp_path: Path) -> None:
+    """`on_progress` gets running totals; a resumed run's start from what was replayed."""
+    text = SCENARIO.replace("latency_s = 0.01", "latency_s = 0.0")
+    scenario = turnloom.Scenario.from_dict(__import__("tomllib").loads(text))
+    seen: list[dict[str, int]] = []
+    full = turnloom.run(scenario, out=tmp_path / "full", progress=False,
+                        plugin_manager=get_plugin_manager(autoload=False), on_progress=seen.append)
+    summary = full.summary
+    final = {"conversations": summary["conversations"], "turns": summary["turns"],
+             "tokens": sum(p["completion_tokens"] for p in summary["participants"].values()),
+             "failures": summary["failures"]}
+    assert final["tokens"] > 0
+    assert seen[-1] == final
+    assert len(seen) > 10
+    for key in final:  # running totals never go down
+        assert all(a[key] <= b[key] for a, b in zip(seen, seen[1:]))
+
+    run_dir = tmp_path / "cut"
+    run_dir.mkdir()
+    shutil.copy(full.run_dir / "manifest.json", run_dir / "manifest.json")
+    cuts = _boundaries(full.run_dir / "turns.wal")
+    (run_dir / "turns.wal").write_bytes((full.run_dir / "turns.wal").read_bytes()[:cuts[len(cuts) // 2]])
+    resumed: list[dict[str, int]] = []
+    result = turnloom.resume(run_dir, progress=False,
+                             plugin_manager=get_plugin_manager(autoload=False),
+                             on_progress=resumed.append)
+    replayed = result.summary["timing"]["replayed_turns"]
+    assert 0 < replayed < final["turns"]
+    assert resumed[0]["turns"] >= replayed
+    assert resumed[-1] == final

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from turnloom import rundir
 from turnloom.config import Scenario, ScenarioError, load_scenario
@@ -20,6 +20,8 @@ from turnloom.engine import Engine
 from turnloom.progress import Progress
 
 __all__ = ["RunResult", "arun", "aresume", "resume", "run"]
+
+OnProgress = Callable[[dict[str, int]], None]  # receives `Engine.counts()`
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class RunResult:
 
 def run(scenario: Scenario | str | Path, out: str | Path | None = None, overwrite: bool = False,
         progress: bool = True, *, plugin_manager: Any = None,
-        scenario_file: str | None = None) -> RunResult:
+        scenario_file: str | None = None, on_progress: OnProgress | None = None) -> RunResult:
     """Run a scenario (or a scenario file) to completion; see `arun`. A scenario
     with ``run.executor = "ray"`` runs in shards on Ray (`turnloom.distributed`)."""
     if not isinstance(scenario, Scenario):
@@ -53,9 +55,9 @@ def run(scenario: Scenario | str | Path, out: str | Path | None = None, overwrit
         scenario = load_scenario(scenario)
     if scenario.run.executor == "ray":
         return run_on_ray(scenario, out, overwrite, progress, plugin_manager=plugin_manager,
-                          scenario_file=scenario_file)
+                          scenario_file=scenario_file, on_progress=_summed(on_progress))
     return asyncio.run(arun(scenario, out, overwrite, progress, plugin_manager=plugin_manager,
-                            scenario_file=scenario_file))
+                            scenario_file=scenario_file, on_progress=on_progress))
 
 
 def run_on_ray(scenario: Scenario, out: str | Path | None = None, overwrite: bool = False,
@@ -77,12 +79,15 @@ def run_on_ray(scenario: Scenario, out: str | Path | None = None, overwrite: boo
 
 async def arun(scenario: Scenario | str | Path, out: str | Path | None = None,
                overwrite: bool = False, progress: bool = True, *,
-               plugin_manager: Any = None, scenario_file: str | None = None) -> RunResult:
+               plugin_manager: Any = None, scenario_file: str | None = None,
+               on_progress: OnProgress | None = None) -> RunResult:
     """Run a scenario in the current event loop. `out` defaults to the scenario's
     run.out, else ``runs/NAME``; an existing run directory is replaced only with
     `overwrite`. Raises ScenarioError for a bad scenario, RunDirError for an
     unusable output directory. `plugin_manager` defaults to the built-in and
-    installed plugins; `scenario_file` is recorded in the manifest."""
+    installed plugins; `scenario_file` is recorded in the manifest. `on_progress`
+    is called after every engine step, and once at the end, with the totals so
+    far: conversations, turns, tokens and failures (`Engine.counts`)."""
     pm, registry = _plugins(plugin_manager)
     source = scenario_file
     if not isinstance(scenario, Scenario):
@@ -91,25 +96,30 @@ async def arun(scenario: Scenario | str | Path, out: str | Path | None = None,
     scenario = scenario.validate(registry)
     if scenario.run.executor == "ray":
         return await asyncio.to_thread(run_on_ray, scenario, out, overwrite, progress,
-                                       plugin_manager=plugin_manager, scenario_file=source)
+                                       plugin_manager=plugin_manager, scenario_file=source,
+                                       on_progress=_summed(on_progress))
     run_dir = Path(out or scenario.run.out or Path("runs") / scenario.run.name)
     engine = Engine(scenario, run_dir, pm, registry)
     rundir.prepare(run_dir, overwrite)
     rundir.write_manifest(run_dir, scenario.to_dict(), scenario_file=source,
                           plugins=_plugin_rows(pm))
-    return await _drive(engine, progress, events=None)
+    return await _drive(engine, progress, events=None, on_progress=on_progress)
 
 
-def resume(run_dir: str | Path, progress: bool = True, *, plugin_manager: Any = None) -> RunResult:
+def resume(run_dir: str | Path, progress: bool = True, *, plugin_manager: Any = None,
+           on_progress: OnProgress | None = None) -> RunResult:
     """Finish an interrupted run; see `aresume`."""
-    return asyncio.run(aresume(run_dir, progress, plugin_manager=plugin_manager))
+    return asyncio.run(aresume(run_dir, progress, plugin_manager=plugin_manager,
+                               on_progress=on_progress))
 
 
 async def aresume(run_dir: str | Path, progress: bool = True, *,
-                  plugin_manager: Any = None) -> RunResult:
+                  plugin_manager: Any = None,
+                  on_progress: OnProgress | None = None) -> RunResult:
     """Continue a run from its write-ahead log, with the scenario saved in its
     manifest. Turns already logged are not generated again; the outputs equal
-    those of an uninterrupted run. A finished run is returned as it is."""
+    those of an uninterrupted run. A finished run is returned as it is.
+    `on_progress` as for `arun`; its totals include the replayed work."""
     from turnloom.wal import read_events
 
     run_dir = Path(run_dir)
@@ -132,10 +142,11 @@ async def aresume(run_dir: str | Path, progress: bool = True, *,
     engine = Engine(scenario, run_dir, pm, registry)
     wal = run_dir / rundir.WAL
     events = list(read_events(wal)) if wal.is_file() else []
-    return await _drive(engine, progress, events=events)
+    return await _drive(engine, progress, events=events, on_progress=on_progress)
 
 
-async def _drive(engine: Engine, progress: bool, events: list[Any] | None) -> RunResult:
+async def _drive(engine: Engine, progress: bool, events: list[Any] | None,
+                 on_progress: OnProgress | None = None) -> RunResult:
     interval = float(os.environ.get("TURNLOOM_PROGRESS_INTERVAL", "5"))
     bar = Progress(engine.scenario.run.conversations, enabled=progress, interval_s=interval)
     try:
@@ -149,7 +160,10 @@ async def _drive(engine: Engine, progress: bool, events: list[Any] | None) -> Ru
                 restore(engine, events)
                 del events[:]
             engine.progress = bar
+            engine.on_progress = on_progress
             await engine.run()
+            if on_progress is not None:
+                on_progress(engine.counts())
             engine.wal.flush(sync=True)
             engine.collector.close()
             summary = engine.summary()
@@ -164,6 +178,20 @@ async def _drive(engine: Engine, progress: bool, events: list[Any] | None) -> Ru
     finally:
         await engine.close_backends()
     return RunResult(engine.run_dir, summary)
+
+
+def _summed(on_progress: OnProgress | None) -> Callable[[Any], None] | None:
+    """`on_progress` for a run in shards: called with the shards' summed totals."""
+    if on_progress is None:
+        return None
+
+    def call(statuses: Any) -> None:
+        totals = {"conversations": 0, "turns": 0, "tokens": 0, "failures": 0}
+        for st in statuses:
+            for key in totals:
+                totals[key] += getattr(st.counts, key)
+        on_progress(totals)
+    return call
 
 
 def _plugins(pm: Any) -> tuple[Any, Any]:

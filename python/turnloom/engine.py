@@ -19,7 +19,7 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import msgspec
 
@@ -161,12 +161,14 @@ class IndexStack:
 
 class Engine:
     def __init__(self, scenario: Scenario, run_dir: Path, pm: Any, registry: Any, *,
-                 progress: Any = None) -> None:
+                 progress: Any = None,
+                 on_progress: Callable[[dict[str, int]], None] | None = None) -> None:
         self.scenario = scenario
         self.run_dir = Path(run_dir)
         self.pm = pm
         self.registry = registry
         self.progress = progress
+        self.on_progress = on_progress
         run = scenario.run
         self.max_turns = run.max_turns
         self.max_retries = run.max_retries
@@ -231,6 +233,7 @@ class Engine:
         self.turns_done = 0
         self.tokens_done = 0
         self.replayed_turns = 0
+        self.replayed_tokens = 0
         self.peak_live_nodes = 0
         self.peak_active = 0
         self.t0 = 0.0
@@ -310,6 +313,8 @@ class Engine:
             if self.progress is not None:
                 c = self.collector
                 self.progress.update(c.trees, self.turns_done, self.tokens_done, c.failures)
+            if self.on_progress is not None:
+                self.on_progress(self.counts())
             if not self.tasks:
                 if not self.trees and not self.to_start:
                     return
@@ -322,6 +327,13 @@ class Engine:
                     self._push(what[1])
                 else:
                     self._on_batch(task, *what)
+
+    def counts(self) -> dict[str, int]:
+        """Totals so far, turns and tokens replayed from the log included."""
+        c = self.collector
+        assert c is not None
+        return {"conversations": c.trees, "turns": self.turns_done + self.replayed_turns,
+                "tokens": self.tokens_done + self.replayed_tokens, "failures": c.failures}
 
     # -- starting conversations -----------------------------------------------------------
 

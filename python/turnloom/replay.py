@@ -54,6 +54,7 @@ def _account(engine: Engine, ev: TurnEvent) -> None:
     p.usage.turns += 1
     if ev.output_ids is None or p.backend is None:
         return
+    engine.replayed_tokens += ev.completion_tokens
     p.backend.usage.turns += 1
     for u in (p.usage, p.backend.usage):
         u.requests += 1

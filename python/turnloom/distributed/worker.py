@@ -4,7 +4,6 @@ resumes from its write-ahead log like any interrupted run."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
@@ -14,7 +13,6 @@ from typing import Any
 
 from turnloom import rundir
 from turnloom.distributed.plan import fill_node_ip
-from turnloom.distributed.walcount import WalCounter
 
 
 class ShardWorker:
@@ -25,7 +23,7 @@ class ShardWorker:
         # The driver's TURNLOOM_* settings (e.g. plugin autoload), which a worker
         # on another node would not otherwise see; this process runs only this actor.
         os.environ.update(env or {})
-        self._counter: WalCounter | None = None
+        self._counts: dict[str, int] = {}
 
     async def where(self) -> dict[str, Any]:
         """This actor's process and node, for progress lines and failure reports."""
@@ -40,23 +38,26 @@ class ShardWorker:
 
         started = time.process_time()
         path = Path(shard_dir)
-        self._counter = WalCounter(path / rundir.WAL)
+        self._counts = {}
         scenario_data = fill_node_ip(scenario_data, _node_ip())
         if (path / rundir.MANIFEST).is_file():
             _point_at(path, scenario_data)
-            result = await aresume(path, progress=False)
+            result = await aresume(path, progress=False, on_progress=self._record_counts)
         else:
             result = await arun(Scenario.from_dict(scenario_data), out=path, overwrite=True,
-                                progress=False)
+                                progress=False, on_progress=self._record_counts)
         cpu = {"engine": round(time.process_time() - started, 3),
                "process": round(time.process_time(), 3)}
         return {"summary": result.summary, "cpu_s": cpu}
 
+    def _record_counts(self, counts: dict[str, int]) -> None:
+        self._counts = counts
+
     async def progress(self) -> dict[str, int]:
-        if self._counter is None:
-            return {}
-        counts = await asyncio.to_thread(self._counter.poll)
-        return dict(vars(counts))
+        """The running shard's totals (empty before its engine's first step). They
+        come from the engine itself: decoding the growing log instead cost the
+        engine a sixth of its speed at the driver's default poll rate."""
+        return dict(self._counts)
 
 
 def _point_at(path: Path, scenario_data: dict[str, Any]) -> None:
