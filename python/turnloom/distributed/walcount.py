@@ -1,8 +1,10 @@
-"""Progress of a running shard, read from its write-ahead log as it grows.
+"""What a shard has done, read from its write-ahead log (`turnloom show` on a
+sharded run that is still going or was interrupted).
 
 The engine logs every step as one framed record, so counting the events of the
 complete records seen so far gives conversations, turns, tokens and failures
-without touching the engine. Each call reads only the bytes appended since the
+without the engine. A live shard reports its engine's own totals instead:
+decoding the log as it grows costs that engine's process a sixth of its speed. Each call reads only the bytes appended since the
 previous one; a torn tail is left for the next call.
 """
 
