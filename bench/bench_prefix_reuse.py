@@ -34,7 +34,7 @@ Policies, all against the same server and cache capacity:
             shape, then the running mean of finished trees' sizes), and
             min_runnable = max_batch.
 
-    .venv/bin/python bench/bench_prefix_reuse.py
+    .venv/bin/python bench/bench_prefix_reuse.py --plot docs/bench_prefix_reuse.png
     .venv/bin/python bench/bench_prefix_reuse.py --conversations 200 --capacity-fraction 0.1
 """
 
@@ -55,6 +55,7 @@ from turnloom.admission import TreeSizeEstimator, expected_message_tokens, prior
 LPM_FCFS_ABOVE = 128  # SGLang's lpm turns into FCFS when more requests wait
 VOCAB_IDS = list(range(1_000, 33_000))  # shared int objects keep token lists small
 UNBOUNDED = 1 << 60
+TRACE_EVERY = 100  # server steps between the points of a policy's curve (--plot)
 
 
 # --- workload ---------------------------------------------------------------
@@ -226,9 +227,14 @@ class Server:
     decode_ms: float = 0.0
     steps: int = 0
     decoded: int = 0
+    # (modelled GPU s so far, prefilled tokens so far) every TRACE_EVERY steps and at the end
+    trace: list[tuple[float, int]] = field(default_factory=lambda: [(0.0, 0)])
 
     def __post_init__(self) -> None:
         self.cache = RadixCache(self.capacity)
+
+    def mark(self) -> None:
+        self.trace.append(((self.prefill_ms + self.decode_ms) / 1000, self.prefilled))
 
     def submit(self, requests: Iterable[Request]) -> None:
         self.queue.extend(requests)
@@ -260,6 +266,8 @@ class Server:
         self.steps += 1
         self.decoded += len(self.running)
         self.decode_ms += self.cost.decode_step_ms(len(self.running))
+        if self.steps % TRACE_EVERY == 0:
+            self.mark()
         finished, still = [], []
         for entry in self.running:
             entry[0] -= 1
@@ -390,6 +398,7 @@ def simulate(policy: str, convs: list[Conversation], shape: Shape, args: argpars
         extra = run_turnloom(server, client, settings)
     else:
         run_direct(server, client)
+    server.mark()
     extra["requests"] = client.requests
     return Result(policy, server, time.perf_counter() - t, extra)
 
@@ -433,6 +442,41 @@ def print_table(rows: list[Row], unique: int, capacity: int, out: Callable[[str]
         f"cache capacity {capacity:,}; speedup = {rows[0].policy} GPU s / GPU s")
 
 
+def plot(results: list[Result], limit: Row, path: str) -> None:
+    """Prefilled tokens against modelled GPU time, one curve per policy, with the
+    limit's prefill floor; and each policy's GPU time split into prefill and decode."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'turnloom[report]'") from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    for r in results:
+        seconds, prefilled = zip(*r.server.trace)
+        curves.plot(seconds, [p / 1e6 for p in prefilled], label=r.policy,
+                    linestyle="--" if r.policy == "lpm" else "-")
+    curves.axhline(limit.prefilled / 1e6, color="grey", linestyle=":", label="limit (unbounded cache)")
+    curves.set_xlabel("modelled GPU time (s)")
+    curves.set_ylabel("prefilled tokens (millions)")
+    curves.set_title("prefill work as the run goes")
+    curves.legend(fontsize=8)
+    rows = [row_of(r) for r in results] + [limit]
+    names = [r.policy for r in rows]
+    prefill = [r.prefill_s for r in rows]
+    bars.bar(names, prefill, label="prefill")
+    bars.bar(names, [r.decode_s for r in rows], bottom=prefill, label="decode")
+    for i, r in enumerate(rows):
+        bars.text(i, r.gpu_s, f"{rows[0].gpu_s / r.gpu_s:.2f}x", ha="center", va="bottom", fontsize=8)
+    bars.set_ylabel("modelled GPU time (s)")
+    bars.set_title(f"time split (speed-up against {rows[0].policy})")
+    bars.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # keep progress (stderr) and table in order
@@ -458,6 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-base-ms", type=float, default=8.0, help="per decode step")
     parser.add_argument("--decode-seq-ms", type=float, default=0.05, help="per running request per step")
     parser.add_argument("--policies", default="naive,lpm,turnloom")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the run as a figure (needs matplotlib)")
     args = parser.parse_args(argv)
     if not 2 <= args.branch_turn <= args.turns or args.branches < 1:
         parser.error("need 2 <= --branch-turn <= --turns and --branches >= 1")
@@ -477,14 +522,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"turnloom: token_budget = {args.budget_fraction:.3f} x capacity, tree_reserve {reserve}, "
           f"min_runnable {min_runnable}, output_reserve {args.output_reserve}, "
           f"starvation_limit {args.starvation_limit}", flush=True)
-    rows = []
+    results = []
     for policy in args.policies.split(","):
         result = simulate(policy, convs, shape, args, capacity, cost)
         print(f"  {policy}: simulated in {result.seconds:.1f} s {result.extra}", file=sys.stderr)
-        rows.append(row_of(result))
-        output_tokens = result.server.decoded
-    rows.append(limit_row(floor, prompt_tokens, output_tokens, args.max_batch, cost))
-    print_table(rows, unique, capacity)
+        results.append(result)
+    limit = limit_row(floor, prompt_tokens, results[-1].server.decoded, args.max_batch, cost)
+    print_table([row_of(r) for r in results] + [limit], unique, capacity)
+    if args.plot:
+        plot(results, limit, args.plot)
+        print(f"figure: {args.plot}")
 
 
 if __name__ == "__main__":

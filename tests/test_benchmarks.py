@@ -47,9 +47,12 @@ def load_prefix_bench():
     return module
 
 
-def test_prefix_reuse_table():
+def test_prefix_reuse_table(tmp_path):
+    figure = tmp_path / "b2.png"
     lines = run_bench("bench_prefix_reuse.py", "--conversations", "40", "--turns", "4",
-                      "--branch-turn", "2", "--seed", "3")
+                      "--branch-turn", "2", "--seed", "3", "--plot", str(figure))
+    assert lines[-1] == f"figure: {figure}"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = table(lines, "policy")
     assert list(rows) == ["naive", "lpm", "turnloom", "limit"]
     # The turnloom row runs the engine's admission policy, not a benchmark-tuned budget.
@@ -89,6 +92,22 @@ def test_prefix_reuse_unique_tokens_are_trie_nodes():
     assert 0 < floor <= prompt_tokens
     # The turnloom row's tree-size prior is an upper bound of every tree's real size.
     assert bench.workload_prior(shape) >= max(c.tokens() for c in convs) > 0
+
+
+def test_prefix_reuse_trace_ends_at_the_totals():
+    """The figure's curves: GPU time and prefilled tokens, rising to the row's totals."""
+    bench = load_prefix_bench()
+    shape = bench.Shape(turns=4, branch_turn=2, branches=2)
+    convs = bench.build_workload(30, shape, seed=1)
+    unique, _, _ = bench.exact_unique_and_floor(convs, shape)
+    args = bench.argparse.Namespace(max_batch=8, output_reserve=256, starvation_limit=64,
+                                    budget_fraction=1.0, tree_reserve=None, min_runnable=None)
+    for policy in ("naive", "turnloom"):
+        result = bench.simulate(policy, convs, shape, args, unique // 10, bench.Cost())
+        trace, row = result.server.trace, bench.row_of(result)
+        assert trace[0] == (0.0, 0) and len(trace) > 3
+        assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(trace, trace[1:]))
+        assert trace[-1] == (pytest.approx(row.gpu_s), row.prefilled)
 
 
 @pytest.mark.parametrize("model_cache", ["as is", "empty"])
