@@ -27,6 +27,7 @@ allocations). turnloom runs at two sizes to show memory tracks the active
 frontier, not the run size.
 
     .venv/bin/python bench/bench_engine.py                       # 100,000 conversations
+    .venv/bin/python bench/bench_engine.py --plot docs/bench_engine.png   # and a figure
     .venv/bin/python bench/bench_engine.py --conversations 2000 --small 500
 """
 
@@ -62,16 +63,52 @@ ASSISTANT_PROMPT = "You are a helpful, concise tutor. Answer in one or two sente
 # --- measurement ---------------------------------------------------------------------
 
 
-def peak_rss_bytes() -> int:
-    """VmHWM of this process (falls back to ru_maxrss)."""
+def proc_status_bytes(key: str) -> int | None:
+    """A memory line of /proc/self/status (VmHWM, VmRSS) in bytes; None without /proc."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM of this process (falls back to ru_maxrss)."""
+    peak = proc_status_bytes("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int:
+    """VmRSS of this process now (0 without /proc)."""
+    return proc_status_bytes("VmRSS") or 0
+
+
+class RssSampler:
+    """(seconds, RSS bytes) every `every_s` from a daemon thread, for the figure."""
+
+    def __init__(self, every_s: float = 0.05) -> None:
+        import threading
+
+        self.every_s = every_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter() - self._t0, rss_bytes()))
+            self._stop.wait(self.every_s)
+
+    def stop(self) -> list[tuple[float, int]]:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((time.perf_counter() - self._t0, rss_bytes()))
+        return self.samples
 
 
 def tokenizer_spec() -> str:
@@ -199,12 +236,15 @@ def run_baseline(conversations: int, turns: int, tokenizer: str,
 
 
 def run_side(side: str, conversations: int, turns: int, tokenizer: str,
-             batch_size: int | None = None) -> dict[str, Any]:
+             batch_size: int | None = None, trace: bool = False) -> dict[str, Any]:
+    sampler = RssSampler() if trace else None
     if side == "turnloom":
         result = run_turnloom(conversations, turns, tokenizer, batch_size)
     else:
         result = run_baseline(conversations, turns, tokenizer, side)
     result.update(side=side, conversations=conversations, peak_rss=peak_rss_bytes())
+    if sampler is not None:
+        result["rss_trace"] = sampler.stop()
     return result
 
 
@@ -214,6 +254,8 @@ def spawn(side: str, conversations: int, args: argparse.Namespace, tokenizer: st
                "--turns", str(args.turns), "--tokenizer", tokenizer]
     if batch_size:
         command += ["--batch-size", str(batch_size)]
+    if args.plot:
+        command.append("--trace")
     # The engine alone: third-party plugins installed in the environment stay out.
     env = {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
@@ -243,6 +285,52 @@ def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) 
         + "; batch: turnloom's requests per backend call")
 
 
+def label(row: dict[str, Any]) -> str:
+    size = f"{row['conversations'] / 1000:g}k"
+    return f"{row['side']} {size}" + (f", batch {row['batch']}" if row.get("batch") else "")
+
+
+def plot(rows: list[dict[str, Any]], path: str) -> None:
+    """Resident memory through each run (time scaled to the run's length) and
+    turns per CPU second, one bar per row, with the ratio to the baseline row."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'turnloom[report]'") from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    mib = 1 << 20
+    fig, (memory, speed) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for r in rows:
+        seconds, rss = zip(*r["rss_trace"])
+        memory.plot([t / seconds[-1] for t in seconds], [b / mib for b in rss], label=label(r),
+                    linestyle="-" if r["side"] == "turnloom" else "--")
+    memory.set_xlabel("share of the run's wall time")
+    memory.set_ylabel("resident memory (MiB)")
+    memory.set_title("memory through the run")
+    memory.legend(fontsize=8)
+    def rate(side: str) -> float | None:
+        row = next((r for r in rows if r["side"] == side), None)
+        return row["turns"] / row["cpu"] if row else None
+
+    base_rate, hf_rate = rate("baseline"), rate("baseline-hf")
+    rates = [r["turns"] / r["cpu"] for r in rows]
+    names = [label(r).replace(", ", "\n") for r in rows]
+    speed.bar(range(len(rows)), rates, color=["tab:orange" if r["side"] != "turnloom" else "tab:blue"
+                                              for r in rows])
+    speed.set_xticks(range(len(rows)), names, fontsize=7)
+    for i, r in enumerate(rates):
+        text = f"{r / base_rate:.1f}x" + (f"\n{r / hf_rate:.1f}x hf" if hf_rate else "")
+        speed.text(i, r, text, ha="center", va="bottom", fontsize=8)
+    speed.set_ylabel("turns per CPU second")
+    speed.set_title("throughput (ratio to baseline" + (" and baseline-hf" if hf_rate else "") + ")")
+    speed.margins(y=0.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def has_transformers() -> bool:
     import importlib.util
 
@@ -264,12 +352,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="one more turnloom row at this batch size (0: none)")
     parser.add_argument("--no-hf", action="store_true",
                         help="skip the apply_chat_template baseline (the slowest row)")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="also draw memory through each run and throughput (needs matplotlib)")
     parser.add_argument("--side", choices=("turnloom", "baseline", "baseline-hf"), help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
+    parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.side:
         print(json.dumps(run_side(args.side, args.conversations, args.turns, args.tokenizer,
-                                  args.batch_size)))
+                                  args.batch_size, args.trace)))
         return
 
     tokenizer = tokenizer_spec()
@@ -293,6 +384,9 @@ def main(argv: list[str] | None = None) -> None:
     print_table(rows)
     peaks = ", ".join(f"{r['conversations']:,}: {r['peak_active']:,}" for r in rows if r["side"] == "turnloom")
     print(f"turnloom peak active conversations (run size: peak): {peaks}")
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"figure: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -113,8 +113,12 @@ def test_prefix_reuse_trace_ends_at_the_totals():
 @pytest.mark.parametrize("model_cache", ["as is", "empty"])
 def test_engine_table(model_cache, tmp_path):
     env = {"TURNLOOM_CACHE": str(tmp_path)} if model_cache == "empty" else None
+    figure = tmp_path / "b1.png"
     lines = run_bench("bench_engine.py", "--conversations", "40", "--small", "20",
-                      "--baseline-conversations", "20", "--turns", "4", env_extra=env)
+                      "--baseline-conversations", "20", "--turns", "4", "--plot", str(figure),
+                      env_extra=env)
+    assert lines[-1] == f"figure: {figure}"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if model_cache == "empty":
         assert "tokenizer bytes" in lines[1] and lines[0].startswith("note:")
     rows = table(lines, "side")
@@ -145,3 +149,15 @@ def test_engine_baselines_render_the_same_prompts():
     for k, line in enumerate(bench.LINES[:5]):
         messages.append({"role": "user" if k % 2 == 0 else "assistant", "content": line})
         assert hf(messages) == compiled(messages)
+
+
+def test_engine_side_traces_memory():
+    """--trace samples resident memory through the run, never above the peak reported."""
+    import json
+
+    (line,) = run_bench("bench_engine.py", "--side", "turnloom", "--conversations", "300",
+                        "--turns", "4", "--tokenizer", "bytes", "--trace")[-1:]
+    row = json.loads(line)
+    times = [t for t, _ in row["rss_trace"]]
+    assert len(times) >= 2 and times == sorted(times)
+    assert 0 < max(b for _, b in row["rss_trace"]) <= row["peak_rss"]
