@@ -127,7 +127,10 @@ def scenario(conversations: int, turns: int, tokenizer: str, batch_size: int | N
     return Scenario(
         run=RunSettings(name="bench-engine", conversations=conversations, max_turns=turns, seed=0,
                         batch_size=batch_size),
-        backends={"sim": BackendSpec(type="scripted", tokenizer=tokenizer, settings={"lines": list(LINES)})},
+        # A batch size above the scripted backend's default max_batch needs it raised too.
+        backends={"sim": BackendSpec(type="scripted", tokenizer=tokenizer,
+                                     settings={"lines": list(LINES),
+                                               **({"max_batch": batch_size} if batch_size else {})})},
         participants=(
             ParticipantSpec(name="user", agent="user-simulator", system_prompt=USER_PROMPT),
             ParticipantSpec(name="assistant", agent="assistant", system_prompt=ASSISTANT_PROMPT),
@@ -148,8 +151,8 @@ def run_turnloom(conversations: int, turns: int, tokenizer: str,
     finally:
         shutil.rmtree(out, ignore_errors=True)
     summary = result.summary
-    # Requests per backend call: the scenario's, else the backend's max_batch.
-    batch = batch_size or summary["backends"]["sim"]["info"]["max_batch"]
+    # Requests per backend call, as the engine ran it.
+    batch = summary["backends"]["sim"]["batch_size"]
     return {"turns": summary["turns"], "seconds": seconds, "cpu": cpu, "batch": batch,
             "peak_active": summary["memory"]["peak_active_conversations"]}
 

@@ -241,6 +241,14 @@ def test_per_participant_accounting(tmp_path: Path) -> None:
     assert sim["requests"] == 36 and sim["turns"] == 36
     assert sim["prompt_tokens"] == parts["user"]["prompt_tokens"] + parts["assistant"]["prompt_tokens"]
     assert result.summary["scores"]["length.turns"] == 6
+    assert (sim["batch_size"], sim["max_inflight"]) == (4, 2)  # the scenario's
+
+
+def test_batch_size_is_capped_by_the_backend(tmp_path: Path) -> None:
+    s = scenario(run={"batch_size": 64},
+                 backends={"sim": {"type": "scripted", "lines": LINES, "max_batch": 3}})
+    sim = run(tmp_path, s).summary["backends"]["sim"]
+    assert (sim["batch_size"], sim["info"]["max_batch"]) == (3, 3)
 
 
 def test_cache_model_counts_cached_tokens(tmp_path: Path) -> None:

@@ -1098,6 +1098,9 @@ class Engine:
                 d["info"] = msgspec.to_builtins(be.info)
             d["cached_tokens_source"] = "backend" if be.reports_cached else (
                 "model" if be.cache is not None else "none")
+            # What the engine ran at: the scenario's settings capped by the backend's.
+            d["batch_size"] = be.batch_size
+            d["max_inflight"] = be.max_inflight
             backends[be.name] = d
             prompt += be.usage.prompt_tokens
             cached += be.usage.cached_tokens
