@@ -296,12 +296,12 @@ def label(row: dict[str, Any]) -> str:
 def plot(rows: list[dict[str, Any]], path: str) -> None:
     """Resident memory through each run (time scaled to the run's length) and
     turns per CPU second, one bar per row, with the ratio to the baseline row."""
+    from turnloom.report.plots import pyplot
+
     try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'turnloom[report]'") from None
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+        plt = pyplot("figures (--plot)")
+    except ImportError as exc:
+        raise SystemExit(str(exc)) from None
 
     mib = 1 << 20
     fig, (memory, speed) = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -313,6 +313,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     memory.set_ylabel("resident memory (MiB)")
     memory.set_title("memory through the run")
     memory.legend(fontsize=8)
+
     def rate(side: str) -> float | None:
         row = next((r for r in rows if r["side"] == side), None)
         return row["turns"] / row["cpu"] if row else None

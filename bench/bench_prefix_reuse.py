@@ -445,12 +445,12 @@ def print_table(rows: list[Row], unique: int, capacity: int, out: Callable[[str]
 def plot(results: list[Result], limit: Row, path: str) -> None:
     """Prefilled tokens against modelled GPU time, one curve per policy, with the
     limit's prefill floor; and each policy's GPU time split into prefill and decode."""
+    from turnloom.report.plots import pyplot
+
     try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'turnloom[report]'") from None
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+        plt = pyplot("figures (--plot)")
+    except ImportError as exc:
+        raise SystemExit(str(exc)) from None
 
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     for r in results:

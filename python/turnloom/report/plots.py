@@ -10,11 +10,13 @@ if TYPE_CHECKING:
     from turnloom.report.data import RunData
 
 
-def _pyplot() -> Any:
+def pyplot(purpose: str = "reports") -> Any:
+    """matplotlib.pyplot on the Agg backend (files only, no display), or an
+    ImportError saying that `purpose` needs the report extra."""
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("reports need matplotlib: pip install 'turnloom[report]'") from None
+        raise ImportError(f"{purpose} need matplotlib: pip install 'turnloom[report]'") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -22,7 +24,7 @@ def _pyplot() -> Any:
 
 
 def _png(fig: Any) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -35,7 +37,7 @@ def score_curves(data: RunData, max_metrics: int = 12) -> bytes | None:
     metrics = sorted({m for m, _ in data.turn_curves})[:max_metrics]
     if not metrics:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
@@ -71,7 +73,7 @@ def length_distributions(data: RunData) -> bytes | None:
     """Turns per conversation, and tokens (or words) per turn by participant."""
     if not data.turns_per_conversation:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
     _histogram(a, data.turns_per_conversation)
     a.set_title("turns per conversation", fontsize=10)
@@ -95,7 +97,7 @@ def bar_chart(counts: Mapping[str, float], title: str, xlabel: str) -> bytes | N
     """Horizontal bars, largest first (stop reasons, failures by cause)."""
     if not counts:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     items = sorted(counts.items(), key=lambda kv: -kv[1])[:15]
     fig, ax = plt.subplots(figsize=(7, 1.6 + 0.35 * len(items)))
     ax.barh([k[:50] for k, _ in reversed(items)], [v for _, v in reversed(items)])
@@ -110,7 +112,7 @@ def tokens_and_cache(summary: Mapping[str, Any]) -> bytes | None:
              if u.get("prompt_tokens") or u.get("completion_tokens")}
     if not parts:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 1.8 + 0.5 * len(parts)))
     names = list(parts)
     y = range(len(names))
