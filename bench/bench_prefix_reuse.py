@@ -369,7 +369,8 @@ def run_turnloom(server: Server, client: Client, settings: SchedulerSettings) ->
                     sched.set_tree_reserve(reserve)
                 sched.finish_tree(done.conv)
     stats = sched.stats()
-    return {"max_wait": stats["max_wait"], "peak_admitted_tokens": peak_admitted,
+    return {"max_wait": stats["max_wait"], "max_wait_admitted": stats["max_wait_admitted"],
+            "peak_admitted_tokens": peak_admitted,
             "final_tree_reserve": reserve}
 
 

@@ -58,6 +58,7 @@ def test_admission_budget_and_release():
         "runnable": 2,
         "pops": 3,
         "max_wait": 2,
+        "max_wait_admitted": 0,  # job 3 waited only for its tree's admission
     }
 
 

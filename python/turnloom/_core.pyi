@@ -253,7 +253,9 @@ class Scheduler:
         ignored; InvalidArgumentError while jobs of it still wait."""
     def stats(self) -> dict[str, int]:
         """waiting, in_flight, admitted_trees, admitted_tokens, runnable (jobs of admitted trees
-        waiting or in flight), pops, max_wait (longest wait, in pops)."""
+        waiting or in flight), pops, max_wait (longest wait, in pops), max_wait_admitted
+        (the same counted from the tree's admission when that came later: the wait the
+        starvation bound applies to)."""
 
 def turn_seeds(seeds: Sequence[int], branches: Sequence[int], turns: Sequence[int]) -> list[int]:
     """`turnloom.seeds.turn_seed` of every (seeds[i], branches[i], turns[i]); all

@@ -95,6 +95,11 @@ pub struct SchedulerStats {
     pub pops: u64,
     /// Largest wait (in pops) of any job popped so far.
     pub max_wait: u64,
+    /// Largest wait of any job popped so far counted from when it could run:
+    /// its push, or its tree's admission if that came later. The starvation
+    /// bound applies to this wait; `max_wait` also counts admission holding a
+    /// tree back.
+    pub max_wait_admitted: u64,
 }
 
 struct Job {
@@ -125,6 +130,8 @@ struct Tree {
     max_prompt: u64,
     /// `tree_reserve` when the tree was admitted; 0 before.
     reserve: u64,
+    /// Pops completed when the tree was admitted.
+    admitted_pop: u64,
 }
 
 /// Ready jobs, popped in batches in cache-aware order (see the module docs).
@@ -151,6 +158,7 @@ pub struct Scheduler {
     /// Jobs of admitted trees waiting or in flight.
     runnable: u64,
     max_wait: u64,
+    max_wait_admitted: u64,
 }
 
 fn invalid(msg: String) -> CoreError {
@@ -193,6 +201,7 @@ impl Scheduler {
             admitted_tokens: 0,
             runnable: 0,
             max_wait: 0,
+            max_wait_admitted: 0,
         })
     }
 
@@ -221,6 +230,7 @@ impl Scheduler {
             runnable: self.runnable as usize,
             pops: self.pops,
             max_wait: self.max_wait,
+            max_wait_admitted: self.max_wait_admitted,
         }
     }
 
@@ -303,6 +313,7 @@ impl Scheduler {
                 in_flight: 0,
                 max_prompt: 0,
                 reserve: 0,
+                admitted_pop: 0,
             },
         );
         self.current.insert(id, serial);
@@ -421,6 +432,7 @@ impl Scheduler {
         self.next_admit += 1;
         tree.admitted = Some(order);
         tree.reserve = self.tree_reserve;
+        tree.admitted_pop = self.pops;
         self.pending.remove(&tree.first_seq);
         self.admitted_trees += 1;
         self.admitted_tokens += fp;
@@ -442,6 +454,8 @@ impl Scheduler {
         tree.in_flight += 1;
         self.in_flight += 1;
         self.max_wait = self.max_wait.max(now - job.push_pop);
+        let since = job.push_pop.max(tree.admitted_pop);
+        self.max_wait_admitted = self.max_wait_admitted.max(now - since);
     }
 
     /// Mark popped jobs finished, releasing their output reserve. All or

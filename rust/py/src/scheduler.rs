@@ -177,7 +177,9 @@ impl PyScheduler {
 
     /// waiting, in_flight, admitted_trees, admitted_tokens, runnable (jobs of
     /// admitted trees waiting or in flight), pops, max_wait (the longest
-    /// wait, in pops, of any job popped so far).
+    /// wait, in pops, of any job popped so far), max_wait_admitted (the same
+    /// wait counted from the job's tree's admission when that came later: the
+    /// wait the starvation bound applies to).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();
         let dict = PyDict::new(py);
@@ -188,6 +190,7 @@ impl PyScheduler {
         dict.set_item("runnable", s.runnable)?;
         dict.set_item("pops", s.pops)?;
         dict.set_item("max_wait", s.max_wait)?;
+        dict.set_item("max_wait_admitted", s.max_wait_admitted)?;
         Ok(dict)
     }
 }

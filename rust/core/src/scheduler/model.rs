@@ -21,6 +21,8 @@ struct MTree {
     max_prompt: u64,
     /// The tree reserve in force at admission.
     reserve: u64,
+    /// Pops completed at admission.
+    admitted_pop: u64,
 }
 
 pub(super) struct Model {
@@ -34,6 +36,8 @@ pub(super) struct Model {
     seq: u64,
     admits: u64,
     pub pops: u64,
+    pub max_wait: u64,
+    pub max_wait_admitted: u64,
 }
 
 impl Model {
@@ -49,6 +53,8 @@ impl Model {
             seq: 0,
             admits: 0,
             pops: 0,
+            max_wait: 0,
+            max_wait_admitted: 0,
         }
     }
 
@@ -103,7 +109,7 @@ impl Model {
             let tree = match self.trees.iter().position(|t| t.id == tree_id && !t.finished) {
                 Some(t) => t,
                 None => {
-                    self.trees.push(MTree { id: tree_id, admitted: None, finished: false, max_prompt: 0, reserve: 0 });
+                    self.trees.push(MTree { id: tree_id, admitted: None, finished: false, max_prompt: 0, reserve: 0, admitted_pop: 0 });
                     self.trees.len() - 1
                 }
             };
@@ -134,6 +140,7 @@ impl Model {
         if fits || under_floor || self.admitted_trees() == 0 {
             self.trees[tree].admitted = Some(self.admits);
             self.trees[tree].reserve = self.tree_reserve;
+            self.trees[tree].admitted_pop = self.pops;
             self.admits += 1;
             true
         } else {
@@ -191,6 +198,10 @@ impl Model {
             tokens += self.jobs[i].prompt_len;
             self.jobs[i].in_flight = true;
             out.push(self.jobs[i].id);
+            let job = &self.jobs[i];
+            self.max_wait = self.max_wait.max(now - job.push_pop);
+            let since = job.push_pop.max(self.trees[job.tree].admitted_pop);
+            self.max_wait_admitted = self.max_wait_admitted.max(now - since);
         }
         self.pops += 1;
         out

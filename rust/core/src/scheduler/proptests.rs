@@ -111,6 +111,9 @@ proptest! {
             prop_assert_eq!(st.admitted_tokens, m.admitted_tokens());
             prop_assert_eq!(st.runnable, m.runnable());
             prop_assert_eq!(st.pops, m.pops);
+            prop_assert_eq!(st.max_wait, m.max_wait);
+            prop_assert_eq!(st.max_wait_admitted, m.max_wait_admitted);
+            prop_assert!(st.max_wait_admitted <= st.max_wait);
         }
     }
 

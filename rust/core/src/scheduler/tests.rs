@@ -252,3 +252,19 @@ fn a_million_jobs() {
     }
     assert_eq!(popped, n as usize);
 }
+
+#[test]
+fn wait_for_admission_is_told_apart() {
+    // Two trees of 30 tokens each (20 prompt + 10 reserved output) under a budget of 30.
+    let mut s = sched(Some(30), 64, 10);
+    push(&mut s, &[(1, 1, 20), (2, 2, 20)]);
+    assert_eq!(s.pop_batch(4, 100).unwrap(), vec![1]); // tree 2 does not fit
+    assert_eq!(s.pop_batch(4, 100).unwrap(), Vec::<u64>::new());
+    s.complete_many(&[1]).unwrap();
+    s.finish_tree(1).unwrap();
+    assert_eq!(s.pop_batch(4, 100).unwrap(), vec![2]); // admitted at the third pop
+    let st = s.stats();
+    // Job 2 waited two pops, all of them for its tree's admission.
+    assert_eq!((st.max_wait, st.max_wait_admitted), (2, 0));
+    s.check_invariants();
+}
