@@ -283,3 +283,36 @@ def test_progress_totals_include_replayed_work(tmp_path: Path) -> None:
     assert 0 < replayed < final["turns"]
     assert resumed[0]["turns"] >= replayed
     assert resumed[-1] == final
+
+
+def test_a_raising_progress_callback_stops_the_run_resumably(tmp_path: Path) -> None:
+    """A callback that raises mid-run stops it like an interrupt: the log keeps the
+    turns, `resume` finishes the run; raising at the end loses no output."""
+    text = SCENARIO.replace("latency_s = 0.01", "latency_s = 0.0")
+    scenario = turnloom.Scenario.from_dict(__import__("tomllib").loads(text))
+    full = turnloom.run(scenario, out=tmp_path / "full", progress=False,
+                        plugin_manager=get_plugin_manager(autoload=False))
+
+    def stop_midway(counts: dict[str, int]) -> None:
+        if counts["turns"] >= 40:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        turnloom.run(scenario, out=tmp_path / "cut", progress=False,
+                     plugin_manager=get_plugin_manager(autoload=False), on_progress=stop_midway)
+    assert not (tmp_path / "cut" / "conversations.jsonl").exists()
+    turnloom.resume(tmp_path / "cut", progress=False, plugin_manager=get_plugin_manager(autoload=False))
+    assert_same_outputs(full.run_dir, tmp_path / "cut")
+
+    finished: list[dict[str, int]] = []
+
+    def fail_at_the_end(counts: dict[str, int]) -> None:
+        if counts["conversations"] == 30:
+            finished.append(counts)
+            if len(finished) == 2:  # the engine's last step, then the final totals
+                raise RuntimeError("callback bug")
+
+    with pytest.raises(RuntimeError, match="callback bug"):
+        turnloom.run(scenario, out=tmp_path / "end", progress=False,
+                     plugin_manager=get_plugin_manager(autoload=False), on_progress=fail_at_the_end)
+    assert_same_outputs(full.run_dir, tmp_path / "end")

@@ -86,8 +86,10 @@ async def arun(scenario: Scenario | str | Path, out: str | Path | None = None,
     `overwrite`. Raises ScenarioError for a bad scenario, RunDirError for an
     unusable output directory. `plugin_manager` defaults to the built-in and
     installed plugins; `scenario_file` is recorded in the manifest. `on_progress`
-    is called after every engine step, and once at the end, with the totals so
-    far: conversations, turns, tokens and failures (`Engine.counts`)."""
+    is called after every engine step, and once more after the outputs are
+    written, with the totals so far: conversations, turns, tokens and failures
+    (`Engine.counts`). If it raises, the run stops as if interrupted (`resume`
+    finishes it); raising on the final call loses no output."""
     pm, registry = _plugins(plugin_manager)
     source = scenario_file
     if not isinstance(scenario, Scenario):
@@ -162,8 +164,6 @@ async def _drive(engine: Engine, progress: bool, events: list[Any] | None,
             engine.progress = bar
             engine.on_progress = on_progress
             await engine.run()
-            if on_progress is not None:
-                on_progress(engine.counts())
             engine.wal.flush(sync=True)
             engine.collector.close()
             summary = engine.summary()
@@ -177,6 +177,8 @@ async def _drive(engine: Engine, progress: bool, events: list[Any] | None,
             bar.close(c.trees, engine.turns_done, engine.tokens_done, c.failures)
     finally:
         await engine.close_backends()
+    if on_progress is not None:  # the final totals, once the outputs are safe
+        on_progress(engine.counts())
     return RunResult(engine.run_dir, summary)
 
 
