@@ -245,9 +245,9 @@ def run_side(side: str, conversations: int, turns: int, tokenizer: str,
         result = run_turnloom(conversations, turns, tokenizer, batch_size)
     else:
         result = run_baseline(conversations, turns, tokenizer, side)
-    result.update(side=side, conversations=conversations, peak_rss=peak_rss_bytes())
     if sampler is not None:
-        result["rss_trace"] = sampler.stop()
+        result["rss_trace"] = sampler.stop()  # before the peak, which covers every sample
+    result.update(side=side, conversations=conversations, peak_rss=peak_rss_bytes())
     return result
 
 
