@@ -31,8 +31,9 @@ Policies, all against the same server and cache capacity:
             only popped jobs are sent, keeping at most max_batch outstanding.
             Admission is the engine's: token_budget = the cache capacity,
             tree_reserve from `turnloom.admission` (a prior from the workload's
-            shape, then the running mean of finished trees' sizes), and
-            min_runnable = max_batch.
+            shape, then the running mean of finished trees' sizes),
+            min_runnable = max_batch, and floor_trees = max_batch / a tree's
+            mean branches (the floor admits no more trees than that).
 
     .venv/bin/python bench/bench_prefix_reuse.py --plot docs/bench_prefix_reuse.png
     .venv/bin/python bench/bench_prefix_reuse.py --conversations 200 --capacity-fraction 0.1
@@ -50,7 +51,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from turnloom._core import RadixCache, Scheduler
-from turnloom.admission import TreeSizeEstimator, expected_message_tokens, prior_tree_tokens
+from turnloom.admission import (
+    TreeSizeEstimator,
+    expected_message_tokens,
+    floor_trees,
+    mean_branches,
+    prior_tree_tokens,
+)
 
 LPM_FCFS_ABOVE = 128  # SGLang's lpm turns into FCFS when more requests wait
 VOCAB_IDS = list(range(1_000, 33_000))  # shared int objects keep token lists small
@@ -307,6 +314,20 @@ class SchedulerSettings:
     budget_fraction: float = 1.0  # token_budget = fraction x capacity
     tree_reserve: int | None = None  # None: the estimator's, updated as trees finish
     min_runnable: int | None = None  # None: max_batch
+    floor_trees: int | None = None  # None: the engine's cap; 0: no cap
+
+
+def workload_branches(shape: Shape) -> float:
+    """Mean branches of a tree at the server's turns (the replies, message
+    indices 1, 3, ...), as the engine works it out from a scenario."""
+    return mean_branches({2 * shape.branch_turn - 1: shape.branches}, range(1, 2 * shape.turns, 2))
+
+
+def workload_floor_trees(shape: Shape, min_runnable: int, override: int | None) -> int | None:
+    """The Scheduler's floor_trees: the engine's unless overridden (0: none)."""
+    if override is not None:
+        return override or None
+    return floor_trees(min_runnable, workload_branches(shape))
 
 
 def workload_prior(shape: Shape) -> int:
@@ -318,19 +339,22 @@ def workload_prior(shape: Shape) -> int:
     return prior_tree_tokens(shape.system_len[1], messages * shape.turns, {fork: shape.branches})
 
 
-def run_turnloom(server: Server, client: Client, settings: SchedulerSettings) -> dict[str, int]:
+def run_turnloom(server: Server, client: Client, settings: SchedulerSettings,
+                 shape: Shape) -> dict[str, int]:
     """Ready jobs wait in the client-side Scheduler; its cache model is a separate
     RadixCache updated from completions (the client cannot see the server's)."""
     model = RadixCache(server.capacity)
     # As the engine does: the reserve follows the sizes of finished trees.
     tree_size = TreeSizeEstimator(settings.prior) if settings.tree_reserve is None else None
     reserve = tree_size.estimate if tree_size is not None else settings.tree_reserve or 0
+    min_runnable = server.max_batch if settings.min_runnable is None else settings.min_runnable
     sched = Scheduler(
         token_budget=max(1, int(server.capacity * settings.budget_fraction)),
         starvation_limit=settings.starvation_limit,
         output_reserve=settings.output_reserve,
         tree_reserve=reserve,
-        min_runnable=server.max_batch if settings.min_runnable is None else settings.min_runnable,
+        min_runnable=min_runnable,
+        floor_trees=workload_floor_trees(shape, min_runnable, settings.floor_trees),
     )
     waiting: dict[int, Request] = {}
     peak_admitted = 0
@@ -395,8 +419,9 @@ def simulate(policy: str, convs: list[Conversation], shape: Shape, args: argpars
     extra: dict[str, int] = {}
     if policy == "turnloom":
         settings = SchedulerSettings(workload_prior(shape), args.output_reserve, args.starvation_limit,
-                                     args.budget_fraction, args.tree_reserve, args.min_runnable)
-        extra = run_turnloom(server, client, settings)
+                                     args.budget_fraction, args.tree_reserve, args.min_runnable,
+                                     args.floor_trees)
+        extra = run_turnloom(server, client, settings, shape)
     else:
         run_direct(server, client)
     server.mark()
@@ -497,6 +522,9 @@ def main(argv: list[str] | None = None) -> None:
                              "estimate, updated as trees finish)")
     parser.add_argument("--min-runnable", type=int, default=None,
                         help="Scheduler min_runnable, 0 for none (default: --max-batch, the engine's)")
+    parser.add_argument("--floor-trees", type=int, default=None,
+                        help="Scheduler floor_trees, 0 for no cap (default: the engine's, "
+                             "min_runnable / a tree's mean branches)")
     parser.add_argument("--output-reserve", type=int, default=256)
     parser.add_argument("--starvation-limit", type=int, default=64)
     parser.add_argument("--prefill-ms", type=float, default=0.02, help="per uncached prompt token")
@@ -520,8 +548,12 @@ def main(argv: list[str] | None = None) -> None:
     reserve = (f"estimated (prior {workload_prior(shape):,}, then the mean of finished trees)"
                if args.tree_reserve is None else f"{args.tree_reserve:,}")
     min_runnable = args.max_batch if args.min_runnable is None else args.min_runnable
+    cap = workload_floor_trees(shape, min_runnable, args.floor_trees)
+    cap_text = "none" if cap is None else (
+        f"{cap}" + (f" ({min_runnable} / {workload_branches(shape):.2f} mean branches)"
+                    if args.floor_trees is None else ""))
     print(f"turnloom: token_budget = {args.budget_fraction:.3f} x capacity, tree_reserve {reserve}, "
-          f"min_runnable {min_runnable}, output_reserve {args.output_reserve}, "
+          f"min_runnable {min_runnable}, floor_trees {cap_text}, output_reserve {args.output_reserve}, "
           f"starvation_limit {args.starvation_limit}", flush=True)
     results = []
     for policy in args.policies.split(","):

@@ -19,7 +19,10 @@ from turnloom.admission import (
     TreeSizeEstimator,
     estimator_for,
     expected_message_tokens,
+    floor_trees,
+    mean_branches,
     prior_tree_tokens,
+    scenario_branches,
     scenario_prior,
     system_prompt_tokens,
 )
@@ -75,6 +78,31 @@ def test_scenario_prior_with_branches():
     # A fork turn drawn per conversation is taken at its earliest candidate: the largest tree.
     drawn = scenario([{"at_turn": 1, "n": 4, "to_turn": 3}])
     assert scenario_prior(drawn, [7]) == scenario_prior(forked, [7])
+
+
+def test_mean_branches_over_a_backend_s_turns():
+    assert mean_branches({}, range(8)) == 1.0
+    assert mean_branches({2: 4}, range(8)) == (2 + 6 * 4) / 8
+    # Only the given turns count; a second fork multiplies the first's branches.
+    assert mean_branches({1: 3, 4: 2}, [0, 2, 4, 6]) == (1 + 3 + 6 + 6) / 4
+    assert mean_branches({5: 3}, [0, 1]) == 1.0  # a fork after the backend's last turn
+    assert mean_branches({0: 2}, []) == 1.0
+
+
+def test_floor_trees_fills_the_lanes_once_trees_branch():
+    assert floor_trees(64, 3.25) == 20  # ceil(64 / 3.25)
+    assert floor_trees(64, 1.0) == 64  # no forks: one job per tree, as min_runnable counts
+    assert floor_trees(2, 8.0) == 1  # never below one tree
+    assert floor_trees(0, 2.0) is None  # no floor, no cap
+
+
+def test_scenario_branches_counts_the_views_turns():
+    views = [SimpleNamespace(index=0), SimpleNamespace(index=1)]
+    forked = scenario([{"at_turn": 1, "n": 4}], max_turns=8)
+    assert scenario_branches(forked, views) == (1 + 7 * 4) / 8
+    # The assistant speaks messages 1, 3, 5, 7: all after the fork.
+    assert scenario_branches(forked, views[1:]) == 4.0
+    assert scenario_branches(scenario(), views) == 1.0
 
 
 def test_system_prompt_tokens_uses_the_chat_format():
@@ -162,7 +190,9 @@ def test_engine_reserves_tree_sizes_under_a_bounded_cache(tmp_path, monkeypatch)
     fmt = load_chat_format("bytes")
     prior = scenario_prior(s, [len(fmt.segments(["system"], [p.system_prompt])[0])
                                for p in s.participants])
-    assert sched.kwargs == {"token_budget": 8000, "tree_reserve": prior, "min_runnable": 2 * 1}
+    # Two lanes (batch 2 x 1 in flight); a tree averages 29 / 8 branches, so one tree fills them.
+    assert sched.kwargs == {"token_budget": 8000, "tree_reserve": prior, "min_runnable": 2 * 1,
+                            "floor_trees": 1}
     # Every finished tree updated the reserve; the scripted lines are far shorter than
     # max_new_tokens, so the estimate falls from the upper-bound prior.
     assert len(sched.reserves) == 60

@@ -58,7 +58,7 @@ def test_prefix_reuse_table(tmp_path):
     # The turnloom row runs the engine's admission policy, not a benchmark-tuned budget.
     (policy,) = [line for line in lines if line.startswith("turnloom:")]
     assert "token_budget = 1.000 x capacity, tree_reserve estimated" in policy
-    assert "min_runnable 64" in policy
+    assert "min_runnable 64, floor_trees 20 (64 / 3.25 mean branches)" in policy  # (1 + 3 x 4) / 4
     floor = number(rows["limit"][0].split()[1])
     for policy, (line,) in rows.items():
         cells = line.split()
@@ -101,7 +101,8 @@ def test_prefix_reuse_trace_ends_at_the_totals():
     convs = bench.build_workload(30, shape, seed=1)
     unique, _, _ = bench.exact_unique_and_floor(convs, shape)
     args = bench.argparse.Namespace(max_batch=8, output_reserve=256, starvation_limit=64,
-                                    budget_fraction=1.0, tree_reserve=None, min_runnable=None)
+                                    budget_fraction=1.0, tree_reserve=None, min_runnable=None,
+                                    floor_trees=None)
     for policy in ("naive", "turnloom"):
         result = bench.simulate(policy, convs, shape, args, unique // 10, bench.Cost())
         trace, row = result.server.trace, bench.row_of(result)

@@ -96,6 +96,16 @@ def test_min_runnable_admits_past_the_budget_when_work_is_short():
     assert s.pop_batch(8, 1000) == [4]
 
 
+def test_floor_trees_caps_the_trees_the_floor_admits():
+    s = _core.Scheduler(token_budget=30, output_reserve=10, min_runnable=3, floor_trees=2)
+    s.push_many([1, 2, 3], [1, 2, 3], [10, 10, 10])
+    assert s.pop_batch(8, 1000) == [1, 2]  # under the floor, but two trees are the cap
+    s.set_floor_trees(None)
+    assert s.pop_batch(8, 1000) == [3]
+    with pytest.raises(_core.InvalidArgumentError, match="floor_trees"):
+        s.set_floor_trees(-1)
+
+
 def test_starving_job_is_served_at_the_limit():
     s = _core.Scheduler(starvation_limit=3)
     s.push_many([100], [1], [5], priorities=[-5])
@@ -154,7 +164,7 @@ def test_misuse():
 @pytest.mark.parametrize(
     "kwargs",
     [{"token_budget": -1}, {"starvation_limit": -1}, {"output_reserve": -1}, {"tree_reserve": -1},
-     {"min_runnable": -1}, {"tree_reserve": 2**32 + 1}],
+     {"min_runnable": -1}, {"floor_trees": -1}, {"tree_reserve": 2**32 + 1}],
 )
 def test_bad_constructor_arguments(kwargs):
     with pytest.raises(_core.InvalidArgumentError):
@@ -179,9 +189,10 @@ def test_a_million_jobs():
 class RefScheduler:
     """The documented rules as full scans over plain lists."""
 
-    def __init__(self, budget, limit, reserve, tree_reserve=0, min_runnable=0):
+    def __init__(self, budget, limit, reserve, tree_reserve=0, min_runnable=0, floor_trees=None):
         self.budget, self.limit, self.reserve = budget, limit, reserve
         self.tree_reserve, self.min_runnable = tree_reserve, min_runnable
+        self.floor_trees = floor_trees
         self.jobs: dict[int, dict] = {}  # id -> job
         self.trees: list[dict] = []  # incarnations
         self.seq = self.admits = self.pops = 0
@@ -220,7 +231,9 @@ class RefScheduler:
     def try_admit(self, tree):
         footprint = self.footprint(tree, self.tree_reserve)
         fits = self.budget is None or self.admitted_tokens() + footprint <= self.budget
-        if fits or self.admitted_trees() == 0 or self.runnable() < self.min_runnable:
+        under_floor = self.runnable() < self.min_runnable and (
+            self.floor_trees is None or self.admitted_trees() < self.floor_trees)
+        if fits or self.admitted_trees() == 0 or under_floor:
             tree["admitted"], tree["reserve"] = self.admits, self.tree_reserve
             self.admits += 1
             return True
@@ -309,11 +322,13 @@ def outcome(fn, *args):
     reserve=st.integers(0, 8),
     tree_reserve=st.one_of(st.just(0), st.integers(0, 100)),
     min_runnable=st.one_of(st.just(0), st.integers(0, 5)),
+    floor_trees=st.one_of(st.none(), st.integers(0, 3)),
     ops=sched_ops,
 )
-def test_matches_python_reference(budget, limit, reserve, tree_reserve, min_runnable, ops):
-    s = _core.Scheduler(budget, limit, reserve, tree_reserve, min_runnable)
-    ref = RefScheduler(budget, limit, reserve, tree_reserve, min_runnable)
+def test_matches_python_reference(budget, limit, reserve, tree_reserve, min_runnable, floor_trees,
+                                  ops):
+    s = _core.Scheduler(budget, limit, reserve, tree_reserve, min_runnable, floor_trees)
+    ref = RefScheduler(budget, limit, reserve, tree_reserve, min_runnable, floor_trees)
     popped: set[int] = set()
     for name, arg in ops:
         if name == "push":

@@ -203,11 +203,13 @@ class Scheduler:
         output_reserve: int = 256,
         tree_reserve: int = 0,
         min_runnable: int = 0,
+        floor_trees: int | None = None,
     ) -> Scheduler:
         """`token_budget` caps the tokens of admitted (active) conversation trees;
         None means unlimited. `tree_reserve` (tokens) is the least footprint of a tree
         admitted from now on, `min_runnable` (jobs) the floor on work of admitted trees;
-        0 turns either off. InvalidArgumentError for a negative argument.
+        0 turns either off. `floor_trees` caps the trees the floor admits (None: no
+        cap). InvalidArgumentError for a negative argument.
 
         Order: jobs that have waited `starvation_limit` pops first (oldest first);
         then jobs of admitted trees by priority, cached_len, earlier admitted tree,
@@ -221,13 +223,17 @@ class Scheduler:
         per job of it waiting or in flight, but at least the `tree_reserve` in force
         when it was admitted. A tree is admitted if admitted_tokens + footprint <=
         token_budget, or if no tree is admitted, or if fewer than `min_runnable` jobs
-        of admitted trees wait or run (the floor); jobs of admitted trees are never
+        of admitted trees wait or run and fewer than `floor_trees` trees are admitted
+        (the floor); jobs of admitted trees are never
         held back (new turns and admissions under the floor may take admitted_tokens
         over the budget; then no new tree is admitted, except under the floor, until
         it is back under)."""
     def set_tree_reserve(self, tokens: int) -> None:
         """The reserve (expected size, in tokens) of trees admitted from now on; admitted
         trees keep theirs. InvalidArgumentError if negative."""
+    def set_floor_trees(self, trees: int | None) -> None:
+        """The most trees the floor admits past the budget (None: no cap).
+        InvalidArgumentError if negative."""
     def __len__(self) -> int:
         """Jobs waiting."""
     def push_many(

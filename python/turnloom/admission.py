@@ -11,7 +11,7 @@ from the scenario and moves to the sizes of the trees that finish.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from turnloom.config import Scenario
 
@@ -58,6 +58,41 @@ def scenario_prior(scenario: Scenario, system_tokens: Sequence[int]) -> int:
     per_message = [views * expected_message_tokens(p.sampling.max_new_tokens) for p in speakers]
     forks = {b.at_turn: b.n for b in scenario.branches}
     return prior_tree_tokens(sum(system_tokens), per_message, forks)
+
+
+def mean_branches(forks: Mapping[int, int], turns: Iterable[int]) -> float:
+    """Mean number of branches a tree has at message indices `turns` (a fork
+    `forks[t] = n` multiplies message t and every later one): the jobs that one
+    admitted tree keeps waiting or running on average over its life."""
+    turns = sorted(turns)
+    if not turns:
+        return 1.0
+    copies, total, fork_turns = 1, 0, sorted(forks)
+    for t in turns:
+        while fork_turns and fork_turns[0] <= t:
+            copies *= forks[fork_turns.pop(0)]
+        total += copies
+    return total / len(turns)
+
+
+def floor_trees(min_runnable: int, branches: float) -> int | None:
+    """The most trees the scheduler's floor may admit past its budget: enough
+    for `min_runnable` jobs once they have branched. Counting a tree in its
+    one-job trunk as one job would admit a batch of trunks that then outgrow
+    the cache by the branching factor. None (no cap) without a floor."""
+    if min_runnable <= 0:
+        return None
+    return max(1, math.ceil(min_runnable / branches))
+
+
+def scenario_branches(scenario: Scenario, views: Sequence[Any]) -> float:
+    """`mean_branches` of a scenario's trees at the messages spoken by `views`
+    (ParticipantRT: a backend's agents); a fork drawn per conversation is taken
+    at its earliest candidate, as in `scenario_prior`."""
+    order = scenario.turn_order()
+    ids = {v.index for v in views}
+    turns = [t for t in range(scenario.run.max_turns) if order[t % len(order)] in ids]
+    return mean_branches({b.at_turn: b.n for b in scenario.branches}, turns)
 
 
 def system_prompt_tokens(view: Any) -> int:

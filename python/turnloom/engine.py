@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import msgspec
 
 from turnloom import _core
-from turnloom.admission import estimator_for
+from turnloom.admission import estimator_for, floor_trees, scenario_branches
 from turnloom.agents import Reply
 from turnloom.backends.base import GenRequest, GenResult
 from turnloom.collect import Collector
@@ -255,12 +255,16 @@ class Engine:
             if cap:
                 be.cache = _core.RadixCache(cap)
                 # Reserve each tree's expected final size at admission (a tree is admitted
-                # small and grows), but never let the budget leave the backend's lanes idle.
-                be.tree_size = estimator_for(self.scenario, [v for v in self.views if v.backend is be])
+                # small and grows), but never let the budget leave the backend's lanes idle:
+                # the floor admits past it, up to the trees whose branches fill the lanes.
+                views = [v for v in self.views if v.backend is be]
+                be.tree_size = estimator_for(self.scenario, views)
+                lanes = be.batch_size * be.max_inflight
                 be.sched = _core.Scheduler(
                     token_budget=cap,
                     tree_reserve=be.tree_size.estimate if be.tree_size is not None else 0,
-                    min_runnable=be.batch_size * be.max_inflight)
+                    min_runnable=lanes,
+                    floor_trees=floor_trees(lanes, scenario_branches(self.scenario, views)))
             else:
                 be.sched = _core.Scheduler()
 

@@ -56,7 +56,12 @@
 //! current `tree_reserve`) fits `token_budget`; or if no tree is admitted (so
 //! the scheduler always makes progress); or if fewer than `min_runnable` jobs
 //! of admitted trees are waiting or in flight (the *floor*, 0 for none: the
-//! budget never starves the backend of work). Jobs of admitted trees are
+//! budget never starves the backend of work) and fewer than `floor_trees`
+//! trees are admitted (None: no such cap). A tree in its one-job trunk that
+//! will branch into n jobs counts once toward the floor; capping the trees
+//! the floor admits at the floor divided by a tree's mean number of jobs
+//! keeps it from admitting a batch of trunks that then outgrow the cache by
+//! the branching factor. Jobs of admitted trees are
 //! never held back: once started, a conversation runs. So `admitted_tokens`
 //! exceeds the budget only with a lone admitted tree, after admissions under
 //! the floor, or after jobs pushed to admitted trees grow their footprint
@@ -141,6 +146,7 @@ pub struct Scheduler {
     output_reserve: u64,
     tree_reserve: u64,
     min_runnable: u64,
+    floor_trees: Option<u64>,
     jobs: IdMap<Job>,
     trees: IdMap<Tree>,
     /// Tree id to the serial of its current incarnation.
@@ -187,6 +193,7 @@ impl Scheduler {
             output_reserve,
             tree_reserve,
             min_runnable,
+            floor_trees: None,
             jobs: IdMap::default(),
             trees: IdMap::default(),
             current: IdMap::default(),
@@ -210,6 +217,11 @@ impl Scheduler {
         check_reserve("tree_reserve", tokens)?;
         self.tree_reserve = tokens;
         Ok(())
+    }
+
+    /// The most trees the floor admits past the budget (None: no cap).
+    pub fn set_floor_trees(&mut self, trees: Option<u64>) {
+        self.floor_trees = trees;
     }
 
     /// Jobs waiting (pushed, not popped).
@@ -424,7 +436,8 @@ impl Scheduler {
         // A pending tree has no reserve yet, so this is its footprint once admitted.
         let fp = footprint(tree, self.output_reserve).max(self.tree_reserve);
         let fits = self.token_budget.is_none_or(|b| self.admitted_tokens + fp <= b);
-        let under_floor = self.runnable < self.min_runnable;
+        let under_floor = self.runnable < self.min_runnable
+            && self.floor_trees.is_none_or(|cap| (self.admitted_trees as u64) < cap);
         if !fits && !under_floor && self.admitted_trees > 0 {
             return false;
         }

@@ -53,8 +53,9 @@ fn natural(value: i64, name: &str) -> PyResult<u64> {
 /// `admitted_tokens` sums the footprints of admitted trees. A tree is
 /// admitted when `admitted_tokens + footprint <= token_budget`, or when no
 /// tree is admitted (progress), or when fewer than `min_runnable` jobs of
-/// admitted trees wait or run (the floor: the budget never starves the
-/// backend). Jobs of admitted trees are never held back, so new turns pushed
+/// admitted trees wait or run and fewer than `floor_trees` trees are
+/// admitted (the floor: the budget never starves the backend; None: no cap on
+/// the trees it admits). Jobs of admitted trees are never held back, so new turns pushed
 /// to admitted trees may take `admitted_tokens` over the budget, as may
 /// admissions under the floor; no new tree is admitted, except under the
 /// floor, until it is back under. `finish_tree` releases the whole footprint.
@@ -68,16 +69,18 @@ impl PyScheduler {
     /// `token_budget` caps the tokens of admitted (active) conversation
     /// trees; None means unlimited. `tree_reserve` (tokens) is the least
     /// footprint of a tree admitted from now on, `min_runnable` (jobs) the
-    /// floor on work of admitted trees; 0 turns either off. See the class
+    /// floor on work of admitted trees; 0 turns either off. `floor_trees`
+    /// caps the trees the floor admits (None: no cap). See the class
     /// docstring for the exact starvation guarantee and footprint accounting.
     #[new]
-    #[pyo3(signature = (token_budget=None, starvation_limit=64, output_reserve=256, tree_reserve=0, min_runnable=0))]
+    #[pyo3(signature = (token_budget=None, starvation_limit=64, output_reserve=256, tree_reserve=0, min_runnable=0, floor_trees=None))]
     fn new(
         token_budget: Option<i64>,
         starvation_limit: i64,
         output_reserve: i64,
         tree_reserve: i64,
         min_runnable: i64,
+        floor_trees: Option<i64>,
     ) -> PyResult<Self> {
         let token_budget = token_budget.map(|b| natural(b, "token_budget")).transpose()?;
         let inner = Scheduler::new(
@@ -88,7 +91,9 @@ impl PyScheduler {
             natural(min_runnable, "min_runnable")?,
         )
         .map_err(to_py_err)?;
-        Ok(PyScheduler { inner })
+        let mut scheduler = PyScheduler { inner };
+        scheduler.set_floor_trees(floor_trees)?;
+        Ok(scheduler)
     }
 
     /// The reserve (expected size, in tokens) of trees admitted from now on;
@@ -97,6 +102,13 @@ impl PyScheduler {
         self.inner
             .set_tree_reserve(natural(tokens, "tree_reserve")?)
             .map_err(to_py_err)
+    }
+
+    /// The most trees the floor admits past the budget (None: no cap).
+    fn set_floor_trees(&mut self, trees: Option<i64>) -> PyResult<()> {
+        let trees = trees.map(|t| natural(t, "floor_trees")).transpose()?;
+        self.inner.set_floor_trees(trees);
+        Ok(())
     }
 
     /// Jobs waiting.

@@ -31,6 +31,7 @@ pub(super) struct Model {
     reserve: u64,
     tree_reserve: u64,
     min_runnable: u64,
+    floor_trees: Option<u64>,
     jobs: Vec<MJob>,
     trees: Vec<MTree>,
     seq: u64,
@@ -48,6 +49,7 @@ impl Model {
             reserve,
             tree_reserve,
             min_runnable,
+            floor_trees: None,
             jobs: vec![],
             trees: vec![],
             seq: 0,
@@ -60,6 +62,10 @@ impl Model {
 
     pub fn set_tree_reserve(&mut self, tokens: u64) {
         self.tree_reserve = tokens;
+    }
+
+    pub fn set_floor_trees(&mut self, trees: Option<u64>) {
+        self.floor_trees = trees;
     }
 
     fn count(&self, tree: usize, in_flight: bool) -> u64 {
@@ -136,7 +142,8 @@ impl Model {
     fn try_admit(&mut self, tree: usize) -> bool {
         let fp = self.footprint_with(tree, self.tree_reserve);
         let fits = self.budget.is_none_or(|b| self.admitted_tokens() + fp <= b);
-        let under_floor = (self.runnable() as u64) < self.min_runnable;
+        let under_floor = (self.runnable() as u64) < self.min_runnable
+            && self.floor_trees.is_none_or(|cap| (self.admitted_trees() as u64) < cap);
         if fits || under_floor || self.admitted_trees() == 0 {
             self.trees[tree].admitted = Some(self.admits);
             self.trees[tree].reserve = self.tree_reserve;

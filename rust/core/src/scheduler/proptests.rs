@@ -65,10 +65,13 @@ proptest! {
         reserve in 0u64..10,
         tree_reserve in prop_oneof![Just(0u64), 0u64..120],
         min_runnable in prop_oneof![Just(0u64), 0u64..6],
+        floor_trees in prop::option::of(0u64..4),
         ops in prop::collection::vec(op(), 1..60),
     ) {
         let mut s = Scheduler::new(budget, limit, reserve, tree_reserve, min_runnable).unwrap();
         let mut m = Model::new(budget, limit, reserve, tree_reserve, min_runnable);
+        s.set_floor_trees(floor_trees);
+        m.set_floor_trees(floor_trees);
         let mut in_flight: Vec<u64> = Vec::new();
         for op in ops {
             match op {
@@ -235,6 +238,7 @@ proptest! {
         reserve in 0u64..20,
         tree_reserve in prop_oneof![Just(0u64), 0u64..300],
         min_runnable in prop_oneof![Just(0u64), 0u64..8],
+        floor_trees in prop::option::of(0u64..5),
         trees in prop::collection::vec(prop::collection::vec(1u64..80, 1..4), 1..15),
         pops in prop::collection::vec((1usize..4, 0.0f64..1.0, any::<bool>(), prop::option::of(0u64..300)), 1..60),
     ) {
@@ -244,6 +248,7 @@ proptest! {
         // so past the budget, jobs of admitted trees stay under floor + 3.
         const MAX_TREE_JOBS: usize = 3;
         let mut s = Scheduler::new(Some(budget), 3, reserve, tree_reserve, min_runnable).unwrap();
+        s.set_floor_trees(floor_trees);
         let mut next = 0u64;
         let mut jobs_left: HashMap<u64, usize> = HashMap::new();
         let mut lens = HashMap::new();
@@ -271,10 +276,18 @@ proptest! {
             prop_assert!(after.admitted_tokens <= budget || after.admitted_trees == 1 || after.runnable < floor + MAX_TREE_JOBS,
                 "{} tokens admitted over budget {} by {} trees with {} runnable jobs",
                 after.admitted_tokens, budget, after.admitted_trees, after.runnable);
+            // Only the floor admits past the budget, and only while fewer than
+            // floor_trees trees are admitted.
+            let cap = floor_trees.unwrap_or(u64::MAX).max(1);
+            prop_assert!(after.admitted_tokens <= budget || after.admitted_trees as u64 <= cap,
+                "{} trees admitted over budget past the cap {}", after.admitted_trees, cap);
             // The floor: a pop cut short (never by max_tokens here) with jobs
-            // still waiting means admission stopped at or above the floor.
+            // still waiting means admission stopped at or above the floor, or
+            // at the cap on trees it may admit.
             if batch.len() < r && after.waiting > 0 {
-                prop_assert!(after.runnable >= floor, "{} runnable jobs under the floor {}", after.runnable, floor);
+                let capped = floor_trees.is_some_and(|cap| after.admitted_trees as u64 >= cap);
+                prop_assert!(after.runnable >= floor || capped,
+                    "{} runnable jobs under the floor {} with {} trees admitted", after.runnable, floor, after.admitted_trees);
             }
             in_flight.extend(&batch);
             let k = (in_flight.len() as f64 * done) as usize;

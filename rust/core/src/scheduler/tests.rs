@@ -268,3 +268,18 @@ fn wait_for_admission_is_told_apart() {
     assert_eq!((st.max_wait, st.max_wait_admitted), (2, 0));
     s.check_invariants();
 }
+
+#[test]
+fn floor_trees_caps_what_the_floor_admits() {
+    // As in the test above, but the floor may only bring the admitted trees to 2.
+    let mut s = Scheduler::new(Some(30), 64, 10, 0, 3).unwrap();
+    s.set_floor_trees(Some(2));
+    push(&mut s, &[(1, 1, 10), (2, 2, 10), (3, 3, 10)]);
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), vec![1, 2]);
+    assert_eq!(s.stats().admitted_trees, 2);
+    // Tree 1 ends: the floor admits tree 3 (one tree admitted, under the cap).
+    s.complete_many(&[1]).unwrap();
+    s.finish_tree(1).unwrap();
+    assert_eq!(s.pop_batch(8, 1000).unwrap(), vec![3]);
+    s.check_invariants();
+}
