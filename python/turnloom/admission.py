@@ -64,15 +64,15 @@ def mean_branches(forks: Mapping[int, int], turns: Iterable[int]) -> float:
     """Mean number of branches a tree has at message indices `turns` (a fork
     `forks[t] = n` multiplies message t and every later one): the jobs that one
     admitted tree keeps waiting or running on average over its life."""
-    turns = sorted(turns)
-    if not turns:
+    ordered = sorted(turns)
+    if not ordered:
         return 1.0
     copies, total, fork_turns = 1, 0, sorted(forks)
-    for t in turns:
+    for t in ordered:
         while fork_turns and fork_turns[0] <= t:
             copies *= forks[fork_turns.pop(0)]
         total += copies
-    return total / len(turns)
+    return total / len(ordered)
 
 
 def floor_trees(min_runnable: int, branches: float) -> int | None:
