@@ -188,11 +188,12 @@ def _summed(on_progress: OnProgress | None) -> Callable[[Any], None] | None:
         return None
 
     def call(statuses: Any) -> None:
-        totals = {"conversations": 0, "turns": 0, "tokens": 0, "failures": 0}
+        from turnloom.distributed.walcount import Counts
+
+        total = Counts()
         for st in statuses:
-            for key in totals:
-                totals[key] += getattr(st.counts, key)
-        on_progress(totals)
+            total.add(st.counts)
+        on_progress(vars(total))
     return call
 
 
