@@ -2,11 +2,18 @@
 
 A discrete-event model of one GPU inference server: continuous batching of at
 most `--max-batch` running requests, an LRU radix prefix cache of fixed token
-capacity (the real `turnloom._core.RadixCache`), and a cost model (flags):
+capacity (the real `turnloom._core.RadixCache`), and a cost model:
 
+  --cost linear (default; flags --prefill-ms, --decode-base-ms, --decode-seq-ms)
     prefill      0.02 ms per uncached prompt token
     decode step  8 ms + 0.05 ms x running requests
                  (one output token per running request per step)
+  --cost roofline (--model on --gpu, from public specs; --mfu, --bandwidth-efficiency)
+    each forward pass takes the longer of its FLOPs at 50% of the GPU's peak and
+    its bytes at 80% of its bandwidth: every weight once per pass, the KV cache
+    of the tokens it attends to. A step's admitted requests are prefilled in a
+    pass of their own (SGLang's default), or with --mixed-prefill in the decode
+    step's pass (SGLang's --enable-mixed-chunk).
 
 Modelled GPU time is the sum of both; the client answers instantly, so the
 server is never idle while a request is ready.
@@ -36,6 +43,7 @@ Policies, all against the same server and cache capacity:
             mean branches (the floor admits no more trees than that).
 
     .venv/bin/python bench/bench_prefix_reuse.py --plot docs/bench_prefix_reuse.png
+    .venv/bin/python bench/bench_prefix_reuse.py --cost roofline --sweep-batch 32,64,128,256,512
     .venv/bin/python bench/bench_prefix_reuse.py --conversations 200 --capacity-fraction 0.1
 """
 
@@ -209,21 +217,136 @@ def exact_unique_and_floor(convs: list[Conversation], shape: Shape) -> tuple[int
 # --- server -----------------------------------------------------------------
 
 
+Prefill = tuple[int, int]  # (uncached prompt tokens, cached prompt tokens) of one request
+
+
 @dataclass(frozen=True)
 class Cost:
+    """Linear costs: prefill per uncached prompt token, a decode step's base cost
+    plus a cost per running request."""
+
     prefill_ms: float = 0.02  # per uncached prompt token
     decode_base_ms: float = 8.0  # per decode step
     decode_seq_ms: float = 0.05  # per running request per decode step
 
-    def decode_step_ms(self, batch: int) -> float:
-        return self.decode_base_ms + self.decode_seq_ms * batch
+    def describe(self) -> str:
+        return (f"prefill {self.prefill_ms} ms/token, decode step {self.decode_base_ms} ms + "
+                f"{self.decode_seq_ms} ms x batch")
+
+    def step_ms(self, prefills: list[Prefill], batch: int, context: int) -> tuple[float, float]:
+        """(prefill, decode) ms of one server step: the requests admitted, then one
+        decode step of `batch` requests holding `context` tokens in all."""
+        return (self.prefill_ms * sum(fresh for fresh, _ in prefills),
+                self.decode_base_ms + self.decode_seq_ms * batch)
+
+    def limit_ms(self, floor: int, outputs: int, max_batch: int, context_reads: int) -> tuple[float, float]:
+        """(prefill, decode) ms no policy beats: the prefill floor, every step at max_batch."""
+        return floor * self.prefill_ms, outputs / max_batch * (self.decode_base_ms + self.decode_seq_ms * max_batch)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    tflops: float  # dense BF16 peak, 10^12 FLOP/s
+    tbps: float  # memory bandwidth, 10^12 bytes/s
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    params: float
+    layers: int
+    hidden: int  # query heads x head dim
+    kv_dim: int  # key-value heads x head dim
+    bytes_per_value: int = 2  # BF16 weights and KV cache
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.params * self.bytes_per_value
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.layers * self.kv_dim * self.bytes_per_value  # keys and values
+
+    @property
+    def attention_flops_per_key(self) -> int:
+        return 4 * self.layers * self.hidden  # q.k and the weighted sum of v, per query token
+
+
+# Vendor datasheet peaks (dense, no sparsity) and the model's published configuration.
+GPUS = {"h100": Gpu("H100 SXM", 989.4, 3.35), "a100": Gpu("A100 SXM 80GB", 312.0, 2.039)}
+MODELS = {"llama3-8b": Model("Llama-3.1-8B", 8.03e9, 32, 4096, 1024)}
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Each forward pass takes the longer of its FLOPs at `mfu` of the GPU's peak
+    and its bytes (every weight once, plus the KV cache it reads and writes) at
+    `bandwidth_efficiency` of its bandwidth. A decode step of a small batch is
+    bound by reading the weights; a large prefill by compute.
+
+    Without `mixed`, a step's admitted requests are prefilled in their own
+    forward pass before the decode step (SGLang's default); with it, in the decode
+    step's (SGLang's --enable-mixed-chunk), which then reads the weights once."""
+
+    gpu: Gpu
+    model: Model
+    mfu: float = 0.5
+    bandwidth_efficiency: float = 0.8
+    mixed: bool = False
+
+    def describe(self) -> str:
+        how = "in the decode step's pass" if self.mixed else "in a pass of their own"
+        return (f"roofline of {self.model.name} on {self.gpu.name} ({self.gpu.tflops:g} TFLOP/s at "
+                f"{self.mfu:.0%}, {self.gpu.tbps:g} TB/s at {self.bandwidth_efficiency:.0%}); "
+                f"admitted requests prefilled {how}")
+
+    def _ms(self, flops: float, nbytes: float) -> float:
+        compute = flops / (self.gpu.tflops * 1e12 * self.mfu)
+        memory = nbytes / (self.gpu.tbps * 1e12 * self.bandwidth_efficiency)
+        return 1000 * max(compute, memory)
+
+    def _prefill(self, prefills: list[Prefill]) -> tuple[float, float]:
+        m = self.model
+        fresh = sum(f for f, _ in prefills)
+        # Query j of a request's f new tokens attends to its c cached ones and j + 1 new ones.
+        keys = sum(f * (c + (f + 1) / 2) for f, c in prefills)
+        flops = 2 * m.params * fresh + m.attention_flops_per_key * keys
+        return flops, m.kv_bytes_per_token * sum(f + c for f, c in prefills)
+
+    def _decode(self, batch: int, context: int) -> tuple[float, float]:
+        m = self.model
+        return 2 * m.params * batch + m.attention_flops_per_key * context, m.kv_bytes_per_token * context
+
+    def step_ms(self, prefills: list[Prefill], batch: int, context: int) -> tuple[float, float]:
+        weights = self.model.weight_bytes
+        d_flops, d_bytes = self._decode(batch, context)
+        decode = self._ms(d_flops, weights + d_bytes)
+        if not prefills:
+            return 0.0, decode
+        p_flops, p_bytes = self._prefill(prefills)
+        if self.mixed:
+            return self._ms(p_flops + d_flops, weights + p_bytes + d_bytes) - decode, decode
+        return self._ms(p_flops, weights + p_bytes), decode
+
+    def limit_ms(self, floor: int, outputs: int, max_batch: int, context_reads: int) -> tuple[float, float]:
+        """A lower bound: the prefill floor's weight FLOPs at full compute (no attention,
+        no weight reads), and decode at the larger of all its FLOPs and the bytes of
+        full batches (the KV reads are the same for every order)."""
+        m = self.model
+        prefill_flops = 2 * m.params * floor
+        d_flops, d_bytes = self._decode(outputs, context_reads)
+        decode = max(self._ms(d_flops, 0), self._ms(0, -(-outputs // max_batch) * m.weight_bytes + d_bytes))
+        if self.mixed:  # prefill FLOPs can hide under the decode steps' memory time
+            return max(self._ms(prefill_flops + d_flops, 0), decode) - decode, decode
+        return self._ms(prefill_flops, 0), decode
 
 
 @dataclass
 class Server:
     capacity: int
     max_batch: int
-    cost: Cost
+    cost: Cost | Roofline
     lpm: bool = False
     cache: RadixCache = field(init=False)
     queue: deque[Request] = field(default_factory=deque)
@@ -234,6 +357,8 @@ class Server:
     decode_ms: float = 0.0
     steps: int = 0
     decoded: int = 0
+    context: int = 0  # tokens of the running requests (prompt + decoded so far)
+    context_reads: int = 0  # sum of `context` over decode steps (KV tokens read)
     # (modelled GPU s so far, prefilled tokens so far) every TRACE_EVERY steps and at the end
     trace: list[tuple[float, int]] = field(default_factory=lambda: [(0.0, 0)])
 
@@ -253,26 +378,33 @@ class Server:
             order = sorted(range(len(matched)), key=lambda i: -matched[i])
             self.queue = deque(self.queue[i] for i in order)
 
-    def _prefill(self, req: Request) -> None:
+    def _prefill(self, req: Request) -> Prefill:
         cached = self.cache.match_len(req.prompt)
         fresh = len(req.prompt) - cached
         self.prefilled += fresh
         self.prompt_tokens += len(req.prompt)
-        self.prefill_ms += self.cost.prefill_ms * fresh
+        self.context += len(req.prompt)
         self.cache.insert(req.prompt)
         self.cache.pin(req.prompt)
         self.running.append([len(req.output), req])
+        return fresh, cached
 
     def step(self) -> list[Request]:
         """Admit into free slots, run one decode step; returns finished requests."""
         self._order_queue()
+        prefills = []
         while self.queue and len(self.running) < self.max_batch:
-            self._prefill(self.queue.popleft())
+            prefills.append(self._prefill(self.queue.popleft()))
         if not self.running:
             return []
+        batch = len(self.running)
         self.steps += 1
-        self.decoded += len(self.running)
-        self.decode_ms += self.cost.decode_step_ms(len(self.running))
+        self.decoded += batch
+        prefill_ms, decode_ms = self.cost.step_ms(prefills, batch, self.context)
+        self.prefill_ms += prefill_ms
+        self.decode_ms += decode_ms
+        self.context_reads += self.context
+        self.context += batch
         if self.steps % TRACE_EVERY == 0:
             self.mark()
         finished, still = [], []
@@ -284,6 +416,7 @@ class Server:
                 finished.append(entry[1])
         self.running = still
         for req in finished:
+            self.context -= len(req.prompt) + len(req.output)
             self.cache.unpin(req.prompt)
             self.cache.insert(req.prompt + req.output)
         return finished
@@ -410,7 +543,7 @@ class Result:
 
 
 def simulate(policy: str, convs: list[Conversation], shape: Shape, args: argparse.Namespace,
-             capacity: int, cost: Cost) -> Result:
+             capacity: int, cost: Cost | Roofline) -> Result:
     for conv in convs:
         conv.branches_left = 0
     server = Server(capacity, args.max_batch, cost, lpm=policy == "lpm")
@@ -449,10 +582,11 @@ def row_of(r: Result) -> Row:
                s.decoded / max(1, s.steps))
 
 
-def limit_row(floor: int, prompt_tokens: int, output_tokens: int, max_batch: int, cost: Cost) -> Row:
-    """No policy beats this: the prefill floor and every decode step at max_batch."""
-    decode_ms = output_tokens / max_batch * cost.decode_step_ms(max_batch)
-    return Row("limit", floor, prompt_tokens, floor * cost.prefill_ms / 1000, decode_ms / 1000, max_batch)
+def limit_row(floor: int, prompt_tokens: int, server: Server, cost: Cost | Roofline) -> Row:
+    """No policy beats this: the prefill floor and every decode step at max_batch
+    (`server`: any policy's, for the totals every order shares)."""
+    prefill_ms, decode_ms = cost.limit_ms(floor, server.decoded, server.max_batch, server.context_reads)
+    return Row("limit", floor, prompt_tokens, prefill_ms / 1000, decode_ms / 1000, server.max_batch)
 
 
 def print_table(rows: list[Row], unique: int, capacity: int, out: Callable[[str], None] = print) -> None:
@@ -513,6 +647,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--branches", type=int, default=4)
     parser.add_argument("--capacity-fraction", type=float, default=0.10, help="of the unique tokens")
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--sweep-batch", metavar="B,B,...",
+                        help="instead of one table, the policies at each of these max_batch sizes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget-fraction", type=float, default=1.0,
                         help="Scheduler token_budget as a fraction of the cache capacity "
@@ -527,6 +663,16 @@ def main(argv: list[str] | None = None) -> None:
                              "min_runnable / a tree's mean branches)")
     parser.add_argument("--output-reserve", type=int, default=256)
     parser.add_argument("--starvation-limit", type=int, default=64)
+    parser.add_argument("--cost", choices=["linear", "roofline"], default="linear",
+                        help="linear: the --prefill-ms / --decode-*-ms model (default); roofline: "
+                             "--model on --gpu from FLOPs and bytes")
+    parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    parser.add_argument("--model", choices=sorted(MODELS), default="llama3-8b")
+    parser.add_argument("--mfu", type=float, default=0.5, help="roofline: share of peak FLOP/s reached")
+    parser.add_argument("--bandwidth-efficiency", type=float, default=0.8,
+                        help="roofline: share of peak memory bandwidth reached")
+    parser.add_argument("--mixed-prefill", action="store_true",
+                        help="roofline: prefill in the decode step's pass (SGLang --enable-mixed-chunk)")
     parser.add_argument("--prefill-ms", type=float, default=0.02, help="per uncached prompt token")
     parser.add_argument("--decode-base-ms", type=float, default=8.0, help="per decode step")
     parser.add_argument("--decode-seq-ms", type=float, default=0.05, help="per running request per step")
@@ -535,7 +681,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 2 <= args.branch_turn <= args.turns or args.branches < 1:
         parser.error("need 2 <= --branch-turn <= --turns and --branches >= 1")
-    cost = Cost(args.prefill_ms, args.decode_base_ms, args.decode_seq_ms)
+    cost: Cost | Roofline = (
+        Cost(args.prefill_ms, args.decode_base_ms, args.decode_seq_ms) if args.cost == "linear"
+        else Roofline(GPUS[args.gpu], MODELS[args.model], args.mfu, args.bandwidth_efficiency,
+                      args.mixed_prefill))
 
     shape = Shape(turns=args.turns, branch_turn=args.branch_turn, branches=args.branches)
     convs = build_workload(args.conversations, shape, args.seed)
@@ -543,8 +692,22 @@ def main(argv: list[str] | None = None) -> None:
     capacity = max(1, int(unique * args.capacity_fraction))
     print(f"{args.conversations:,} conversations x {args.turns} turns, best-of-{args.branches} at turn "
           f"{args.branch_turn}, {shape.system_prompts} system prompts; seed {args.seed}")
-    print(f"server: continuous batching, max_batch {args.max_batch}; prefill {cost.prefill_ms} ms/token, "
-          f"decode step {cost.decode_base_ms} ms + {cost.decode_seq_ms} ms x batch")
+    if args.sweep_batch:
+        print(f"server: continuous batching; {cost.describe()}")
+        sweep([int(b) for b in args.sweep_batch.split(",")], convs, shape, args, capacity, cost,
+              (unique, floor, prompt_tokens))
+        return
+    print(f"server: continuous batching, max_batch {args.max_batch}; {cost.describe()}")
+    print(f"turnloom: {describe_settings(args, shape)}", flush=True)
+    results = run_policies(convs, shape, args, capacity, cost)
+    limit = limit_row(floor, prompt_tokens, results[-1].server, cost)
+    print_table([row_of(r) for r in results] + [limit], unique, capacity)
+    if args.plot:
+        plot(results, limit, args.plot)
+        print(f"figure: {args.plot}")
+
+
+def describe_settings(args: argparse.Namespace, shape: Shape) -> str:
     reserve = (f"estimated (prior {workload_prior(shape):,}, then the mean of finished trees)"
                if args.tree_reserve is None else f"{args.tree_reserve:,}")
     min_runnable = args.max_batch if args.min_runnable is None else args.min_runnable
@@ -552,19 +715,38 @@ def main(argv: list[str] | None = None) -> None:
     cap_text = "none" if cap is None else (
         f"{cap}" + (f" ({min_runnable} / {workload_branches(shape):.2f} mean branches)"
                     if args.floor_trees is None else ""))
-    print(f"turnloom: token_budget = {args.budget_fraction:.3f} x capacity, tree_reserve {reserve}, "
-          f"min_runnable {min_runnable}, floor_trees {cap_text}, output_reserve {args.output_reserve}, "
-          f"starvation_limit {args.starvation_limit}", flush=True)
+    return (f"token_budget = {args.budget_fraction:.3f} x capacity, tree_reserve {reserve}, "
+            f"min_runnable {min_runnable}, floor_trees {cap_text}, output_reserve {args.output_reserve}, "
+            f"starvation_limit {args.starvation_limit}")
+
+
+def run_policies(convs: list[Conversation], shape: Shape, args: argparse.Namespace, capacity: int,
+                 cost: Cost | Roofline) -> list[Result]:
     results = []
     for policy in args.policies.split(","):
         result = simulate(policy, convs, shape, args, capacity, cost)
-        print(f"  {policy}: simulated in {result.seconds:.1f} s {result.extra}", file=sys.stderr)
+        print(f"  {policy} (max_batch {args.max_batch}): simulated in {result.seconds:.1f} s "
+              f"{result.extra}", file=sys.stderr)
         results.append(result)
-    limit = limit_row(floor, prompt_tokens, results[-1].server.decoded, args.max_batch, cost)
-    print_table([row_of(r) for r in results] + [limit], unique, capacity)
-    if args.plot:
-        plot(results, limit, args.plot)
-        print(f"figure: {args.plot}")
+    return results
+
+
+def sweep(batches: list[int], convs: list[Conversation], shape: Shape, args: argparse.Namespace,
+          capacity: int, cost: Cost | Roofline, totals: tuple[int, int, int]) -> None:
+    """One table: every policy and the limit at each max_batch, speed-ups against
+    the first policy at the same max_batch."""
+    unique, floor, prompt_tokens = totals
+    print(f"{'batch':>6} {'policy':<10}{'/unique':>9}{'prefill s':>11}{'decode s':>10}{'GPU s':>10}"
+          f"{'speedup':>9}{'avg batch':>11}")
+    for batch in batches:
+        args.max_batch = batch
+        results = run_policies(convs, shape, args, capacity, cost)
+        rows = [row_of(r) for r in results] + [limit_row(floor, prompt_tokens, results[-1].server, cost)]
+        for r in rows:
+            print(f"{batch:>6} {r.policy:<10}{r.prefilled / unique:>9.3f}{r.prefill_s:>11.1f}"
+                  f"{r.decode_s:>10.1f}{r.gpu_s:>10.1f}{rows[0].gpu_s / r.gpu_s:>8.2f}x{r.avg_batch:>11.1f}")
+    print(f"unique tokens: {unique:,}; cache capacity {capacity:,}; speedup = the first policy's "
+          f"GPU s / GPU s, at the same batch")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,81 @@ def test_prefix_reuse_trace_ends_at_the_totals():
         assert trace[-1] == (pytest.approx(row.gpu_s), row.prefilled)
 
 
+def test_roofline_costs_follow_the_bound_that_binds():
+    bench = load_prefix_bench()
+    gpu, model = bench.GPUS["h100"], bench.MODELS["llama3-8b"]
+    cost = bench.Roofline(gpu, model, mfu=0.5, bandwidth_efficiency=0.8)
+    read_weights_ms = 1000 * model.weight_bytes / (gpu.tbps * 1e12 * 0.8)
+    # A decode step of one short request reads the weights: memory-bound.
+    assert cost.step_ms([], 1, 10) == (0.0, pytest.approx(read_weights_ms, rel=1e-3))
+    # Each request of the batch adds its KV reads; 64 x 1,000 tokens of context.
+    kv_ms = 1000 * 64_000 * model.kv_bytes_per_token / (gpu.tbps * 1e12 * 0.8)
+    assert cost.step_ms([], 64, 64_000)[1] == pytest.approx(read_weights_ms + kv_ms)
+    # A long prefill is compute-bound: 2 x params FLOPs per token plus attention.
+    prefill, _ = cost.step_ms([(20_000, 0)], 1, 20_000)
+    flops = 2 * model.params * 20_000 + model.attention_flops_per_key * 20_000 * 20_001 / 2
+    assert prefill == pytest.approx(1000 * flops / (gpu.tflops * 1e12 * 0.5))
+    assert prefill > read_weights_ms * 5
+    # A short prefill still reads every weight in its own pass, but hides under
+    # the decode step's memory time when mixed into it.
+    short = [(40, 900)]
+    alone, decode = cost.step_ms(short, 64, 64_000)
+    mixed, mixed_decode = bench.Roofline(gpu, model, mixed=True).step_ms(short, 64, 64_000)
+    assert alone >= read_weights_ms and mixed_decode == decode
+    assert 0.0 <= mixed < 0.05 * alone
+    # Cached tokens cost the attention to them, far less than prefilling them.
+    after_cache = cost.step_ms([(10_000, 5_000)], 1, 0)[0]
+    assert cost.step_ms([(10_000, 0)], 1, 0)[0] < after_cache < 0.8 * cost.step_ms([(15_000, 0)], 1, 0)[0]
+
+
+@pytest.mark.parametrize("cost_name", ["linear", "roofline", "roofline mixed"])
+def test_prefix_reuse_limit_bounds_every_policy(cost_name):
+    """The limit row is a lower bound of every policy's modelled time, and every
+    order of the same requests reads the same KV (the decode bound relies on it)."""
+    bench = load_prefix_bench()
+    shape = bench.Shape(turns=4, branch_turn=2, branches=3)
+    convs = bench.build_workload(40, shape, seed=2)
+    unique, floor, prompt_tokens = bench.exact_unique_and_floor(convs, shape)
+    cost = (bench.Cost() if cost_name == "linear" else
+            bench.Roofline(bench.GPUS["h100"], bench.MODELS["llama3-8b"], mixed="mixed" in cost_name))
+    args = bench.argparse.Namespace(max_batch=16, output_reserve=256, starvation_limit=64,
+                                    budget_fraction=1.0, tree_reserve=None, min_runnable=None,
+                                    floor_trees=None)
+    client = bench.Client(convs, shape)
+    expected_reads = 0
+    for conv in range(len(convs)):
+        pending = [client.new(conv, -1, 1)]
+        while pending:
+            req = pending.pop()
+            out, prompt = len(req.output), len(req.prompt)
+            expected_reads += out * prompt + out * (out - 1) // 2  # prompt + k at the k-th token
+            pending.extend(client.follow_ups(req)[0])
+    for policy in ("naive", "lpm", "turnloom"):
+        server = bench.simulate(policy, convs, shape, args, unique // 10, cost).server
+        assert server.context_reads == expected_reads, policy
+        assert server.context == 0  # every finished request gave its context back
+        limit = bench.limit_row(floor, prompt_tokens, server, cost)
+        row = bench.row_of(bench.Result(policy, server, 0.0, {}))
+        assert limit.gpu_s <= row.gpu_s * (1 + 1e-9), policy
+        assert limit.decode_s <= row.decode_s * (1 + 1e-9), policy
+
+
+def test_prefix_reuse_sweep_table():
+    lines = run_bench("bench_prefix_reuse.py", "--conversations", "30", "--turns", "4",
+                      "--branch-turn", "2", "--cost", "roofline", "--mixed-prefill",
+                      "--sweep-batch", "8,32")
+    assert "roofline of Llama-3.1-8B on H100 SXM" in lines[1] and "decode step's pass" in lines[1]
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["batch", "policy"])
+    rows = [line.split() for line in lines[start + 1:start + 9]]
+    assert [(r[0], r[1]) for r in rows] == [(b, p) for b in ("8", "32")
+                                            for p in ("naive", "lpm", "turnloom", "limit")]
+    for batch in (rows[:4], rows[4:]):
+        assert number(batch[0][6]) == 1.0  # speed-ups against naive at the same batch
+        limit_gpu = number(batch[3][5])
+        assert all(limit_gpu <= number(r[5]) for r in batch[:3])
+    assert number(rows[4][5]) < number(rows[0][5])  # larger batches take less GPU time
+
+
 @pytest.mark.parametrize("model_cache", ["as is", "empty"])
 def test_engine_table(model_cache, tmp_path):
     env = {"TURNLOOM_CACHE": str(tmp_path)} if model_cache == "empty" else None
