@@ -448,6 +448,7 @@ class SchedulerSettings:
     tree_reserve: int | None = None  # None: the estimator's, updated as trees finish
     min_runnable: int | None = None  # None: max_batch
     floor_trees: int | None = None  # None: the engine's cap; 0: no cap
+    calls: tuple[int, int] | None = None  # (requests per call, calls outstanding); None: by slot
 
 
 def workload_branches(shape: Shape) -> float:
@@ -475,12 +476,19 @@ def workload_prior(shape: Shape) -> int:
 def run_turnloom(server: Server, client: Client, settings: SchedulerSettings,
                  shape: Shape) -> dict[str, int]:
     """Ready jobs wait in the client-side Scheduler; its cache model is a separate
-    RadixCache updated from completions (the client cannot see the server's)."""
+    RadixCache updated from completions (the client cannot see the server's).
+
+    Jobs go out as server slots free up, at most max_batch outstanding; or, with
+    `settings.calls` = (size, most), as the engine dispatches them: calls of up
+    to `size` requests, `most` calls outstanding, each call's results back
+    together once its last request is done."""
     model = RadixCache(server.capacity)
     # As the engine does: the reserve follows the sizes of finished trees.
     tree_size = TreeSizeEstimator(settings.prior) if settings.tree_reserve is None else None
     reserve = tree_size.estimate if tree_size is not None else settings.tree_reserve or 0
-    min_runnable = server.max_batch if settings.min_runnable is None else settings.min_runnable
+    calls = settings.calls
+    lanes = server.max_batch if calls is None else calls[0] * calls[1]
+    min_runnable = lanes if settings.min_runnable is None else settings.min_runnable
     sched = Scheduler(
         token_budget=max(1, int(server.capacity * settings.budget_fraction)),
         starvation_limit=settings.starvation_limit,
@@ -490,7 +498,9 @@ def run_turnloom(server: Server, client: Client, settings: SchedulerSettings,
         floor_trees=workload_floor_trees(shape, min_runnable, settings.floor_trees),
     )
     waiting: dict[int, Request] = {}
-    peak_admitted = 0
+    open_calls: dict[int, list] = {}  # call -> [requests not done yet, requests done]
+    call_of: dict[int, int] = {}
+    counts = {"in_flight": 0, "calls": 0, "peak_admitted": 0}
 
     def push(reqs: list[Request]) -> None:
         if not reqs:
@@ -500,21 +510,50 @@ def run_turnloom(server: Server, client: Client, settings: SchedulerSettings,
                         cached_lens=cached)
         waiting.update((r.job, r) for r in reqs)
 
+    def send(jobs: list[int]) -> None:
+        server.submit(waiting.pop(job) for job in jobs)
+        counts["in_flight"] += len(jobs)
+        counts["peak_admitted"] = max(counts["peak_admitted"], sched.stats()["admitted_tokens"])
+
+    def dispatch() -> None:
+        if calls is None:
+            free = server.max_batch - counts["in_flight"]
+            if free > 0 and waiting:
+                send(sched.pop_batch(free, UNBOUNDED))
+            return
+        size, most = calls
+        while len(open_calls) < most and waiting:
+            jobs = sched.pop_batch(size, UNBOUNDED)
+            if not jobs:
+                return
+            call = counts["calls"] = counts["calls"] + 1
+            open_calls[call] = [len(jobs), []]
+            call_of.update((job, call) for job in jobs)
+            send(jobs)
+
+    def returned(finished: list[Request]) -> list[Request]:
+        """The finished requests whose results the client has now."""
+        if calls is None:
+            return finished
+        back = []
+        for req in finished:
+            call = call_of.pop(req.job)
+            entry = open_calls[call]
+            entry[0] -= 1
+            entry[1].append(req)
+            if entry[0] == 0:
+                back += open_calls.pop(call)[1]
+        return back
+
     push(client.first_requests())
-    in_flight = 0
-    while waiting or in_flight:
-        free = server.max_batch - in_flight
-        if free > 0 and waiting:
-            batch = sched.pop_batch(free, UNBOUNDED)
-            server.submit(waiting.pop(job) for job in batch)
-            in_flight += len(batch)
-            peak_admitted = max(peak_admitted, sched.stats()["admitted_tokens"])
+    while waiting or counts["in_flight"]:
+        dispatch()
         if not server.busy:
             raise RuntimeError(f"scheduler holds {len(waiting)} jobs with nothing in flight")
-        finished = server.step()
+        finished = returned(server.step())
         if not finished:
             continue
-        in_flight -= len(finished)
+        counts["in_flight"] -= len(finished)
         sched.complete_many([r.job for r in finished])
         model.insert_many([r.prompt + r.output for r in finished])
         for done in finished:
@@ -526,9 +565,11 @@ def run_turnloom(server: Server, client: Client, settings: SchedulerSettings,
                     sched.set_tree_reserve(reserve)
                 sched.finish_tree(done.conv)
     stats = sched.stats()
-    return {"max_wait": stats["max_wait"], "max_wait_admitted": stats["max_wait_admitted"],
-            "peak_admitted_tokens": peak_admitted,
-            "final_tree_reserve": reserve}
+    extra = {"max_wait": stats["max_wait"], "max_wait_admitted": stats["max_wait_admitted"],
+             "peak_admitted_tokens": counts["peak_admitted"], "final_tree_reserve": reserve}
+    if calls is not None:
+        extra["calls"] = counts["calls"]
+    return extra
 
 
 # --- report -----------------------------------------------------------------
@@ -553,7 +594,7 @@ def simulate(policy: str, convs: list[Conversation], shape: Shape, args: argpars
     if policy == "turnloom":
         settings = SchedulerSettings(workload_prior(shape), args.output_reserve, args.starvation_limit,
                                      args.budget_fraction, args.tree_reserve, args.min_runnable,
-                                     args.floor_trees)
+                                     args.floor_trees, engine_calls(args))
         extra = run_turnloom(server, client, settings, shape)
     else:
         run_direct(server, client)
@@ -662,6 +703,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="Scheduler floor_trees, 0 for no cap (default: the engine's, "
                              "min_runnable / a tree's mean branches)")
     parser.add_argument("--output-reserve", type=int, default=256)
+    parser.add_argument("--calls", type=int, nargs="?", const=0, metavar="B",
+                        help="turnloom dispatches as the engine does: calls of B requests (default "
+                             "--max-batch), --max-inflight of them outstanding, each call's results "
+                             "back together (default: a job per free server slot)")
+    parser.add_argument("--max-inflight", type=int, default=2, help="with --calls (the engine's default)")
     parser.add_argument("--starvation-limit", type=int, default=64)
     parser.add_argument("--cost", choices=["linear", "roofline"], default="linear",
                         help="linear: the --prefill-ms / --decode-*-ms model (default); roofline: "
@@ -707,15 +753,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"figure: {args.plot}")
 
 
+def engine_calls(args: argparse.Namespace) -> tuple[int, int] | None:
+    return None if args.calls is None else (args.calls or args.max_batch, args.max_inflight)
+
+
 def describe_settings(args: argparse.Namespace, shape: Shape) -> str:
     reserve = (f"estimated (prior {workload_prior(shape):,}, then the mean of finished trees)"
                if args.tree_reserve is None else f"{args.tree_reserve:,}")
-    min_runnable = args.max_batch if args.min_runnable is None else args.min_runnable
+    calls = engine_calls(args)
+    lanes = args.max_batch if calls is None else calls[0] * calls[1]
+    dispatch = ("a job per free server slot" if calls is None else
+                f"calls of {calls[0]} requests, {calls[1]} outstanding")
+    min_runnable = lanes if args.min_runnable is None else args.min_runnable
     cap = workload_floor_trees(shape, min_runnable, args.floor_trees)
     cap_text = "none" if cap is None else (
         f"{cap}" + (f" ({min_runnable} / {workload_branches(shape):.2f} mean branches)"
                     if args.floor_trees is None else ""))
-    return (f"token_budget = {args.budget_fraction:.3f} x capacity, tree_reserve {reserve}, "
+    return (f"{dispatch}; token_budget = {args.budget_fraction:.3f} x capacity, tree_reserve {reserve}, "
             f"min_runnable {min_runnable}, floor_trees {cap_text}, output_reserve {args.output_reserve}, "
             f"starvation_limit {args.starvation_limit}")
 

@@ -102,7 +102,7 @@ def test_prefix_reuse_trace_ends_at_the_totals():
     unique, _, _ = bench.exact_unique_and_floor(convs, shape)
     args = bench.argparse.Namespace(max_batch=8, output_reserve=256, starvation_limit=64,
                                     budget_fraction=1.0, tree_reserve=None, min_runnable=None,
-                                    floor_trees=None)
+                                    floor_trees=None, calls=None, max_inflight=2)
     for policy in ("naive", "turnloom"):
         result = bench.simulate(policy, convs, shape, args, unique // 10, bench.Cost())
         trace, row = result.server.trace, bench.row_of(result)
@@ -150,7 +150,7 @@ def test_prefix_reuse_limit_bounds_every_policy(cost_name):
             bench.Roofline(bench.GPUS["h100"], bench.MODELS["llama3-8b"], mixed="mixed" in cost_name))
     args = bench.argparse.Namespace(max_batch=16, output_reserve=256, starvation_limit=64,
                                     budget_fraction=1.0, tree_reserve=None, min_runnable=None,
-                                    floor_trees=None)
+                                    floor_trees=None, calls=None, max_inflight=2)
     client = bench.Client(convs, shape)
     expected_reads = 0
     for conv in range(len(convs)):
@@ -160,8 +160,14 @@ def test_prefix_reuse_limit_bounds_every_policy(cost_name):
             out, prompt = len(req.output), len(req.prompt)
             expected_reads += out * prompt + out * (out - 1) // 2  # prompt + k at the k-th token
             pending.extend(client.follow_ups(req)[0])
-    for policy in ("naive", "lpm", "turnloom"):
-        server = bench.simulate(policy, convs, shape, args, unique // 10, cost).server
+    for policy, calls in (("naive", None), ("lpm", None), ("turnloom", None), ("turnloom", 4)):
+        # turnloom by free slot, then as the engine dispatches: calls of 4, 2 outstanding
+        args.calls = calls
+        result = bench.simulate(policy, convs, shape, args, unique // 10, cost)
+        server = result.server
+        assert result.extra["requests"] == client.requests
+        if calls:
+            assert client.requests / 4 <= result.extra["calls"] < client.requests
         assert server.context_reads == expected_reads, policy
         assert server.context == 0  # every finished request gave its context back
         limit = bench.limit_row(floor, prompt_tokens, server, cost)
