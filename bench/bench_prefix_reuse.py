@@ -233,15 +233,17 @@ class Cost:
         return (f"prefill {self.prefill_ms} ms/token, decode step {self.decode_base_ms} ms + "
                 f"{self.decode_seq_ms} ms x batch")
 
+    def decode_step_ms(self, batch: int) -> float:
+        return self.decode_base_ms + self.decode_seq_ms * batch
+
     def step_ms(self, prefills: list[Prefill], batch: int, context: int) -> tuple[float, float]:
         """(prefill, decode) ms of one server step: the requests admitted, then one
         decode step of `batch` requests holding `context` tokens in all."""
-        return (self.prefill_ms * sum(fresh for fresh, _ in prefills),
-                self.decode_base_ms + self.decode_seq_ms * batch)
+        return self.prefill_ms * sum(fresh for fresh, _ in prefills), self.decode_step_ms(batch)
 
     def limit_ms(self, floor: int, outputs: int, max_batch: int, context_reads: int) -> tuple[float, float]:
         """(prefill, decode) ms no policy beats: the prefill floor, every step at max_batch."""
-        return floor * self.prefill_ms, outputs / max_batch * (self.decode_base_ms + self.decode_seq_ms * max_batch)
+        return floor * self.prefill_ms, outputs / max_batch * self.decode_step_ms(max_batch)
 
 
 @dataclass(frozen=True)
@@ -464,6 +466,14 @@ def workload_floor_trees(shape: Shape, min_runnable: int, override: int | None) 
     return floor_trees(min_runnable, workload_branches(shape))
 
 
+def client_min_runnable(max_batch: int, calls: tuple[int, int] | None, override: int | None) -> int:
+    """The Scheduler's min_runnable: the client's lanes (max_batch outstanding, or
+    calls x their size, as the engine's batch_size x max_inflight) unless overridden."""
+    if override is not None:
+        return override
+    return max_batch if calls is None else calls[0] * calls[1]
+
+
 def workload_prior(shape: Shape) -> int:
     """The estimator's prior as the engine works it out from a scenario: the
     longest system prompt, every message at its speaker's longest length
@@ -487,8 +497,7 @@ def run_turnloom(server: Server, client: Client, settings: SchedulerSettings,
     tree_size = TreeSizeEstimator(settings.prior) if settings.tree_reserve is None else None
     reserve = tree_size.estimate if tree_size is not None else settings.tree_reserve or 0
     calls = settings.calls
-    lanes = server.max_batch if calls is None else calls[0] * calls[1]
-    min_runnable = lanes if settings.min_runnable is None else settings.min_runnable
+    min_runnable = client_min_runnable(server.max_batch, calls, settings.min_runnable)
     sched = Scheduler(
         token_budget=max(1, int(server.capacity * settings.budget_fraction)),
         starvation_limit=settings.starvation_limit,
@@ -630,15 +639,23 @@ def limit_row(floor: int, prompt_tokens: int, server: Server, cost: Cost | Roofl
     return Row("limit", floor, prompt_tokens, prefill_ms / 1000, decode_ms / 1000, server.max_batch)
 
 
-def print_table(rows: list[Row], unique: int, capacity: int, out: Callable[[str], None] = print) -> None:
-    base = rows[0].gpu_s
-    out(f"{'policy':<10}{'prefilled':>13}{'/unique':>9}{'hit rate':>10}{'prefill s':>11}"
-        f"{'decode s':>10}{'GPU s':>10}{'speedup':>9}{'avg batch':>11}")
-    for r in rows:
-        hit = 1 - r.prefilled / r.prompt_tokens
-        out(f"{r.policy:<10}{r.prefilled:>13,}{r.prefilled / unique:>9.3f}{hit:>10.1%}"
+def table_header(batch: bool = False) -> str:
+    return (("   batch " if batch else "") + f"{'policy':<10}{'prefilled':>13}{'/unique':>9}{'hit rate':>10}"
+            f"{'prefill s':>11}{'decode s':>10}{'GPU s':>10}{'speedup':>9}{'avg batch':>11}")
+
+
+def table_row(r: Row, unique: int, base_gpu_s: float, batch: int | None = None) -> str:
+    hit = 1 - r.prefilled / r.prompt_tokens
+    return ((f"{batch:>8} " if batch is not None else "") +
+            f"{r.policy:<10}{r.prefilled:>13,}{r.prefilled / unique:>9.3f}{hit:>10.1%}"
             f"{r.prefill_s:>11.1f}{r.decode_s:>10.1f}{r.gpu_s:>10.1f}"
-            f"{base / r.gpu_s:>8.2f}x{r.avg_batch:>11.1f}")
+            f"{base_gpu_s / r.gpu_s:>8.2f}x{r.avg_batch:>11.1f}")
+
+
+def print_table(rows: list[Row], unique: int, capacity: int, out: Callable[[str], None] = print) -> None:
+    out(table_header())
+    for r in rows:
+        out(table_row(r, unique, rows[0].gpu_s))
     out(f"unique tokens (trie nodes over all prompt+output sequences): {unique:,}; "
         f"cache capacity {capacity:,}; speedup = {rows[0].policy} GPU s / GPU s")
 
@@ -761,10 +778,9 @@ def describe_settings(args: argparse.Namespace, shape: Shape) -> str:
     reserve = (f"estimated (prior {workload_prior(shape):,}, then the mean of finished trees)"
                if args.tree_reserve is None else f"{args.tree_reserve:,}")
     calls = engine_calls(args)
-    lanes = args.max_batch if calls is None else calls[0] * calls[1]
     dispatch = ("a job per free server slot" if calls is None else
                 f"calls of {calls[0]} requests, {calls[1]} outstanding")
-    min_runnable = lanes if args.min_runnable is None else args.min_runnable
+    min_runnable = client_min_runnable(args.max_batch, calls, args.min_runnable)
     cap = workload_floor_trees(shape, min_runnable, args.floor_trees)
     cap_text = "none" if cap is None else (
         f"{cap}" + (f" ({min_runnable} / {workload_branches(shape):.2f} mean branches)"
@@ -790,15 +806,13 @@ def sweep(batches: list[int], convs: list[Conversation], shape: Shape, args: arg
     """One table: every policy and the limit at each max_batch, speed-ups against
     the first policy at the same max_batch."""
     unique, floor, prompt_tokens = totals
-    print(f"{'batch':>6} {'policy':<10}{'/unique':>9}{'prefill s':>11}{'decode s':>10}{'GPU s':>10}"
-          f"{'speedup':>9}{'avg batch':>11}")
+    print(table_header(batch=True))
     for batch in batches:
         args.max_batch = batch
         results = run_policies(convs, shape, args, capacity, cost)
         rows = [row_of(r) for r in results] + [limit_row(floor, prompt_tokens, results[-1].server, cost)]
         for r in rows:
-            print(f"{batch:>6} {r.policy:<10}{r.prefilled / unique:>9.3f}{r.prefill_s:>11.1f}"
-                  f"{r.decode_s:>10.1f}{r.gpu_s:>10.1f}{rows[0].gpu_s / r.gpu_s:>8.2f}x{r.avg_batch:>11.1f}")
+            print(table_row(r, unique, rows[0].gpu_s, batch))
     print(f"unique tokens: {unique:,}; cache capacity {capacity:,}; speedup = the first policy's "
           f"GPU s / GPU s, at the same batch")
 
