@@ -56,8 +56,13 @@ def scenario_prior(scenario: Scenario, system_tokens: Sequence[int]) -> int:
     speakers = [scenario.participants[order[t % len(order)]] for t in range(scenario.run.max_turns)]
     views = len(system_tokens)
     per_message = [views * expected_message_tokens(p.sampling.max_new_tokens) for p in speakers]
-    forks = {b.at_turn: b.n for b in scenario.branches}
-    return prior_tree_tokens(sum(system_tokens), per_message, forks)
+    return prior_tree_tokens(sum(system_tokens), per_message, scenario_forks(scenario))
+
+
+def scenario_forks(scenario: Scenario) -> dict[int, int]:
+    """Message index -> branches of a scenario's forks; a fork drawn per
+    conversation is taken at its earliest candidate (the largest tree)."""
+    return {b.at_turn: b.n for b in scenario.branches}
 
 
 def mean_branches(forks: Mapping[int, int], turns: Iterable[int]) -> float:
@@ -92,7 +97,7 @@ def scenario_branches(scenario: Scenario, views: Sequence[Any]) -> float:
     order = scenario.turn_order()
     ids = {v.index for v in views}
     turns = [t for t in range(scenario.run.max_turns) if order[t % len(order)] in ids]
-    return mean_branches({b.at_turn: b.n for b in scenario.branches}, turns)
+    return mean_branches(scenario_forks(scenario), turns)
 
 
 def system_prompt_tokens(view: Any) -> int:

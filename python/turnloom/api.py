@@ -186,10 +186,9 @@ def _summed(on_progress: OnProgress | None) -> Callable[[Any], None] | None:
     """`on_progress` for a run in shards: called with the shards' summed totals."""
     if on_progress is None:
         return None
+    from turnloom.distributed.walcount import Counts
 
     def call(statuses: Any) -> None:
-        from turnloom.distributed.walcount import Counts
-
         total = Counts()
         for st in statuses:
             total.add(st.counts)
