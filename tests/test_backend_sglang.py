@@ -30,10 +30,13 @@ import msgspec
 import pytest
 import tokenizers
 
+import turnloom
 from turnloom.backends._http import HTTPClient
+from turnloom.backends._sglang_common import running_capacity
 from turnloom.backends.base import BackendError, GenRequest, SamplingParams
 from turnloom.backends.sglang_http import SGLangHTTPBackend
 from turnloom.hf_tokenizer import HFTokenizer
+from turnloom.plugins import get_plugin_manager
 from turnloom.testing.conformance import BackendConformance
 from turnloom.testing.faults import Fault, FaultSchedule
 from turnloom.testing.sglang_server import SGLangTestServer
@@ -222,6 +225,85 @@ def test_api_key_is_sent(make_servers: Any) -> None:
             await SGLangHTTPBackend(s.url, **FAST).start()
 
     asyncio.run(main())
+
+
+# -- batch size from the servers' running capacity ---------------------------------
+
+
+@pytest.mark.parametrize("info,expected", [
+    ({"max_running_requests": 200, "max_total_num_tokens": 100_000}, 200),
+    # Unset: max_total_num_tokens // 2, within the request pool (2,048 to 4,096).
+    ({"max_running_requests": None, "max_total_num_tokens": 1000, "context_length": 8192}, 500),
+    ({"max_total_num_tokens": 100_000, "context_length": 32768}, 2048),
+    ({"max_total_num_tokens": 200_000, "context_length": 32768}, 3125),
+    ({"max_total_num_tokens": 10_000_000, "context_length": 4096}, 4096),
+    # No context length: it is one more than max_req_input_len; neither: the pool's floor.
+    ({"max_total_num_tokens": 1_000_000, "max_req_input_len": 8191}, 4096),
+    ({"max_total_num_tokens": 1_000_000}, 2048),
+    # Data parallel: one scheduler per rank, unless DP attention splits the configured total.
+    ({"max_running_requests": 100, "dp_size": 2}, 200),
+    ({"max_running_requests": 100, "dp_size": 2, "enable_dp_attention": True}, 100),
+    # Too little said, or nonsense.
+    ({}, None),
+    ({"max_running_requests": True, "max_total_num_tokens": -5}, None),
+    ({"max_running_requests": "64", "max_total_num_tokens": 300}, 150),
+])
+def test_running_capacity_follows_sglang_rules(info: dict[str, Any], expected: int | None) -> None:
+    assert running_capacity(info) == expected
+
+
+def test_batch_sizes_follow_each_servers_running_capacity(make_servers: Any) -> None:
+    a = make_servers(1, max_running_requests=48)[0]
+    b = make_servers(1, max_running_requests=16)[0]
+
+    async def main() -> None:
+        async with started(SGLangHTTPBackend([a.url, b.url], **FAST)) as backend:
+            assert backend.info().max_batch == 64  # what both run at once
+            on_a = [q for q in batch(400) if backend.replica_for(q.affinity) == 0][:100]
+            results = await backend.generate(on_a)
+            assert all(r.error is None for r in results)
+        async with started(SGLangHTTPBackend([a.url, b.url], max_batch=7, **FAST)) as backend:
+            assert backend.info().max_batch == 7
+
+    asyncio.run(main())
+    # 100 requests for a server that runs 48: POSTs of 48, 48 and 4.
+    assert sorted(len(body["input_ids"]) for body in a.requests) == [4, 48, 48]
+    assert a.peak_running <= 48
+
+
+def test_server_runs_at_most_its_running_batch(make_servers: Any) -> None:
+    s = make_servers(1, max_running_requests=3, per_token_latency=0.002)[0]
+
+    async def main() -> None:
+        async with started(SGLangHTTPBackend(s.url, max_batch=5, **FAST)) as backend:
+            results = await backend.generate(batch(10, affinity=1))
+            assert len(results) == 10 and all(r.error is None for r in results)
+
+    asyncio.run(main())
+    assert s.peak_running == 3 and s.running == 0
+
+
+def _fill_scenario(url: str, **settings: Any) -> turnloom.Scenario:
+    return turnloom.Scenario.from_dict({
+        "run": {"name": "fill", "conversations": 400, "max_turns": 2, "seed": 1},
+        "backends": {"sg": {"type": "sglang", "tokenizer": "bytes", "urls": [url],
+                            "backoff": 0.01, **settings}},
+        "participants": [{"name": "user", "agent": "user-simulator", "system_prompt": "Ask."},
+                         {"name": "assistant", "agent": "assistant", "system_prompt": "Help."}],
+    })
+
+
+@pytest.mark.parametrize("max_batch,peak", [(None, 160), (32, 64)])
+def test_engine_fills_the_servers_running_batch(make_servers: Any, tmp_path: Any,
+                                                max_batch: int | None, peak: int) -> None:
+    s = make_servers(1, max_running_requests=160, latency=0.01)[0]
+    settings = {} if max_batch is None else {"max_batch": max_batch}
+    result = turnloom.run(_fill_scenario(s.url, **settings), out=tmp_path / "run",
+                          progress=False, plugin_manager=get_plugin_manager(autoload=False))
+    assert result.summary["turns"] == 800
+    # Two calls in flight: the default fills all 160 slots; 32 per call, 64 at most.
+    assert s.peak_running == peak
+    assert result.summary["backends"]["sg"]["batch_size"] == (max_batch or 160)
 
 
 # -- request shape -----------------------------------------------------------------

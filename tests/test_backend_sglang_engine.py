@@ -38,6 +38,11 @@ class FakeEngine:
         if kwargs.get("model_path") == "missing/model":
             raise OSError("model not found")
         self.kwargs = kwargs
+        # sglang.Engine keeps its ServerArgs; unset fields are None, as there.
+        self.server_args = types.SimpleNamespace(
+            model_path=kwargs["model_path"], context_length=kwargs.get("context_length"),
+            max_running_requests=kwargs.get("max_running_requests"),
+            dp_size=kwargs.get("dp_size", 1), enable_dp_attention=False)
         self.calls: list[dict[str, Any]] = []
         self.cache = RadixCache(4096)
         self.model = HashModel(eos_token_id=TOK.eos_token_ids[0])
@@ -127,6 +132,26 @@ def test_settings(fake_sglang: Any) -> None:
         finally:
             await b.close()
         assert FakeEngine.instances[-1].shut
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("engine_args,max_batch", [
+    ({"max_running_requests": 96}, 96),
+    ({"max_running_requests": 96, "dp_size": 2}, 192),
+    # Unset: SGLang's default, half the KV pool (4096 tokens) within its request pool.
+    ({}, 2048),
+])
+def test_batch_size_is_the_engines_running_capacity(fake_sglang: Any, engine_args: Any,
+                                                    max_batch: int) -> None:
+    b = SGLangEngineBackend("org/m", engine_args=engine_args)
+
+    async def main() -> None:
+        await b.start()
+        try:
+            assert b.info().max_batch == max_batch
+        finally:
+            await b.close()
 
     asyncio.run(main())
 

@@ -15,7 +15,15 @@ managers/schedule_batch.py):
   finish_reason = {"type": "stop", "matched": id|str} | {"type": "length",
   "length": n} | {"type": "abort", "message": ...};
 - `output_ids` are not trimmed: they keep the matched stop token and the
-  tokens of a matched stop string, while `text` has both trimmed.
+  tokens of a matched stop string, while `text` has both trimmed;
+- the server info (``/server_info``, or ``server_args`` plus the scheduler's
+  start-up info in process) holds the server arguments, among them
+  max_running_requests (None unless set), dp_size and enable_dp_attention,
+  and the scheduler's max_total_num_tokens and max_req_input_len. The
+  scheduler runs at most min(max_running_requests or max_total_num_tokens // 2,
+  its request pool) requests at once, the pool being
+  min(max(max_total_num_tokens * 512 // context_len, 2048), 4096)
+  (managers/scheduler.py, model_executor/model_runner.py).
 
 turnloom's contract wants stop-string tokens out of `output_ids` too. With a
 tokenizer, the ids are cut by decoding; without one, the per-token texts of
@@ -24,11 +32,39 @@ tokenizer, the ids are cut by decoding; without one, the per-token texts of
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from turnloom.backends.base import GenRequest, GenResult, SamplingParams
 
 SEED_MASK = 0x7FFFFFFF
+# SGLang's request pool when its own rule cannot be worked out (the rule's floor).
+DEFAULT_REQUEST_POOL = 2048
+MAX_REQUEST_POOL = 4096
+
+
+def running_capacity(info: Mapping[str, Any]) -> int | None:
+    """The most requests an SGLang server runs at once, from its server info;
+    None when the info says too little (no max_running_requests and no
+    max_total_num_tokens)."""
+    configured = _positive(info.get("max_running_requests"))
+    tokens = _positive(info.get("max_total_num_tokens"))
+    if configured is not None and info.get("enable_dp_attention"):
+        return configured  # split across the data-parallel ranks: already the total
+    limit = configured if configured is not None else (tokens // 2 if tokens else None)
+    if not limit:
+        return None
+    context = _positive(info.get("context_length"))
+    req_input = _positive(info.get("max_req_input_len"))
+    if context is None and req_input is not None:
+        context = req_input + 1
+    pool = DEFAULT_REQUEST_POOL
+    if tokens is not None and context is not None:
+        pool = min(max(tokens * 512 // context, DEFAULT_REQUEST_POOL), MAX_REQUEST_POOL)
+    return min(limit, pool) * (_positive(info.get("dp_size")) or 1)
+
+
+def _positive(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def sampling_params(p: SamplingParams) -> dict[str, Any]:

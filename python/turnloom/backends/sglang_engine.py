@@ -8,7 +8,9 @@ is imported only in `start()`; it needs a CUDA machine
 
 Settings (``from_settings``): model_path, engine_args (passed to
 ``sglang.Engine``), max_batch, cache_capacity_tokens (overrides what the
-engine reports).
+engine reports). max_batch unset: the requests the engine's scheduler runs at
+once (`running_capacity` of its server arguments and start-up info), or
+DEFAULT_MAX_BATCH when they do not tell.
 """
 
 from __future__ import annotations
@@ -19,21 +21,28 @@ from typing import Any, Callable, Mapping, Sequence
 
 import msgspec
 
-from turnloom.backends._sglang_common import BadItem, error_result, read_result, sampling_params
+from turnloom.backends._sglang_common import (
+    BadItem,
+    error_result,
+    read_result,
+    running_capacity,
+    sampling_params,
+)
 from turnloom.backends.base import Backend, BackendError, BackendInfo, GenRequest, GenResult
 
 INSTALL_HINT = ("SGLang is not installed: pip install 'turnloom[sglang]' "
                 "(it needs a machine with a CUDA GPU)")
+DEFAULT_MAX_BATCH = 256
 
 
 class SGLangEngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     model_path: str
     engine_args: dict[str, Any] = {}
-    max_batch: int = 256
+    max_batch: int | None = None
     cache_capacity_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1:
+        if self.max_batch is not None and self.max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if "model_path" in self.engine_args:
             raise ValueError("engine_args: give model_path once, outside engine_args")
@@ -45,11 +54,12 @@ class SGLangEngineBackend(Backend):
     tokenizer does."""
 
     def __init__(self, model_path: str, *, engine_args: Mapping[str, Any] | None = None,
-                 max_batch: int = 256, cache_capacity_tokens: int | None = None,
+                 max_batch: int | None = None, cache_capacity_tokens: int | None = None,
                  tokenizer: Any = None) -> None:
         self.model_path = model_path
         self.engine_args = dict(engine_args or {})
-        self.max_batch = max_batch
+        self.max_batch_setting = max_batch
+        self.max_batch = max_batch or DEFAULT_MAX_BATCH
         self._capacity = cache_capacity_tokens
         self._decode: Callable[[Sequence[int]], str] | None = (
             tokenizer.decode if tokenizer is not None else None)
@@ -82,8 +92,12 @@ class SGLangEngineBackend(Backend):
         except Exception as e:
             raise BackendError(f"sglang.Engine({self.model_path!r}) failed: "
                                f"{type(e).__name__}: {e}") from e
+        info = _server_info(self.engine)
         if self._capacity is None:
-            self._capacity = _reported_capacity(self.engine)
+            capacity = info.get("max_total_num_tokens")
+            self._capacity = capacity if isinstance(capacity, int) else None
+        if self.max_batch_setting is None:
+            self.max_batch = running_capacity(info) or DEFAULT_MAX_BATCH
         if self._decode is None:
             hf = getattr(getattr(self.engine, "tokenizer_manager", None), "tokenizer", None)
             if hf is not None and hasattr(hf, "decode"):
@@ -133,14 +147,21 @@ class SGLangEngineBackend(Backend):
         return results
 
 
-def _reported_capacity(engine: Any) -> int | None:
-    """max_total_num_tokens from the scheduler's start-up info, across SGLang versions."""
+def _server_info(engine: Any) -> dict[str, Any]:
+    """What /server_info would say: the engine's server arguments and its
+    scheduler's start-up info, across SGLang versions. (`Engine.get_server_info`
+    runs an event loop of its own, so it cannot be called from this one.)"""
+    info: dict[str, Any] = {}
+    args = getattr(engine, "server_args", None)
+    if args is not None and hasattr(args, "__dict__"):
+        info.update(vars(args))
     candidates = [getattr(engine, "scheduler_info", None)]
     init = getattr(engine, "_scheduler_init_result", None)
     infos = getattr(init, "scheduler_infos", None)
     if isinstance(infos, list) and infos:
         candidates.append(infos[0])
-    for info in candidates:
-        if isinstance(info, dict) and isinstance(info.get("max_total_num_tokens"), int):
-            return info["max_total_num_tokens"]
-    return None
+    for scheduler in candidates:
+        if isinstance(scheduler, dict) and isinstance(scheduler.get("max_total_num_tokens"), int):
+            info.update(scheduler)
+            break
+    return info

@@ -22,6 +22,14 @@ for that replica wait for the probe's outcome (which costs them no attempt).
 When every replica is open, a retry waits for the earliest cooldown instead
 of sending.
 
+Batch size: by default (``max_batch`` unset) each replica gets POSTs of up to
+the number of requests its server runs at once (`running_capacity` of its
+server info: max_running_requests, or SGLang's own default from the KV pool),
+and the engine's calls are sized to all live replicas together, so the
+engine's calls in flight keep every server's running batch full. A set
+``max_batch`` caps both instead. When the server info gives neither number,
+the batch is DEFAULT_MAX_BATCH.
+
 Settings (``from_settings``): urls, timeout, connect_timeout, retries,
 backoff, backoff_max, max_batch, max_inflight, api_key, api_key_env,
 health_interval, fail_threshold, wait_ready, model.
@@ -53,9 +61,12 @@ from turnloom.backends._sglang_common import (
     error_result,
     needs_piece_texts,
     read_result,
+    running_capacity,
     sampling_params,
 )
 from turnloom.backends.base import Backend, BackendError, BackendInfo, GenRequest, GenResult
+
+DEFAULT_MAX_BATCH = 64  # per replica, when its server info tells no running capacity
 
 
 class SGLangHTTPSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,7 +78,7 @@ class SGLangHTTPSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     retries: int = 3
     backoff: float = 0.5
     backoff_max: float = 20.0
-    max_batch: int = 64
+    max_batch: int | None = None
     max_inflight: int = 8
     api_key: str | None = None
     api_key_env: str | None = None
@@ -92,7 +103,8 @@ class SGLangHTTPSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("max_batch", "max_inflight", "fail_threshold"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1")
 
 
@@ -101,6 +113,8 @@ class _Replica:
     url: str
     breaker: CircuitBreaker
     capacity: int | None = None
+    running: int | None = None
+    """Requests its server runs at once (from its server info), when known."""
     model: str = ""
     error: str = ""
     gate: asyncio.Semaphore | None = field(default=None, repr=False)
@@ -135,7 +149,8 @@ class SGLangHTTPBackend(Backend):
 
     def __init__(self, urls: str | Sequence[str], *, timeout: float = 600.0,
                  connect_timeout: float = 10.0, retries: int = 3, backoff: float = 0.5,
-                 backoff_max: float = 20.0, max_batch: int = 64, max_inflight: int = 8,
+                 backoff_max: float = 20.0, max_batch: int | None = None,
+                 max_inflight: int = 8,
                  api_key: str | None = None, health_interval: float = 5.0,
                  fail_threshold: int = 3, wait_ready: float = 0.0, model: str | None = None,
                  tokenizer: Any = None, rng: random.Random | None = None) -> None:
@@ -154,7 +169,7 @@ class SGLangHTTPBackend(Backend):
         self.retries = retries
         self.backoff = backoff
         self.backoff_max = backoff_max
-        self.max_batch = max_batch
+        self.max_batch_setting = max_batch
         self.max_inflight = max_inflight
         self.api_key = api_key
         self.health_interval = health_interval
@@ -235,6 +250,7 @@ class SGLangHTTPBackend(Backend):
             return
         capacity = info.get("max_total_num_tokens")
         replica.capacity = capacity if isinstance(capacity, int) and capacity > 0 else None
+        replica.running = running_capacity(info)
         model = info.get("served_model_name") or info.get("model_path")
         replica.model = model if isinstance(model, str) else ""
 
@@ -273,6 +289,21 @@ class SGLangHTTPBackend(Backend):
         return BackendInfo(name="sglang-http", model=self._model or "",
                            cache_capacity_tokens=total, max_batch=self.max_batch,
                            replicas=len(self._replicas))
+
+    @property
+    def max_batch(self) -> int:
+        """Requests per engine call: the set max_batch, else what the live replicas
+        run at once together."""
+        if self.max_batch_setting is not None:
+            return self.max_batch_setting
+        live = [r for r in self._replicas if r.healthy] or self._replicas
+        return sum(self._post_size(r) for r in live)
+
+    def _post_size(self, replica: _Replica) -> int:
+        """Requests per POST to this replica."""
+        if self.max_batch_setting is not None:
+            return self.max_batch_setting
+        return replica.running or DEFAULT_MAX_BATCH
 
     # -- replica choice -------------------------------------------------------
 
@@ -389,9 +420,10 @@ class SGLangHTTPBackend(Backend):
         groups: dict[int, list[int]] = {}
         for i in pending:
             groups.setdefault(self.replica_for(requests[i].affinity), []).append(i)
-        chunks = [(rep, idxs[k:k + self.max_batch])
+        chunks = [(rep, idxs[k:k + size])
                   for rep, idxs in groups.items()
-                  for k in range(0, len(idxs), self.max_batch)]
+                  for size in (self._post_size(self._replicas[rep]),)
+                  for k in range(0, len(idxs), size)]
         parts = await asyncio.gather(*(self._post(self._replicas[rep], requests, idxs, tries)
                                        for rep, idxs in chunks))
         total = _Outcome()

@@ -15,6 +15,12 @@ Routes and shapes follow SGLang's `http_server.py` and `io_struct.py`:
   ``/server_info``) with ``model_path``, ``max_total_num_tokens``,
   ``max_req_input_len``, ``context_length`` ...; ``GET /v1/models``.
 - ``GET|POST /flush_cache``: 200, or 400 while requests are running.
+- A running batch: at most ``max_running_requests`` requests run at once
+  (unset: SGLang's default from the cache capacity, see
+  `turnloom.backends._sglang_common.running_capacity`); the rest of a POST
+  waits for free slots, first come first served. ``peak_running`` is the
+  most that ran at once. ``/server_info`` reports ``max_running_requests`` as
+  SGLang does, as the server argument (None when unset).
 - Invalid input: 400 with ``{"error": {"message": ...}}``; a bad JSON body:
   400 with ``{"object": "error", "message", "type", "param", "code"}``;
   wrong API key: 401 ``{"error": "Unauthorized"}``.
@@ -42,6 +48,7 @@ from typing import Any, Callable, Sequence
 
 import msgspec
 
+from turnloom.backends._sglang_common import running_capacity
 from turnloom.testing._httpserver import LoopbackServer, Reply, Request
 from turnloom.testing.fake_model import (
     Detokenizer,
@@ -86,7 +93,8 @@ class SGLangTestServer(LoopbackServer):
     model: token stream per request (default `HashModel`, or a real model's step
     function); detokenizer: ids -> text for ``text``, stop strings and logprob
     text; latency: seconds per HTTP request, plus `per_token_latency` per output
-    token of the longest item and `prefill_latency` per uncached prompt token.
+    token of the longest item and `prefill_latency` per uncached prompt token;
+    max_running_requests: the running batch (see the module docstring).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
@@ -96,7 +104,8 @@ class SGLangTestServer(LoopbackServer):
                  eos_token_ids: Sequence[int] | None = None,
                  latency: float = 0.0, per_token_latency: float = 0.0,
                  prefill_latency: float = 0.0, faults: FaultSchedule | None = None,
-                 api_key: str | None = None, cache: Any = None) -> None:
+                 api_key: str | None = None, cache: Any = None,
+                 max_running_requests: int | None = None) -> None:
         super().__init__(host, port)
         self.model_path = model_path
         self.context_length = context_length
@@ -117,7 +126,14 @@ class SGLangTestServer(LoopbackServer):
         self.prefill_latency = prefill_latency
         self.faults = faults or FaultSchedule()
         self.api_key = api_key
+        self.max_running_requests = max_running_requests
+        self.running_limit = running_capacity({
+            "max_running_requests": max_running_requests,
+            "max_total_num_tokens": int(self.cache.capacity),
+            "context_length": context_length}) or 1
         self.running = 0
+        self.peak_running = 0
+        self._slot_freed = asyncio.Condition()
         self.requests: deque[dict[str, Any]] = deque(maxlen=10_000)
         """Bodies of the latest /generate requests (for tests to inspect)."""
 
@@ -216,6 +232,8 @@ class SGLangTestServer(LoopbackServer):
             "api_key": None,
             "status": "ready",
             "max_total_num_tokens": capacity,
+            "max_running_requests": self.max_running_requests,
+            "enable_dp_attention": False,
             "max_req_input_len": min(self.context_length, capacity) - 1,
             "internal_states": [{"last_gen_throughput": 0.0, "num_running_reqs": self.running}],
             "version": "turnloom-test-server",
@@ -335,12 +353,34 @@ class SGLangTestServer(LoopbackServer):
         return [_check_sampling(p) for p in sp]
 
     async def _run_items(self, items: list[_Item]) -> list[dict[str, Any]]:
+        """Run a POST's items as slots of the running batch free up."""
         started = time.perf_counter()
+        k = 0
+        while k < len(items):
+            n = await self._take_slots(len(items) - k)
+            try:
+                await self._run_group(items[k:k + n])
+            finally:
+                async with self._slot_freed:
+                    self.running -= n
+                    self._slot_freed.notify_all()
+            k += n
+        elapsed = time.perf_counter() - started
+        return [self._output(item, elapsed) for item in items]
+
+    async def _take_slots(self, wanted: int) -> int:
+        async with self._slot_freed:
+            await self._slot_freed.wait_for(lambda: self.running < self.running_limit)
+            n = min(wanted, self.running_limit - self.running)
+            self.running += n
+            self.peak_running = max(self.peak_running, self.running)
+            return n
+
+    async def _run_group(self, items: list[_Item]) -> None:
         for item in items:
             # At least one prompt token is always computed, so never all cached.
             item.cached = self.cache.match_len(item.input_ids[:-1])
             self.cache.pin(item.input_ids[: item.cached])
-        self.running += len(items)
         try:
             for item in items:
                 item.gen = decode_loop(self.model, item.input_ids, item.params, self.detok,
@@ -352,14 +392,11 @@ class SGLangTestServer(LoopbackServer):
             if delay > 0:
                 await asyncio.sleep(delay)
         finally:
-            self.running -= len(items)
             for item in items:
                 self.cache.unpin(item.input_ids[: item.cached])
         for item in items:
             assert item.gen is not None
             self.cache.insert(item.input_ids + item.gen.output_ids[:-1])
-        elapsed = time.perf_counter() - started
-        return [self._output(item, elapsed) for item in items]
 
     def _output(self, item: _Item, elapsed: float) -> dict[str, Any]:
         gen = item.gen
@@ -449,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--per-token-latency", type=float, default=0.0)
     parser.add_argument("--prefill-latency", type=float, default=0.0)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--max-running-requests", type=int, default=None)
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--fault-kinds", default="status",
                         help="comma-separated: status,reset,hang,malformed,truncate,wrong_batch,slow")
@@ -461,7 +499,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         host=args.host, port=args.port, model_path=args.model_path,
         cache_capacity=args.cache_capacity, context_length=args.context_length,
         latency=args.latency, per_token_latency=args.per_token_latency,
-        prefill_latency=args.prefill_latency, faults=faults, api_key=args.api_key)
+        prefill_latency=args.prefill_latency, faults=faults, api_key=args.api_key,
+        max_running_requests=args.max_running_requests)
     server.serve_forever()
 
 
