@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,55 @@ def test_engine_side_traces_memory():
     times = [t for t, _ in row["rss_trace"]]
     assert len(times) >= 2 and times == sorted(times)
     assert 0 < max(b for _, b in row["rss_trace"]) <= row["peak_rss"]
+
+
+def _profile_engine():
+    spec = importlib.util.spec_from_file_location("profile_engine", BENCH / "profile_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_engine_table():
+    lines = run_bench("profile_engine.py", "--conversations", "60", "--turns", "4",
+                      "--repeat", "1", "--tokenizer", "bytes")
+    header = next(i for i, line in enumerate(lines) if line.startswith("configuration"))
+    names = [line[:14].strip() for line in lines[header + 1:header + 5]]
+    assert names == ["as shipped", "- exports", "- log", "- records"]
+    for line in lines[header + 1:header + 5]:
+        assert number(line[14:28]) > 0  # microseconds per turn
+
+
+def test_profile_engine_layers_switch_off(tmp_path):
+    """Each layer switched off writes nothing of its own, and the run still ends."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import bench_engine, profile_engine\n"
+        "from turnloom.api import run\n"
+        "for layer in sys.argv[3].split(','): profile_engine.switch_off(layer)\n"
+        "r = run(bench_engine.scenario(30, 4, 'bytes'), out=sys.argv[2], progress=False)\n"
+        "print(r.summary['turns'])\n")
+    from turnloom.wal import read_events
+
+    for off in ("exports", "exports,log", "exports,log,records"):
+        out = tmp_path / off.replace(",", "-")
+        done = subprocess.run([sys.executable, "-c", code, str(BENCH), str(out), off],
+                              capture_output=True, text=True, timeout=120, check=False,
+                              env={**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split()[-1] == "120"
+        assert not (out / "conversations.jsonl").read_text()
+        events = list(read_events(out / "turns.wal", truncate=False))
+        assert len(events) == (0 if "log" in off else 120 + 30)  # turns, then ends
+    with pytest.raises(ValueError, match="unknown layer"):
+        _profile_engine().switch_off("exporters")
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_profile_engine_counts_instructions_per_turn():
+    import argparse
+
+    module = _profile_engine()
+    args = argparse.Namespace(conversations=20, turns=4)
+    per_turn = module.instructions_per_turn([], args, "bytes")
+    # Start-up cancels out: what is left is tens of thousands of instructions a turn.
+    assert 10_000 < per_turn < 1_000_000
