@@ -2,9 +2,12 @@
 
 Each size runs `turnloom run` on the scripted backend in a fresh subprocess
 (short two-message conversations, the same `max_active` for every size) and
-reports the child's peak RSS (ru_maxrss from wait4, which counts the Rust
-core's allocations too), its wall time and the lines of conversations.jsonl
-(every conversation must be there). A second table varies `max_active` at one
+reports the child's peak RSS (its own VmHWM, read as it exits, which counts
+the Rust core's allocations too), its wall time and the lines of
+conversations.jsonl (every conversation must be there). Not ru_maxrss from
+wait4: Linux carries a process's high-water mark across exec, so that figure
+also counts the parent's resident memory at the fork (a test runner of 190 MiB
+made a 40 MiB run read as 191 MiB). A second table varies `max_active` at one
 size to give the slope c of the bound
 
     peak RSS <= base + c * max_active      (independent of the conversation count)
@@ -51,6 +54,19 @@ system_prompt = "You are a tutor."
 """
 
 
+# `turnloom run ARGS` in this process, then its peak RSS (kB) written to the file named first.
+_LAUNCHER = """\
+import sys
+from turnloom.cli import main
+try:
+    code = main(sys.argv[2:])
+finally:
+    with open("/proc/self/status") as status, open(sys.argv[1], "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+sys.exit(code)
+"""
+
+
 @dataclass
 class Measurement:
     conversations: int
@@ -75,23 +91,21 @@ def measure(conversations: int, max_active: int, workdir: Path) -> Measurement:
     out = workdir / f"run{conversations}_{max_active}"
     env = {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1",
            "TURNLOOM_PROGRESS_INTERVAL": "3600"}
+    peak_file = workdir / f"peak{conversations}_{max_active}"
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "turnloom", "run", str(scenario), "--out",
-                             str(out), "--no-progress", "--overwrite"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    proc.stderr.close()
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, str(peak_file), "run", str(scenario),
+                           "--out", str(out), "--no-progress", "--overwrite"], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"run of {conversations} failed: {err.decode(errors='replace')}")
+    if done.returncode != 0:
+        raise RuntimeError(f"run of {conversations} failed: {done.stderr.decode(errors='replace')}")
+    peak_kib = int(peak_file.read_text())
+    peak_file.unlink()
     lines = count_lines(out / "conversations.jsonl")
     for file in out.iterdir():
         file.unlink()
     out.rmdir()
-    return Measurement(conversations, max_active, usage.ru_maxrss / 1024, wall, lines)
+    return Measurement(conversations, max_active, peak_kib / 1024, wall, lines)
 
 
 def main() -> None:

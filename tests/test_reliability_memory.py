@@ -41,6 +41,17 @@ def test_every_conversation_is_exported_and_memory_stays_small(measured: tuple[A
     assert large.peak_rss_mib < 1.5 * small.peak_rss_mib
 
 
+def test_peak_is_the_runs_own_not_its_parents(tmp_path: Path) -> None:
+    """A large parent (a test runner) must not show in the child's peak: Linux keeps a
+    process's high-water mark across exec, so wait4's ru_maxrss would report it."""
+    ballast = bytearray(400 << 20)
+    ballast[::4096] = b"\x01" * len(range(0, len(ballast), 4096))  # touch every page
+    m = bench().measure(2_000, MAX_ACTIVE, tmp_path)
+    assert m.lines == 2_000
+    assert m.peak_rss_mib < 200, f"{m.peak_rss_mib:.0f} MiB: the parent's 400 MiB leaked in"
+    del ballast
+
+
 def test_engine_state_does_not_grow_with_the_number_of_conversations(tmp_path: Path) -> None:
     """Exact where RSS is noisy: what the engine allocates before the first turn
     (a list of every index to start cost 36 bytes per conversation)."""
