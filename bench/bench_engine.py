@@ -29,6 +29,7 @@ frontier, not the run size.
     .venv/bin/python bench/bench_engine.py                       # 100,000 conversations
     .venv/bin/python bench/bench_engine.py --plot docs/bench_engine.png   # and a figure
     .venv/bin/python bench/bench_engine.py --conversations 2000 --small 500
+    .venv/bin/python bench/bench_engine.py --repeat 2    # each row the fastest of two rounds
 """
 
 from __future__ import annotations
@@ -267,6 +268,20 @@ def spawn(side: str, conversations: int, args: argparse.Namespace, tokenizer: st
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def fastest_rows(configs: list[tuple[str, int, int | None]], args: argparse.Namespace,
+                 tokenizer: str) -> list[dict[str, Any]]:
+    """Each (side, conversations, batch) run `args.repeat` times, in rounds so that a
+    slow spell of a shared machine hits every row alike; each row's fastest CPU time."""
+    best: list[dict[str, Any] | None] = [None] * len(configs)
+    for _ in range(max(1, args.repeat)):
+        for k, (side, n, batch) in enumerate(configs):
+            row = spawn(side, n, args, tokenizer, batch)
+            current = best[k]
+            if current is None or row["cpu"] < current["cpu"]:
+                best[k] = row
+    return [row for row in best if row is not None]
+
+
 def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) -> None:
     base = next(r for r in rows if r["side"] == "baseline")
     hf = next((r for r in rows if r["side"] == "baseline-hf"), None)
@@ -354,6 +369,9 @@ def main(argv: list[str] | None = None) -> None:
                              "scripted backend's max_batch)")
     parser.add_argument("--compare-batch-size", type=int, default=COMPARE_BATCH_SIZE,
                         help="one more turnloom row at this batch size (0: none)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every row this many times, in rounds, and keep each row's "
+                             "fastest (CPU time)")
     parser.add_argument("--no-hf", action="store_true",
                         help="skip the apply_chat_template baseline (the slowest row)")
     parser.add_argument("--plot", metavar="PNG",
@@ -374,17 +392,20 @@ def main(argv: list[str] | None = None) -> None:
     n_base = args.baseline_conversations or args.conversations
     print(f"{args.turns} messages per conversation, two participants, scripted replies, "
           f"tokenizer {tokenizer}", flush=True)
-    rows = []
+    configs: list[tuple[str, int, int | None]] = []
     if tokenizer != "bytes" and not args.no_hf:
         if has_transformers():
-            rows.append(spawn("baseline-hf", n_base, args, tokenizer))
+            configs.append(("baseline-hf", n_base, None))
         else:
             print("note: transformers is not installed; the baseline-hf row is skipped")
-    rows.append(spawn("baseline", n_base, args, tokenizer))
+    configs.append(("baseline", n_base, None))
     sizes = sorted({n for n in (args.small, args.conversations) if 0 < n})
-    rows += [spawn("turnloom", n, args, tokenizer, args.batch_size) for n in sizes]
+    configs += [("turnloom", n, args.batch_size) for n in sizes]
     if args.compare_batch_size and args.compare_batch_size != args.batch_size:
-        rows.append(spawn("turnloom", args.conversations, args, tokenizer, args.compare_batch_size))
+        configs.append(("turnloom", args.conversations, args.compare_batch_size))
+    rows = fastest_rows(configs, args, tokenizer)
+    if args.repeat > 1:
+        print(f"each row: the fastest (CPU time) of {args.repeat} rounds")
     print_table(rows)
     peaks = ", ".join(f"{r['conversations']:,}: {r['peak_active']:,}" for r in rows if r["side"] == "turnloom")
     print(f"turnloom peak active conversations (run size: peak): {peaks}")

@@ -198,13 +198,15 @@ def test_prefix_reuse_sweep_table():
 def test_engine_table(model_cache, tmp_path):
     env = {"TURNLOOM_CACHE": str(tmp_path)} if model_cache == "empty" else None
     figure = tmp_path / "b1.png"
+    repeat = ["--repeat", "2"] if model_cache == "empty" else []
     lines = run_bench("bench_engine.py", "--conversations", "40", "--small", "20",
                       "--baseline-conversations", "20", "--turns", "4", "--plot", str(figure),
-                      env_extra=env)
+                      *repeat, env_extra=env)
     assert lines[-1] == f"figure: {figure}"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if model_cache == "empty":
         assert "tokenizer bytes" in lines[1] and lines[0].startswith("note:")
+    assert ("each row: the fastest (CPU time) of 2 rounds" in lines) == bool(repeat)
     rows = table(lines, "side")
     # With the model files, the apply_chat_template loop runs too (transformers is in the
     # hf extra that set-up installs); the byte-level fallback has no HF tokenizer.
@@ -297,3 +299,24 @@ def test_profile_engine_counts_instructions_per_turn():
     per_turn = module.instructions_per_turn([], args, "bytes")
     # Start-up cancels out: what is left is tens of thousands of instructions a turn.
     assert 10_000 < per_turn < 1_000_000
+
+
+def test_engine_rows_keep_the_fastest_round(monkeypatch):
+    """--repeat runs every row once per round and keeps each row's fastest CPU time."""
+    import argparse
+
+    spec = importlib.util.spec_from_file_location("bench_engine", BENCH / "bench_engine.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cpu = iter([3.0, 9.0, 1.0, 5.0, 2.0, 7.0])  # rounds of (baseline, turnloom)
+    calls = []
+
+    def fake_spawn(side, n, args, tokenizer, batch=None):
+        calls.append(side)
+        return {"side": side, "cpu": next(cpu)}
+
+    monkeypatch.setattr(bench, "spawn", fake_spawn)
+    rows = bench.fastest_rows([("baseline", 10, None), ("turnloom", 10, 128)],
+                              argparse.Namespace(repeat=3), "bytes")
+    assert calls == ["baseline", "turnloom"] * 3
+    assert [(r["side"], r["cpu"]) for r in rows] == [("baseline", 1.0), ("turnloom", 5.0)]
