@@ -808,8 +808,8 @@ def sweep(batches: list[int], convs: list[Conversation], shape: Shape, args: arg
     unique, floor, prompt_tokens = totals
     print(table_header(batch=True))
     for batch in batches:
-        args.max_batch = batch
-        results = run_policies(convs, shape, args, capacity, cost)
+        at_batch = argparse.Namespace(**{**vars(args), "max_batch": batch})  # the caller's args stay
+        results = run_policies(convs, shape, at_batch, capacity, cost)
         rows = [row_of(r) for r in results] + [limit_row(floor, prompt_tokens, results[-1].server, cost)]
         for r in rows:
             print(table_row(r, unique, rows[0].gpu_s, batch))
