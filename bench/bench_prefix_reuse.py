@@ -685,8 +685,9 @@ def plot(results: list[Result], limit: Row, path: str) -> None:
     prefill = [r.prefill_s for r in rows]
     bars.bar(names, prefill, label="prefill")
     bars.bar(names, [r.decode_s for r in rows], bottom=prefill, label="decode")
-    for i, r in enumerate(rows):
-        bars.text(i, r.gpu_s, f"{rows[0].gpu_s / r.gpu_s:.2f}x", ha="center", va="bottom", fontsize=8)
+    for i, row in enumerate(rows):
+        bars.text(i, row.gpu_s, f"{rows[0].gpu_s / row.gpu_s:.2f}x", ha="center", va="bottom",
+                  fontsize=8)
     bars.set_ylabel("modelled GPU time (s)")
     bars.set_title(f"time split (speed-up against {rows[0].policy})")
     bars.legend(fontsize=8, loc="lower left")
