@@ -46,6 +46,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
+import machine
 from turnloom.backends.scripted import _TAIL, DEFAULT_LINES
 
 MODEL = "smollm2-135m-instruct"
@@ -175,7 +176,8 @@ def hf_renderer(tokenizer: str) -> Callable[[list[dict[str, str]]], list[int]]:
     tok = AutoTokenizer.from_pretrained(str(resolve_model(tokenizer)))
 
     def render(messages: list[dict[str, str]]) -> list[int]:
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        # A list of ids, or a BatchEncoding holding them (newer transformers).
+        ids: Any = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
     return render
 
@@ -268,18 +270,37 @@ def spawn(side: str, conversations: int, args: argparse.Namespace, tokenizer: st
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def fastest_rows(configs: list[tuple[str, int, int | None]], args: argparse.Namespace,
-                 tokenizer: str) -> list[dict[str, Any]]:
-    """Each (side, conversations, batch) run `args.repeat` times, in rounds so that a
-    slow spell of a shared machine hits every row alike; each row's fastest CPU time."""
-    best: list[dict[str, Any] | None] = [None] * len(configs)
-    for _ in range(max(1, args.repeat)):
-        for k, (side, n, batch) in enumerate(configs):
-            row = spawn(side, n, args, tokenizer, batch)
-            current = best[k]
-            if current is None or row["cpu"] < current["cpu"]:
-                best[k] = row
-    return [row for row in best if row is not None]
+def run_rounds(configs: list[tuple[str, int, int | None]], args: argparse.Namespace,
+               tokenizer: str) -> list[list[dict[str, Any]]]:
+    """Every (side, conversations, batch) once per round, `args.repeat` rounds: a slow
+    spell of a shared machine hits the rows of a round alike."""
+    return [[spawn(side, n, args, tokenizer, batch) for side, n, batch in configs]
+            for _ in range(max(1, args.repeat))]
+
+
+def fastest_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each row's fastest (CPU time) over the rounds."""
+    return [min(runs, key=lambda row: row["cpu"]) for runs in zip(*rounds)]
+
+
+def round_ratios(rounds: list[list[dict[str, Any]]], configs: list[tuple[str, int, int | None]],
+                 target: tuple[str, int, int | None], baseline: str) -> list[float]:
+    """turnloom's turns per CPU second over `baseline`'s, within each round."""
+    if target not in configs:
+        return []
+    k = configs.index(target)
+    b = next((i for i, c in enumerate(configs) if c[0] == baseline), None)
+    if b is None:
+        return []
+    return [(r[k]["turns"] / r[k]["cpu"]) / (r[b]["turns"] / r[b]["cpu"]) for r in rounds]
+
+
+def describe_ratios(ratios: list[float]) -> str:
+    ordered = sorted(ratios)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return (", ".join(f"{r:.1f}x" for r in ratios)
+            + f" (median {median:.1f}x, range {ordered[0]:.1f}-{ordered[-1]:.1f}x)")
 
 
 def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) -> None:
@@ -390,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"note: {MODEL} is not in the model cache (python -m turnloom.models prepare); "
               f"using the byte-level ChatML tokenizer")
     n_base = args.baseline_conversations or args.conversations
+    print(machine.describe())
     print(f"{args.turns} messages per conversation, two participants, scripted replies, "
           f"tokenizer {tokenizer}", flush=True)
     configs: list[tuple[str, int, int | None]] = []
@@ -403,12 +425,20 @@ def main(argv: list[str] | None = None) -> None:
     configs += [("turnloom", n, args.batch_size) for n in sizes]
     if args.compare_batch_size and args.compare_batch_size != args.batch_size:
         configs.append(("turnloom", args.conversations, args.compare_batch_size))
-    rows = fastest_rows(configs, args, tokenizer)
+    rounds = run_rounds(configs, args, tokenizer)
+    rows = fastest_rows(rounds)
     if args.repeat > 1:
         print(f"each row: the fastest (CPU time) of {args.repeat} rounds")
     print_table(rows)
     peaks = ", ".join(f"{r['conversations']:,}: {r['peak_active']:,}" for r in rows if r["side"] == "turnloom")
     print(f"turnloom peak active conversations (run size: peak): {peaks}")
+    target = ("turnloom", args.conversations, args.batch_size)
+    for baseline in ("baseline", "baseline-hf"):
+        ratios = round_ratios(rounds, configs, target, baseline)
+        if len(ratios) > 1:
+            print(f"CPU x of turnloom {args.conversations:,} against {baseline}, round by round: "
+                  f"{describe_ratios(ratios)}")
+    print(f"load average at the end: {machine.load()}")
     if args.plot:
         plot(rows, args.plot)
         print(f"figure: {args.plot}")

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import machine
+
 SYSTEM = "You are a helpful assistant. Answer briefly."
 TOPICS = ("the moon", "volcanoes", "bread baking", "chess openings", "honey bees", "rain",
           "bicycles", "jazz", "prime numbers", "coffee", "glaciers", "comets")
@@ -126,6 +128,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for every mode (0: torch's default); 1 is steadier on a shared machine")
     args = parser.parse_args()
+    print(machine.describe(), flush=True)
     import torch
 
     if args.threads:
@@ -152,6 +155,7 @@ def main() -> None:
     for o in outcomes:
         print(f"{o.name:<44} {o.generated:>8} {o.prompt_tokens:>10} {o.cached_tokens:>7} {o.seconds:>8.1f} "
               f"{o.rate:>9.1f} {o.rate / naive.rate:>7.2f}x")
+    print(f"load average at the end: {machine.load()}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,13 @@ cost. `--instructions` counts instructions instead (valgrind's cachegrind, exact
 repeatable): per turn, from a run of `--conversations` less one of a tenth of that,
 which cancels start-up (imports, the tokenizer's loading).
 
+`--bytecodes` shows where the interpreter's own work goes instead: the bytecodes
+executed per turn (sys.settrace's opcode events), by function and by source line, as
+shipped, again differenced against a run of a tenth the size. They repeat between
+runs but for the few bytecodes of each timed fsync of the write-ahead log.
+
     .venv/bin/python bench/profile_engine.py                       # 20,000 conversations, 3 repeats
+    .venv/bin/python bench/profile_engine.py --bytecodes --conversations 3000      # ~1 min
     .venv/bin/python bench/profile_engine.py --instructions --conversations 3000   # ~3 min
     .venv/bin/python bench/profile_engine.py --conversations 2000 --repeat 1
 """
@@ -36,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 from typing import Any, Callable, Sequence
+
+import machine
 
 LAYERS = ("exports", "log", "records")
 LABELS = {"": "as shipped", "exports": "- exports", "log": "- log", "records": "- records"}
@@ -69,6 +77,69 @@ def switch_off(layer: str) -> None:
         Engine._record = empty_record  # type: ignore[method-assign]
     else:
         raise ValueError(f"unknown layer {layer!r} (known: {', '.join(LAYERS)})")
+
+
+def count_bytecodes(run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, int]]:
+    """Run `run` with every executed bytecode counted by "file:line function"."""
+    counts: dict[str, int] = {}
+
+    def tracer(frame: Any, event: str, arg: Any) -> Callable[..., Any]:
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        code = frame.f_code
+        prefix = f"{os.path.basename(code.co_filename)}:"
+        suffix = f" {code.co_name}"
+
+        def opcode(frame: Any, event: str, arg: Any) -> Callable[..., Any]:
+            if event == "opcode":
+                key = f"{prefix}{frame.f_lineno}{suffix}"
+                counts[key] = counts.get(key, 0) + 1
+            return opcode
+        return opcode
+
+    sys.settrace(tracer)
+    try:
+        row = run()
+    finally:
+        sys.settrace(None)
+    return row, counts
+
+
+def bytecodes_per_turn(args: argparse.Namespace, tokenizer: str) -> dict[str, float]:
+    """Bytecodes per turn by "file:line function": a run less one of a tenth the size."""
+    runs = []
+    for n in (args.conversations, max(1, args.conversations // 10)):
+        command = [sys.executable, __file__, "--child", "", "--bytecodes", "--conversations",
+                   str(n), "--turns", str(args.turns), "--tokenizer", tokenizer]
+        env = {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"bytecode count of {n} conversations failed:\n{done.stderr}")
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    (big, small) = runs
+    turns = big["turns"] - small["turns"]
+    keys = set(big["bytecodes"]) | set(small["bytecodes"])
+    return {k: (big["bytecodes"].get(k, 0) - small["bytecodes"].get(k, 0)) / turns for k in keys}
+
+
+def by_function(per_line: dict[str, float]) -> dict[str, float]:
+    """Sum "file:line function" counts into "file function"."""
+    out: dict[str, float] = {}
+    for key, n in per_line.items():
+        where, function = key.split(" ", 1)
+        name = f"{where.rsplit(':', 1)[0]} {function}"
+        out[name] = out.get(name, 0.0) + n
+    return out
+
+
+def print_bytecodes(per_line: dict[str, float], top: int, out: Callable[[str], None] = print) -> None:
+    total = sum(per_line.values())
+    out(f"bytecodes per turn: {total:,.0f}")
+    for title, counts in (("function", by_function(per_line)), ("line", per_line)):
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        out(f"{'per turn':>10}{'share':>7}  {title}")
+        for key, n in ranked:
+            out(f"{n:>10,.1f}{n / total:>7.1%}  {key}")
 
 
 def run_child(conversations: int, turns: int, tokenizer: str, off: list[str]) -> dict[str, Any]:
@@ -137,12 +208,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="fresh processes per row (best kept)")
     parser.add_argument("--instructions", action="store_true",
                         help="count instructions under valgrind instead of timing")
+    parser.add_argument("--bytecodes", action="store_true",
+                        help="count the bytecodes each function and line runs per turn instead")
+    parser.add_argument("--top", type=int, default=15, help="rows per --bytecodes table")
     parser.add_argument("--tokenizer", help="chat format (default: SmolLM2's when prepared)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
         off = [layer for layer in args.child.split(",") if layer]
-        print(json.dumps(run_child(args.conversations, args.turns, args.tokenizer, off)))
+        if args.bytecodes:
+            row, counts = count_bytecodes(
+                lambda: run_child(args.conversations, args.turns, args.tokenizer, off))
+            row["bytecodes"] = counts
+        else:
+            row = run_child(args.conversations, args.turns, args.tokenizer, off)
+        print(json.dumps(row))
         return
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_engine import tokenizer_spec
@@ -150,6 +230,13 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = args.tokenizer or tokenizer_spec()
     if args.instructions and shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    print(machine.describe())
+    if args.bytecodes:
+        print(f"B1 turnloom side as shipped: {args.conversations:,} conversations x {args.turns} "
+              f"messages, tokenizer {tokenizer}, bytecodes less a run of a tenth the size",
+              flush=True)
+        print_bytecodes(bytecodes_per_turn(args, tokenizer), args.top)
+        return
     how = ("instructions (cachegrind), less a run of a tenth the size" if args.instructions
            else f"best CPU time of {args.repeat}")
     print(f"B1 turnloom side by layer: {args.conversations:,} conversations x {args.turns} "

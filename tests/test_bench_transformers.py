@@ -20,6 +20,8 @@ def test_b3_table(embedded_model):
                            "--max-new-tokens", "6", "--no-reuse", "--threads", "1"],
                           capture_output=True, text=True, timeout=300, env=env, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and lines[-1].startswith("load average at the end: ")
     rows = [line for line in done.stdout.splitlines()
             if line.startswith(("turnloom:", "naive:"))]
     assert [r.split(":")[0] for r in rows] == ["turnloom", "turnloom", "naive"]

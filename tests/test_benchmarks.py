@@ -39,13 +39,20 @@ def number(cell: str) -> float:
     return float(cell.rstrip("x%").replace(",", ""))
 
 
-def load_prefix_bench():
-    spec = importlib.util.spec_from_file_location("bench_prefix_reuse", BENCH / "bench_prefix_reuse.py")
+def load_bench(name: str):
+    """A bench script as a module (bench/ on the path, as when it runs as a script)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
+
+
+def load_prefix_bench():
+    return load_bench("bench_prefix_reuse")
 
 
 def test_prefix_reuse_table(tmp_path):
@@ -205,8 +212,14 @@ def test_engine_table(model_cache, tmp_path):
     assert lines[-1] == f"figure: {figure}"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if model_cache == "empty":
-        assert "tokenizer bytes" in lines[1] and lines[0].startswith("note:")
+        assert lines[0].startswith("note:") and lines[1].startswith("machine: ")
+        assert "tokenizer bytes" in lines[2]
     assert ("each row: the fastest (CPU time) of 2 rounds" in lines) == bool(repeat)
+    paired = [line for line in lines if line.startswith("CPU x of turnloom 40 against baseline,")]
+    assert len(paired) == bool(repeat)  # a ratio per round needs rounds
+    if repeat:
+        assert "round by round: " in paired[0] and "(median " in paired[0]
+    assert lines[-2].startswith("load average at the end: ")
     rows = table(lines, "side")
     # With the model files, the apply_chat_template loop runs too (transformers is in the
     # hf extra that set-up installs); the byte-level fallback has no HF tokenizer.
@@ -224,9 +237,7 @@ def test_engine_table(model_cache, tmp_path):
 
 def test_engine_baselines_render_the_same_prompts():
     """The two baseline loops differ in cost only: same ids as apply_chat_template."""
-    spec = importlib.util.spec_from_file_location("bench_engine", BENCH / "bench_engine.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_engine")
     if bench.tokenizer_spec() == "bytes":
         pytest.fail("the embedded model is not prepared (scripts/setup.sh prepares it)")
     hf = bench.baseline_renderer(bench.MODEL, "baseline-hf")
@@ -250,10 +261,7 @@ def test_engine_side_traces_memory():
 
 
 def _profile_engine():
-    spec = importlib.util.spec_from_file_location("profile_engine", BENCH / "profile_engine.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("profile_engine")
 
 
 def test_profile_engine_table():
@@ -290,6 +298,38 @@ def test_profile_engine_layers_switch_off(tmp_path):
         _profile_engine().switch_off("exporters")
 
 
+def test_profile_engine_counts_bytecodes_exactly():
+    """Bytecode counts repeat: two runs of the same size agree (to the few bytecodes of
+    the log's timed fsyncs), and the per-turn figures (a run less one of a tenth its
+    size) sum over functions and lines."""
+    import argparse
+
+    module = _profile_engine()
+    args = argparse.Namespace(conversations=40, turns=4)
+    first = module.bytecodes_per_turn(args, "bytes")
+    second = module.bytecodes_per_turn(args, "bytes")
+    total = sum(first.values())
+    assert sum(second.values()) == pytest.approx(total, rel=0.01)
+    engine = {k: v for k, v in first.items() if k.startswith("engine.py:") and "_apply" in k}
+    assert engine and all(second.get(k) == pytest.approx(v, rel=0.01) for k, v in engine.items())
+    assert 100 < total < 100_000  # hundreds of bytecodes a turn, start-up cancelled
+    functions = module.by_function(first)
+    assert sum(functions.values()) == pytest.approx(total)
+    assert any(name.startswith("engine.py ") for name in functions)
+    out: list[str] = []
+    module.print_bytecodes(first, 3, out.append)
+    assert out[0] == f"bytecodes per turn: {total:,.0f}"
+    assert out[1].endswith("function") and out[5].endswith("line")
+    assert len(out) == 1 + 2 * (1 + 3)
+
+
+def test_profile_engine_bytecodes_by_function():
+    module = _profile_engine()
+    assert module.by_function({"engine.py:10 _apply": 2.0, "engine.py:12 _apply": 3.0,
+                               "wal.py:5 append": 1.0}) == {"engine.py _apply": 5.0,
+                                                            "wal.py append": 1.0}
+
+
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_profile_engine_counts_instructions_per_turn():
     import argparse
@@ -305,9 +345,7 @@ def test_engine_rows_keep_the_fastest_round(monkeypatch):
     """--repeat runs every row once per round and keeps each row's fastest CPU time."""
     import argparse
 
-    spec = importlib.util.spec_from_file_location("bench_engine", BENCH / "bench_engine.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_engine")
     cpu = iter([3.0, 9.0, 1.0, 5.0, 2.0, 7.0])  # rounds of (baseline, turnloom)
     calls = []
 
@@ -316,7 +354,39 @@ def test_engine_rows_keep_the_fastest_round(monkeypatch):
         return {"side": side, "cpu": next(cpu)}
 
     monkeypatch.setattr(bench, "spawn", fake_spawn)
-    rows = bench.fastest_rows([("baseline", 10, None), ("turnloom", 10, 128)],
+    rounds = bench.run_rounds([("baseline", 10, None), ("turnloom", 10, 128)],
                               argparse.Namespace(repeat=3), "bytes")
     assert calls == ["baseline", "turnloom"] * 3
+    rows = bench.fastest_rows(rounds)
     assert [(r["side"], r["cpu"]) for r in rows] == [("baseline", 1.0), ("turnloom", 5.0)]
+
+
+def test_engine_ratios_pair_each_round():
+    """The round-by-round ratio divides rows of the same round, not the fastest of each."""
+    bench = load_bench("bench_engine")
+    configs = [("baseline", 10, None), ("turnloom", 10, 128), ("turnloom", 10, 1024)]
+
+    def row(cpu):
+        return {"turns": 100, "cpu": cpu}
+
+    # The fastest rows (baseline 1.0 s, turnloom 0.1 s) come from different rounds.
+    rounds = [[row(1.0), row(0.2), row(0.5)], [row(4.0), row(0.1), row(0.5)],
+              [row(2.0), row(0.1), row(0.5)]]
+    ratios = bench.round_ratios(rounds, configs, ("turnloom", 10, 128), "baseline")
+    assert ratios == pytest.approx([5.0, 40.0, 20.0])
+    assert bench.describe_ratios(ratios) == "5.0x, 40.0x, 20.0x (median 20.0x, range 5.0-40.0x)"
+    assert bench.describe_ratios([2.0, 4.0]).endswith("(median 3.0x, range 2.0-4.0x)")
+    assert bench.round_ratios(rounds, configs, ("turnloom", 10, 128), "baseline-hf") == []
+    assert bench.round_ratios(rounds, configs, ("turnloom", 99, 128), "baseline") == []
+
+
+def test_machine_line_names_the_code_and_the_load():
+    machine = load_bench("machine")
+    line = machine.describe()
+    assert line.startswith("machine: ")
+    assert f"{os.cpu_count()} logical CPUs" in line
+    head = subprocess.run(["git", "-C", str(BENCH.parent), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False).stdout.strip()
+    if head:  # a git checkout: the commit is named
+        assert f"turnloom at {head}" in line
+    assert "load average" in line
