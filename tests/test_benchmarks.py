@@ -390,3 +390,15 @@ def test_machine_line_names_the_code_and_the_load():
     if head:  # a git checkout: the commit is named
         assert f"turnloom at {head}" in line
     assert "load average" in line
+
+def test_core_table():
+    """bench_core.py runs its three variants and prints a row per operation."""
+    lines = run_bench("bench_core.py", "--nodes", "800")
+    header = next(i for i, line in enumerate(lines) if line.startswith("operation"))
+    names = [line.split()[0] for line in lines[header + 1:header + 6]]
+    assert names == ["append", "lanes", "scheduler", "free", "total"]
+    for line in lines[header + 1:header + 6]:
+        cells = line.split()
+        # name, "(s)", python, packed, ratio, list API, ratio
+        assert cells[1] == "(s)" and number(cells[2]) >= 0
+        assert cells[4].endswith("x") and cells[6].endswith("x")
