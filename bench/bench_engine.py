@@ -40,6 +40,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -296,11 +297,8 @@ def round_ratios(rounds: list[list[dict[str, Any]]], configs: list[tuple[str, in
 
 
 def describe_ratios(ratios: list[float]) -> str:
-    ordered = sorted(ratios)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return (", ".join(f"{r:.1f}x" for r in ratios)
-            + f" (median {median:.1f}x, range {ordered[0]:.1f}-{ordered[-1]:.1f}x)")
+    return (", ".join(f"{r:.1f}x" for r in ratios) + f" (median {statistics.median(ratios):.1f}x, "
+            f"range {min(ratios):.1f}-{max(ratios):.1f}x)")
 
 
 def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) -> None:

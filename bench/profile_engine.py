@@ -107,16 +107,8 @@ def count_bytecodes(run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], 
 
 def bytecodes_per_turn(args: argparse.Namespace, tokenizer: str) -> dict[str, float]:
     """Bytecodes per turn by "file:line function": a run less one of a tenth the size."""
-    runs = []
-    for n in (args.conversations, max(1, args.conversations // 10)):
-        command = [sys.executable, __file__, "--child", "", "--bytecodes", "--conversations",
-                   str(n), "--turns", str(args.turns), "--tokenizer", tokenizer]
-        env = {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
-        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-        if done.returncode != 0:
-            raise SystemExit(f"bytecode count of {n} conversations failed:\n{done.stderr}")
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    (big, small) = runs
+    big, small = (child([], n, args, tokenizer, flags=("--bytecodes",))[0]
+                  for n in (args.conversations, max(1, args.conversations // 10)))
     turns = big["turns"] - small["turns"]
     keys = set(big["bytecodes"]) | set(small["bytecodes"])
     return {k: (big["bytecodes"].get(k, 0) - small["bytecodes"].get(k, 0)) / turns for k in keys}
@@ -152,10 +144,11 @@ def run_child(conversations: int, turns: int, tokenizer: str, off: list[str]) ->
 
 
 def child(off: list[str], conversations: int, args: argparse.Namespace, tokenizer: str,
-          wrapper: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
-    """One fresh process with `off` switched off: its result row and its stderr."""
+          wrapper: Sequence[str] = (), flags: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
+    """One fresh process with `off` switched off (under `wrapper`, with the child's
+    `flags`): its result row and its stderr."""
     command = [*wrapper, sys.executable, __file__, "--child", ",".join(off), "--conversations",
-                         str(conversations), "--turns", str(args.turns), "--tokenizer", tokenizer]
+               str(conversations), "--turns", str(args.turns), "--tokenizer", tokenizer, *flags]
     env = {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
