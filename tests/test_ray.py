@@ -9,39 +9,20 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import pytest
 
 import turnloom
 from turnloom.config import Scenario
 from turnloom.testing.crash import assert_same_outputs
-from turnloom.wal import TurnEvent, read_events
 
 ray = pytest.importorskip("ray")
 
 from turnloom.distributed import (  # noqa: E402
     ShardFailed, ShardStatus, is_sharded, resume_ray, run_ray)
-
-CONVERSATIONS = 200
-
-
-def scenario(**run: Any) -> Scenario:
-    return Scenario.from_dict({
-        "run": {"name": "ray", "conversations": CONVERSATIONS, "max_turns": 6, "seed": 5,
-                "batch_size": 4, "max_inflight": 1, "wal_sync_s": 0.0, **run},
-        # Latency per backend call keeps each shard running long enough to be interrupted.
-        "backends": {"sim": {"type": "scripted", "latency_s": 0.006,
-                             "lines": ["Sure.", "Tell me more.", "Thanks [END]", "Hmm."]}},
-        "participants": [
-            {"name": "user", "agent": "user-simulator", "system_prompt": "You are {profile.name}.",
-             "sampler": "inline", "sampler_settings": {"profiles": [{"name": "Ada"}, {"name": "Bo"}]},
-             "settings": {"stop_phrases": ["[END]"]}},
-            {"name": "assistant", "agent": "assistant"},
-        ],
-        "branches": [{"at_turn": 2, "n": 2}],
-        "scorers": [{"name": "length"}, {"name": "stop-reason"}],
-    })
+from sharded_runs import (  # noqa: E402
+    CONVERSATIONS, TOML, assert_same_counts, logged_turns, scenario)
 
 
 @pytest.fixture(scope="module")
@@ -65,23 +46,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
         mp.setenv("TURNLOOM_DISABLE_PLUGIN_AUTOLOAD", "1")
         turnloom.run(scenario(), out=out, progress=False)
     return out
-
-
-def assert_same_counts(expected: Path, got: dict[str, Any]) -> None:
-    import json
-
-    ref = json.loads((expected / "summary.json").read_text())
-    for key in ("conversations", "records", "turns", "record_turns", "failures", "stop_reasons",
-                "scores"):
-        assert got[key] == ref[key], key
-    for name, usage in ref["participants"].items():
-        for key in ("turns", "prompt_tokens", "completion_tokens"):
-            assert got["participants"][name][key] == usage[key], (name, key)
-
-
-def logged_turns(shard_dir: Path) -> list[tuple[int, int, int]]:
-    return [(e.index, e.branch, e.turn) for e in read_events(shard_dir / "turns.wal", truncate=False)
-            if type(e) is TurnEvent]
 
 
 def test_killed_shard_actor_resumes_from_its_log(cluster: str, reference: Path,
@@ -193,43 +157,6 @@ def test_cli_rejects_shards_without_ray(tmp_path: Path) -> None:
     assert "--shards needs --ray" in done.stderr
 
 
-TOML = """\
-[run]
-name = "ray"
-conversations = 200
-max_turns = 6
-seed = 5
-batch_size = 4
-max_inflight = 1
-wal_sync_s = 0.0
-
-[backends.sim]
-type = "scripted"
-latency_s = 0.006
-lines = ["Sure.", "Tell me more.", "Thanks [END]", "Hmm."]
-
-[[participants]]
-name = "user"
-agent = "user-simulator"
-system_prompt = "You are {profile.name}."
-sampler = "inline"
-sampler_settings.profiles = [{ name = "Ada" }, { name = "Bo" }]
-settings.stop_phrases = ["[END]"]
-
-[[participants]]
-name = "assistant"
-agent = "assistant"
-
-[[branches]]
-at_turn = 2
-n = 2
-
-[[scorers]]
-name = "length"
-
-[[scorers]]
-name = "stop-reason"
-"""
 
 
 def test_scenario_executor_runs_on_ray(cluster: str, reference: Path, tmp_path: Path,

@@ -49,32 +49,43 @@ def run(scenario: Scenario | str | Path, out: str | Path | None = None, overwrit
         progress: bool = True, *, plugin_manager: Any = None,
         scenario_file: str | None = None, on_progress: OnProgress | None = None) -> RunResult:
     """Run a scenario (or a scenario file) to completion; see `arun`. A scenario
-    with ``run.executor = "ray"`` runs in shards on Ray (`turnloom.distributed`)."""
+    with ``run.executor = "ray"`` or ``"processes"`` runs in shards, on Ray or in
+    this machine's processes (`turnloom.distributed`)."""
     if not isinstance(scenario, Scenario):
         scenario_file = str(scenario)
         scenario = load_scenario(scenario)
-    if scenario.run.executor == "ray":
-        return run_on_ray(scenario, out, overwrite, progress, plugin_manager=plugin_manager,
-                          scenario_file=scenario_file, on_progress=_summed(on_progress))
+    if scenario.run.executor != "local":
+        return run_sharded(scenario, out, overwrite, progress, plugin_manager=plugin_manager,
+                           scenario_file=scenario_file, on_progress=_summed(on_progress))
     return asyncio.run(arun(scenario, out, overwrite, progress, plugin_manager=plugin_manager,
                             scenario_file=scenario_file, on_progress=on_progress))
 
 
-def run_on_ray(scenario: Scenario, out: str | Path | None = None, overwrite: bool = False,
-               progress: bool = True, *, plugin_manager: Any = None,
-               scenario_file: str | None = None, **overrides: Any) -> RunResult:
-    """Run in shards on Ray with the scenario's ``[executor]`` settings; keyword
-    `overrides` (address, shards, max_retries, actor_options) win over them."""
-    from turnloom.distributed import run_ray
+def run_sharded(scenario: Scenario, out: str | Path | None = None, overwrite: bool = False,
+                progress: bool = True, *, executor: str | None = None, plugin_manager: Any = None,
+                scenario_file: str | None = None, **overrides: Any) -> RunResult:
+    """Run in shards with the scenario's ``[executor]`` settings, on Ray or in
+    local processes (`executor`, default the scenario's ``run.executor``);
+    keyword `overrides` (shards, max_retries, and on Ray address, actor_options)
+    win over them."""
+    from turnloom.distributed import run_processes, run_ray
 
+    executor = executor or scenario.run.executor
     ex = scenario.executor
-    options: dict[str, Any] = {"address": ex.address, "shards": ex.shards,
-                               "max_retries": ex.max_retries,
-                               "actor_options": dict(ex.actor_options) or None,
+    options: dict[str, Any] = {"shards": ex.shards, "max_retries": ex.max_retries,
                                "urls": dict(ex.urls) or None, "poll_s": ex.poll_s}
-    options.update({k: v for k, v in overrides.items() if v is not None})
-    return run_ray(scenario, out=out, overwrite=overwrite, progress=progress,
-                   plugin_manager=plugin_manager, scenario_file=scenario_file, **options)
+    if executor == "ray":
+        options.update(address=ex.address, actor_options=dict(ex.actor_options) or None)
+    options.update(overrides)
+    options = {k: v for k, v in options.items() if v is not None}
+    common = {"out": out, "overwrite": overwrite, "progress": progress,
+              "plugin_manager": plugin_manager, "scenario_file": scenario_file}
+    if executor == "ray":
+        return run_ray(scenario, **common, **options)
+    if executor == "processes":
+        processes = options.pop("shards", None)
+        return run_processes(scenario, processes=processes, **common, **options)
+    raise ValueError(f"executor: expected 'ray' or 'processes', got {executor!r}")
 
 
 async def arun(scenario: Scenario | str | Path, out: str | Path | None = None,
@@ -96,8 +107,8 @@ async def arun(scenario: Scenario | str | Path, out: str | Path | None = None,
         source = str(scenario)
         scenario = load_scenario(scenario)
     scenario = scenario.validate(registry)
-    if scenario.run.executor == "ray":
-        return await asyncio.to_thread(run_on_ray, scenario, out, overwrite, progress,
+    if scenario.run.executor != "local":
+        return await asyncio.to_thread(run_sharded, scenario, out, overwrite, progress,
                                        plugin_manager=plugin_manager, scenario_file=source,
                                        on_progress=_summed(on_progress))
     run_dir = Path(out or scenario.run.out or Path("runs") / scenario.run.name)
@@ -133,7 +144,7 @@ async def aresume(run_dir: str | Path, progress: bool = True, *,
             return RunResult(run_dir, summary)
     if "sharding" in manifest:
         raise rundir.RunDirError(f"{run_dir} is a sharded run: finish it with `turnloom resume "
-                                 f"{run_dir} --ray ADDRESS` or turnloom.distributed.resume_ray")
+                                 f"{run_dir}` or turnloom.distributed.resume_sharded")
     pm, registry = _plugins(plugin_manager)
     try:
         saved = rundir.restore_secrets(manifest["scenario"], run_dir / rundir.MANIFEST)

@@ -2,6 +2,7 @@
 
     turnloom run SCENARIO [--out DIR] [--overwrite] [--conversations N] [--seed S]
                           [--ray ADDRESS [--shards N] [--shard-retries K] [--shard-options JSON]]
+                          [--processes N [--shard-retries K]]
     turnloom resume RUN_DIR [--ray ADDRESS]
     turnloom validate SCENARIO
     turnloom show RUN_DIR
@@ -74,8 +75,12 @@ def _parser() -> argparse.ArgumentParser:
                    "--out must then be on storage every node sees")
     p.add_argument("--shards", type=_positive, help="with --ray: contiguous blocks of "
                    "conversations, one Ray actor each (default 2)")
+    p.add_argument("--processes", type=_positive, metavar="N",
+                   help="run in N shards of conversations, each in a process of this machine "
+                   "(N: its CPUs, for the whole machine), merged into --out")
     p.add_argument("--shard-retries", type=_non_negative,
-                   help="with --ray: restarts of a shard whose actor died (default 3)")
+                   help="with --ray or --processes: restarts of a shard whose actor or process "
+                   "died (default 3)")
     p.add_argument("--shard-options", type=_json_object, metavar="JSON",
                    help='with --ray: Ray options of each shard\'s actor, e.g. '
                    '\'{"resources": {"sglang": 1}}\' (default: {"num_cpus": 1}, spread over nodes)')
@@ -85,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--ray", metavar="ADDRESS", help="the Ray cluster that finishes a sharded "
-                   "run (default: RAY_ADDRESS, else a local one)")
+                   "run (default: the executor it started on: RAY_ADDRESS or a local Ray for "
+                   "Ray, this machine's processes for --processes)")
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser("validate", help="check a scenario file without running it")
@@ -187,20 +193,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     pm, registry = _plugins()
     scenario = load_scenario(args.scenario, registry)
     scenario = scenario.with_run(conversations=args.conversations, seed=args.seed)
-    sharding = (args.shards, args.shard_options, args.shard_retries)
-    if args.ray is None and scenario.run.executor != "ray" and any(
-            x is not None for x in sharding):
-        option = next(o for o, x in zip(("--shards", "--shard-options", "--shard-retries"),
-                                        sharding) if x is not None)
-        raise BadInput(f"{option} needs --ray ADDRESS (use --ray local for this machine)")
-    if args.ray is not None or scenario.run.executor == "ray":
-        from turnloom.api import run_on_ray
+    executor = _executor(args, scenario.run.executor)
+    if executor != "local":
+        from turnloom.api import run_sharded
 
-        result = run_on_ray(scenario, out=args.out, overwrite=args.overwrite,
-                            progress=not args.no_progress, plugin_manager=pm,
-                            scenario_file=str(args.scenario), address=args.ray,
-                            shards=args.shards, max_retries=args.shard_retries,
-                            actor_options=args.shard_options)
+        overrides: dict[str, Any] = {"shards": args.processes or args.shards,
+                                     "max_retries": args.shard_retries}
+        if executor == "ray":
+            overrides.update(address=args.ray, actor_options=args.shard_options)
+        result = run_sharded(scenario, out=args.out, overwrite=args.overwrite,
+                             progress=not args.no_progress, executor=executor, plugin_manager=pm,
+                             scenario_file=str(args.scenario), **overrides)
         _report(result)
         return 0
     result = run(scenario, out=args.out, overwrite=args.overwrite,
@@ -209,15 +212,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _executor(args: argparse.Namespace, default: str) -> str:
+    """"ray", "processes" or "local", from the flags, else the scenario's."""
+    if args.ray is not None and args.processes is not None:
+        raise BadInput("--ray and --processes: choose one executor")
+    executor = "ray" if args.ray is not None else (
+        "processes" if args.processes is not None else default)
+    if executor == "local":
+        for option, value in (("--shards", args.shards), ("--shard-options", args.shard_options),
+                              ("--shard-retries", args.shard_retries)):
+            if value is not None:
+                raise BadInput(f"{option} needs --ray ADDRESS or --processes N")
+    elif executor == "processes":
+        if args.shards is not None:
+            raise BadInput("--shards: with --processes N, N is the number of shards")
+        if args.shard_options is not None:
+            raise BadInput("--shard-options: options of Ray actors; --processes starts none")
+    return executor
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
     from turnloom.api import resume
 
     if not args.run_dir.is_dir():
         raise BadInput(f"{args.run_dir} is not a directory")
-    from turnloom.distributed import is_sharded, resume_ray
+    from turnloom.distributed import is_sharded, resume_sharded
 
     if is_sharded(args.run_dir):
-        result = resume_ray(args.run_dir, address=args.ray, progress=not args.no_progress)
+        result = resume_sharded(args.run_dir, address=args.ray, progress=not args.no_progress)
         _report(result)
         return 0
     if args.ray is not None:

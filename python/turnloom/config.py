@@ -61,7 +61,8 @@ class RunSettings(msgspec.Struct, **_STRUCT):
     name: Name = "run"
     conversations: Positive = 1
     first_index: NonNegative = 0  # index of the first conversation (a shard of a larger run)
-    executor: Literal["local", "ray"] = "local"  # "ray": shards on a Ray cluster ([executor])
+    # "ray": shards on a Ray cluster; "processes": shards in this machine's processes ([executor])
+    executor: Literal["local", "ray", "processes"] = "local"
     max_turns: Positive = 8  # messages per conversation, system prompts excluded
     seed: NonNegative = 0
     out: str | None = None  # run directory (the CLI's --out wins)
@@ -136,12 +137,14 @@ class PluginSpec(msgspec.Struct, **_STRUCT):
 
 
 class ExecutorSpec(msgspec.Struct, **_STRUCT):
-    """``[executor]``: how a run with ``run.executor = "ray"`` is sharded (see
-    `turnloom.distributed.run_ray`; the CLI's --ray/--shards flags win)."""
+    """``[executor]``: how a run with ``run.executor = "ray"`` or ``"processes"`` is
+    sharded (see `turnloom.distributed`; the CLI's --ray/--processes/--shards flags win)."""
 
     address: str | None = None  # Ray cluster; None: the connected one, RAY_ADDRESS, else local
-    shards: Positive = 2  # contiguous blocks of conversations, one Ray actor each
-    max_retries: NonNegative = 3  # restarts of a shard whose actor died
+    # Contiguous blocks of conversations, one Ray actor or process each (None: 2 on
+    # Ray, one per CPU in processes).
+    shards: Positive | None = None
+    max_retries: NonNegative = 3  # restarts of a shard whose actor or process died
     actor_options: dict[str, Any] = {}  # Ray options of each shard's actor
     urls: dict[str, list[str]] = {}  # backend name -> replica urls dealt out between shards
     poll_s: Annotated[float, msgspec.Meta(gt=0)] = 0.5

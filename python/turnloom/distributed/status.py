@@ -33,5 +33,6 @@ def describe_partial(run_dir: Path, manifest: dict[str, Any]) -> str:
                      f"{counts.conversations} finished, {counts.turns} turns logged")
     head = (f"incomplete sharded run in {run_dir}: {complete} of {len(shards)} shards complete, "
             f"{conversations} of {total} conversations finished, {turns} turns logged")
-    tail = f"  continue it with: turnloom resume {run_dir} --ray ADDRESS"
+    on_ray = manifest["sharding"].get("executor", "ray") == "ray"
+    tail = f"  continue it with: turnloom resume {run_dir}{' --ray ADDRESS' if on_ray else ''}"
     return "\n".join([head, *lines, tail])

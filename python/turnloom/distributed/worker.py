@@ -1,6 +1,6 @@
-"""The Ray actor that runs one shard: the ordinary engine in its own process,
-writing the shard's run directory, so a shard started again after a crash
-resumes from its write-ahead log like any interrupted run."""
+"""What runs one shard: the ordinary engine in its own process (a Ray actor's, or
+a local child process's), writing the shard's run directory, so a shard started
+again after a crash resumes from its write-ahead log like any interrupted run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from turnloom import rundir
 from turnloom.distributed.plan import fill_node_ip
@@ -30,25 +30,10 @@ class ShardWorker:
         return {"pid": os.getpid(), "host": socket.gethostname(), "node_ip": _node_ip()}
 
     async def run(self, shard_dir: str, scenario_data: dict[str, Any]) -> dict[str, Any]:
-        """Run the shard, or resume it when its directory already holds a run.
-        Returns its summary and CPU seconds: "engine" for the run, "process" for
-        the actor's process since it started (Ray worker and imports included)."""
-        from turnloom.api import aresume, arun
-        from turnloom.config import Scenario
-
-        started = time.process_time()
-        path = Path(shard_dir)
+        """Run the shard, or resume it when its directory already holds a run;
+        see `run_shard`."""
         self._counts = {}
-        scenario_data = fill_node_ip(scenario_data, _node_ip())
-        if (path / rundir.MANIFEST).is_file():
-            _point_at(path, scenario_data)
-            result = await aresume(path, progress=False, on_progress=self._record_counts)
-        else:
-            result = await arun(Scenario.from_dict(scenario_data), out=path, overwrite=True,
-                                progress=False, on_progress=self._record_counts)
-        cpu = {"engine": round(time.process_time() - started, 3),
-               "process": round(time.process_time(), 3)}
-        return {"summary": result.summary, "cpu_s": cpu}
+        return await run_shard(Path(shard_dir), scenario_data, _node_ip(), self._record_counts)
 
     def _record_counts(self, counts: dict[str, int]) -> None:
         self._counts = counts
@@ -58,6 +43,27 @@ class ShardWorker:
         come from the engine itself: decoding the growing log instead, polled every
         0.1 s, cost the engine a sixth of its speed."""
         return dict(self._counts)
+
+
+async def run_shard(path: Path, scenario_data: dict[str, Any], node_ip: str,
+                    on_progress: Callable[[dict[str, int]], None]) -> dict[str, Any]:
+    """Run a shard in this process, or resume it when `path` already holds a run.
+    Returns its summary and CPU seconds: "engine" for the run, "process" for the
+    whole process since it started (worker start-up and imports included)."""
+    from turnloom.api import aresume, arun
+    from turnloom.config import Scenario
+
+    started = time.process_time()
+    scenario_data = fill_node_ip(scenario_data, node_ip)
+    if (path / rundir.MANIFEST).is_file():
+        _point_at(path, scenario_data)
+        result = await aresume(path, progress=False, on_progress=on_progress)
+    else:
+        result = await arun(Scenario.from_dict(scenario_data), out=path, overwrite=True,
+                            progress=False, on_progress=on_progress)
+    cpu = {"engine": round(time.process_time() - started, 3),
+           "process": round(time.process_time(), 3)}
+    return {"summary": result.summary, "cpu_s": cpu}
 
 
 def _point_at(path: Path, scenario_data: dict[str, Any]) -> None:
