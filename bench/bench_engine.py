@@ -12,6 +12,11 @@ and the prompt's last 32 token ids (the scripted backend's rule).
             The batch size is the scripted backend's default (max_batch 128)
             unless --batch-size is given; one more row runs the large size at
             1024 requests per call, for comparison.
+  turnloom-xN  the large size sharded over N local processes
+            (`turnloom.distributed.run_processes`, --processes, default this
+            machine's CPUs): wall clock is what it buys; its CPU time counts the
+            children's, and its peak RSS is the driver's plus N times the
+            largest child's (an upper bound).
   baseline-hf  what a user would write: lists of message dicts per conversation,
             the chat template rendered and tokenized over the full history every
             turn with transformers' `tokenizer.apply_chat_template`,
@@ -57,6 +62,7 @@ MODEL = "smollm2-135m-instruct"
 # 128) and, for comparison, at 1024 (the default before the sweep in bench/README.md).
 BATCH_SIZE = None
 COMPARE_BATCH_SIZE = 1024
+PROCESSES = "turnloom-processes"  # the side sharded over local processes
 TAIL = _TAIL  # the scripted backend hashes this many trailing prompt ids
 LINES = DEFAULT_LINES  # the same reply rule on both sides
 USER_PROMPT = "You are a curious student who asks short, concrete questions about programming."
@@ -142,22 +148,40 @@ def scenario(conversations: int, turns: int, tokenizer: str, batch_size: int | N
 
 
 def run_turnloom(conversations: int, turns: int, tokenizer: str,
-                 batch_size: int | None = None) -> dict[str, Any]:
+                 batch_size: int | None = None, processes: int = 0) -> dict[str, Any]:
+    """One engine run, or with `processes` one run sharded over that many local
+    processes, whose CPU time (and peak RSS, see the docstring) joins this one's."""
     from turnloom.api import run
+    from turnloom.distributed import run_processes
 
     sc = scenario(conversations, turns, tokenizer, batch_size)
     out = tempfile.mkdtemp(prefix="bench-engine-")
     try:
-        t, c = time.perf_counter(), time.process_time()
-        result = run(sc, out=f"{out}/run", overwrite=True, progress=False)
-        seconds, cpu = time.perf_counter() - t, time.process_time() - c
+        t, c, kids = time.perf_counter(), time.process_time(), children_cpu()
+        if processes:
+            result = run_processes(sc, out=f"{out}/run", processes=processes, overwrite=True,
+                                   progress=False)
+        else:
+            result = run(sc, out=f"{out}/run", overwrite=True, progress=False)
+        seconds = time.perf_counter() - t
+        cpu = time.process_time() - c + children_cpu() - kids
     finally:
         shutil.rmtree(out, ignore_errors=True)
     summary = result.summary
     # Requests per backend call, as the engine ran it.
     batch = summary["backends"]["sim"]["batch_size"]
-    return {"turns": summary["turns"], "seconds": seconds, "cpu": cpu, "batch": batch,
-            "peak_active": summary["memory"]["peak_active_conversations"]}
+    row = {"turns": summary["turns"], "seconds": seconds, "cpu": cpu, "batch": batch,
+           "peak_active": summary["memory"]["peak_active_conversations"]}
+    if processes:
+        kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        row.update(processes=processes, children_peak_rss=processes * kib * 1024)
+    return row
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's ended children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- baseline side ---------------------------------------------------------------------
@@ -243,15 +267,19 @@ def run_baseline(conversations: int, turns: int, tokenizer: str,
 
 
 def run_side(side: str, conversations: int, turns: int, tokenizer: str,
-             batch_size: int | None = None, trace: bool = False) -> dict[str, Any]:
+             batch_size: int | None = None, trace: bool = False,
+             processes: int = 0) -> dict[str, Any]:
     sampler = RssSampler() if trace else None
     if side == "turnloom":
         result = run_turnloom(conversations, turns, tokenizer, batch_size)
+    elif side == PROCESSES:
+        result = run_turnloom(conversations, turns, tokenizer, batch_size, processes)
     else:
         result = run_baseline(conversations, turns, tokenizer, side)
     if sampler is not None:
         result["rss_trace"] = sampler.stop()  # before the peak, which covers every sample
-    result.update(side=side, conversations=conversations, peak_rss=peak_rss_bytes())
+    peak = peak_rss_bytes() + result.pop("children_peak_rss", 0)
+    result.update(side=side, conversations=conversations, peak_rss=peak)
     return result
 
 
@@ -261,6 +289,8 @@ def spawn(side: str, conversations: int, args: argparse.Namespace, tokenizer: st
                "--turns", str(args.turns), "--tokenizer", tokenizer]
     if batch_size:
         command += ["--batch-size", str(batch_size)]
+    if side == PROCESSES:
+        command += ["--processes", str(args.processes)]
     if args.plot:
         command.append("--trace")
     # The engine alone: third-party plugins installed in the environment stay out.
@@ -285,15 +315,17 @@ def fastest_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def round_ratios(rounds: list[list[dict[str, Any]]], configs: list[tuple[str, int, int | None]],
-                 target: tuple[str, int, int | None], baseline: str) -> list[float]:
-    """turnloom's turns per CPU second over `baseline`'s, within each round."""
+                 target: tuple[str, int, int | None], baseline: str,
+                 clock: str = "cpu") -> list[float]:
+    """turnloom's turns per CPU second (`clock` "cpu") or per wall second
+    ("seconds") over `baseline`'s, within each round."""
     if target not in configs:
         return []
     k = configs.index(target)
     b = next((i for i, c in enumerate(configs) if c[0] == baseline), None)
     if b is None:
         return []
-    return [(r[k]["turns"] / r[k]["cpu"]) / (r[b]["turns"] / r[b]["cpu"]) for r in rounds]
+    return [(r[k]["turns"] / r[k][clock]) / (r[b]["turns"] / r[b][clock]) for r in rounds]
 
 
 def describe_ratios(ratios: list[float]) -> str:
@@ -311,7 +343,7 @@ def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) 
         + (f"{'CPU x hf':>10}" if hf else "") + f"{'batch':>7}")
     for r in rows:
         wall, cpu = r["turns"] / r["seconds"], r["turns"] / r["cpu"]
-        line = (f"{r['side']:<12}{r['conversations']:>14,}{r['turns']:>10,}{r['seconds']:>9.2f}"
+        line = (f"{side_name(r):<12}{r['conversations']:>14,}{r['turns']:>10,}{r['seconds']:>9.2f}"
                 f"{r['cpu']:>9.2f}{wall:>10,.0f}{cpu:>13,.0f}{r['peak_rss'] / mib:>14.1f}"
                 f"{wall / base_wall:>8.1f}x{cpu / base_cpu:>7.1f}x{r['peak_rss'] / base['peak_rss']:>7.2f}x")
         if hf:
@@ -319,12 +351,18 @@ def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) 
         out(line + f"{r.get('batch') or '-':>7}")
     out("speed x (wall clock), CPU x (process CPU time: fairer on a shared machine) and RSS x "
         "are against the baseline row" + ("; CPU x hf against the baseline-hf row" if hf else "")
-        + "; batch: turnloom's requests per backend call")
+        + "; batch: turnloom's requests per backend call"
+        + ("; turnloom-xN: sharded over N processes, CPU s and peak RSS summed over them"
+           if any(r["side"] == PROCESSES for r in rows) else ""))
+
+
+def side_name(row: dict[str, Any]) -> str:
+    return f"turnloom-x{row['processes']}" if row["side"] == PROCESSES else row["side"]
 
 
 def label(row: dict[str, Any]) -> str:
     size = f"{row['conversations'] / 1000:g}k"
-    return f"{row['side']} {size}" + (f", batch {row['batch']}" if row.get("batch") else "")
+    return f"{side_name(row)} {size}" + (f", batch {row['batch']}" if row.get("batch") else "")
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:
@@ -342,7 +380,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     for r in rows:
         seconds, rss = zip(*r["rss_trace"])
         memory.plot([t / seconds[-1] for t in seconds], [b / mib for b in rss], label=label(r),
-                    linestyle="-" if r["side"] == "turnloom" else "--")
+                    linestyle="-" if r["side"].startswith("turnloom") else "--")
     memory.set_xlabel("share of the run's wall time")
     memory.set_ylabel("resident memory (MiB)")
     memory.set_title("memory through the run")
@@ -355,8 +393,8 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     base_rate, hf_rate = rate("baseline"), rate("baseline-hf")
     rates = [r["turns"] / r["cpu"] for r in rows]
     names = [label(r).replace(", ", "\n") for r in rows]
-    speed.bar(range(len(rows)), rates, color=["tab:orange" if r["side"] != "turnloom" else "tab:blue"
-                                              for r in rows])
+    speed.bar(range(len(rows)), rates, color=["tab:blue" if r["side"].startswith("turnloom")
+                                              else "tab:orange" for r in rows])
     speed.set_xticks(range(len(rows)), names, fontsize=7)
     for i, r in enumerate(rates):
         text = f"{r / base_rate:.1f}x" + (f"\n{r / hf_rate:.1f}x hf" if hf_rate else "")
@@ -391,17 +429,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="run every row this many times, in rounds, and keep each row's "
                              "fastest (CPU time)")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="one more row: the large size sharded over this many local "
+                             "processes (default: this machine's CPUs; 0 or 1: none)")
     parser.add_argument("--no-hf", action="store_true",
                         help="skip the apply_chat_template baseline (the slowest row)")
     parser.add_argument("--plot", metavar="PNG",
                         help="also draw memory through each run and throughput (needs matplotlib)")
-    parser.add_argument("--side", choices=("turnloom", "baseline", "baseline-hf"), help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=("turnloom", PROCESSES, "baseline", "baseline-hf"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.side:
         print(json.dumps(run_side(args.side, args.conversations, args.turns, args.tokenizer,
-                                  args.batch_size, args.trace)))
+                                  args.batch_size, args.trace, args.processes)))
         return
 
     tokenizer = tokenizer_spec()
@@ -423,6 +465,8 @@ def main(argv: list[str] | None = None) -> None:
     configs += [("turnloom", n, args.batch_size) for n in sizes]
     if args.compare_batch_size and args.compare_batch_size != args.batch_size:
         configs.append(("turnloom", args.conversations, args.compare_batch_size))
+    if args.processes > 1:
+        configs.append((PROCESSES, args.conversations, args.batch_size))
     rounds = run_rounds(configs, args, tokenizer)
     rows = fastest_rows(rounds)
     if args.repeat > 1:
@@ -436,6 +480,12 @@ def main(argv: list[str] | None = None) -> None:
         if len(ratios) > 1:
             print(f"CPU x of turnloom {args.conversations:,} against {baseline}, round by round: "
                   f"{describe_ratios(ratios)}")
+    sharded = (PROCESSES, args.conversations, args.batch_size)
+    for baseline in ("baseline", "baseline-hf"):
+        ratios = round_ratios(rounds, configs, sharded, baseline, clock="seconds")
+        if ratios:
+            print(f"speed x (wall clock) of turnloom-x{args.processes} {args.conversations:,} "
+                  f"against {baseline}, round by round: {describe_ratios(ratios)}")
     print(f"load average at the end: {machine.load()}")
     if args.plot:
         plot(rows, args.plot)

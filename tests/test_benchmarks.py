@@ -208,7 +208,7 @@ def test_engine_table(model_cache, tmp_path):
     repeat = ["--repeat", "2"] if model_cache == "empty" else []
     lines = run_bench("bench_engine.py", "--conversations", "40", "--small", "20",
                       "--baseline-conversations", "20", "--turns", "4", "--plot", str(figure),
-                      *repeat, env_extra=env)
+                      "--processes", "2", *repeat, env_extra=env)
     assert lines[-1] == f"figure: {figure}"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if model_cache == "empty":
@@ -219,20 +219,40 @@ def test_engine_table(model_cache, tmp_path):
     assert len(paired) == bool(repeat)  # a ratio per round needs rounds
     if repeat:
         assert "round by round: " in paired[0] and "(median " in paired[0]
+    sharded = [line for line in lines
+               if line.startswith("speed x (wall clock) of turnloom-x2 40 against baseline,")]
+    assert len(sharded) == 1  # every round has both rows, so a ratio even without --repeat
     assert lines[-2].startswith("load average at the end: ")
     rows = table(lines, "side")
     # With the model files, the apply_chat_template loop runs too (transformers is in the
     # hf extra that set-up installs); the byte-level fallback has no HF tokenizer.
     expected = ["baseline", "turnloom"] if model_cache == "empty" else ["baseline-hf", "baseline", "turnloom"]
-    assert list(rows) == expected
+    assert list(rows) == [*expected, "turnloom-x2"]
     # Two sizes at the benchmark's batch size, then the large one at the scripted
-    # backend's own max_batch (the last column).
+    # backend's own max_batch (the last column), then the large one over two processes.
     assert [line.split()[-1] for line in rows["turnloom"]] == ["128", "128", "1024"]
-    for line in [line for side in expected for line in rows[side]]:
+    assert [line.split()[:3] for line in rows["turnloom-x2"]] == [["turnloom-x2", "40", "160"]]
+    for line in [line for side in [*expected, "turnloom-x2"] for line in rows[side]]:
         cells = line.split()
         conversations, turns = number(cells[1]), number(cells[2])
         assert turns == conversations * 4  # every conversation ran all its turns
         assert number(cells[5]) > 0 and number(cells[7]) > 0  # turns/s, peak RSS
+
+
+def test_engine_sharded_side_counts_its_children():
+    """The processes row's CPU time and peak RSS include its children's."""
+    import json
+
+    (line,) = run_bench("bench_engine.py", "--side", "turnloom-processes", "--processes", "2",
+                        "--conversations", "300", "--turns", "4", "--tokenizer", "bytes")[-1:]
+    row = json.loads(line)
+    assert row["turns"] == 1200 and row["processes"] == 2
+    # Start-up dominates at this size, and the driver and each child start the same
+    # engine: about three processes' worth of CPU and memory against one.
+    (single,) = run_bench("bench_engine.py", "--side", "turnloom", "--conversations", "300",
+                          "--turns", "4", "--tokenizer", "bytes")[-1:]
+    alone = json.loads(single)
+    assert row["cpu"] > 1.8 * alone["cpu"] and row["peak_rss"] > 2 * alone["peak_rss"]
 
 
 def test_engine_baselines_render_the_same_prompts():

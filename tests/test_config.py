@@ -266,6 +266,10 @@ def test_executor_settings() -> None:
     s = Scenario.from_dict({"run": {"executor": "ray"}, "executor": {"shards": 4},
                             "participants": [{"name": "u", "agent": "echo"}]})
     assert s.run.executor == "ray" and s.executor.shards == 4 and s.executor.max_retries == 3
+    local = Scenario.from_dict({"run": {"executor": "processes"},
+                                "participants": [{"name": "u", "agent": "echo"}]})
+    # Unset, the shard count is the executor's own default (2 on Ray, one per CPU here).
+    assert local.run.executor == "processes" and local.executor.shards is None
     with pytest.raises(ScenarioError, match="executor"):
         Scenario.from_dict({"run": {"executor": "slurm"},
                             "participants": [{"name": "u", "agent": "echo"}]})

@@ -178,6 +178,34 @@ def test_cli_run_and_resume_in_processes(reference: Path, tmp_path: Path) -> Non
     assert f"{CONVERSATIONS} conversations" in again.stdout
 
 
+def test_ctrl_c_stops_every_process_quietly_and_loses_nothing(reference: Path,
+                                                               tmp_path: Path) -> None:
+    """SIGINT to the terminal's process group (Ctrl-C) reaches the driver and its
+    children: all stop, none prints a traceback, and `resume` finishes the run."""
+    import time
+
+    file = tmp_path / "s.toml"
+    file.write_text(TOML)
+    out = tmp_path / "run"
+    run = subprocess.Popen([*CLI, "run", str(file), "--out", str(out), "--processes", "2",
+                            "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    logs = [out / "shards" / d / "turns.wal" for d in ("0000", "0001")]
+    deadline = time.monotonic() + 60
+    while not all(log.is_file() and log.stat().st_size > 1000 for log in logs):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert "turnloom: interrupted" in err and "Traceback" not in err
+    assert not (out / "summary.json").exists()
+    again = subprocess.run([*CLI, "resume", str(out), "--no-progress"], capture_output=True,
+                           text=True, timeout=180)
+    assert again.returncode == 0, again.stderr
+    assert_same_outputs(reference, out)
+
+
 @pytest.mark.parametrize("flags, error", [
     (["--processes", "2", "--ray", "local"], "--ray and --processes: choose one executor"),
     (["--processes", "2", "--shards", "3"], "--shards: with --processes N, N is the number"),

@@ -171,8 +171,11 @@ def _child_main(argv: list[str]) -> None:
             last = now
             send({"counts": counts})
 
-    outcome = asyncio.run(run_shard(Path(job["shard_dir"]), job["scenario"], "127.0.0.1",
-                                    on_progress))
+    try:
+        outcome = asyncio.run(run_shard(Path(job["shard_dir"]), job["scenario"], "127.0.0.1",
+                                        on_progress))
+    except KeyboardInterrupt:  # Ctrl-C reaches the driver too; the shard resumes from its log
+        sys.exit(130)
     send(outcome)
 
 
