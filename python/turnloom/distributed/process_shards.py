@@ -35,13 +35,12 @@ _STOP_WAIT_S = 10.0
 class _Child:
     """One child process and the threads that read its two outputs."""
 
-    def __init__(self, st: ShardStatus, command: list[str], job: dict[str, Any],
-                 env: dict[str, str]) -> None:
+    def __init__(self, st: ShardStatus, command: list[str], job: dict[str, Any]) -> None:
         read_fd, write_fd = os.pipe()
         try:
             self.proc = subprocess.Popen(command + [str(write_fd)], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         pass_fds=(write_fd,), env=env)
+                                         pass_fds=(write_fd,))  # this environment
         except BaseException:
             os.close(read_fd)
             raise
@@ -112,7 +111,7 @@ class ProcessShards(ShardRunner):
         job = {"shard_dir": str(shard_path(self.run_dir, st.shard)),
                "scenario": st.shard.scenario(self.scenario).to_dict()}
         command = [sys.executable, "-m", "turnloom.distributed.process_shards"]
-        child = _Child(st, command, job, {**os.environ, **self.env})
+        child = _Child(st, command, job)
         st.actor = child
         st.where = {"pid": child.proc.pid, "host": socket.gethostname(), "node_ip": "127.0.0.1"}
 

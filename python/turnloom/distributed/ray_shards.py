@@ -3,6 +3,7 @@ driver through Ray's object refs."""
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -32,6 +33,9 @@ class RayShards(ShardRunner):
 
         super().__init__(run_dir, scenario, max_retries, poll_s)
         self.ray = ray
+        # The driver's TURNLOOM_* settings (e.g. plugin autoload), which an actor on
+        # another node would not otherwise see.
+        self.env = {k: v for k, v in os.environ.items() if k.startswith("TURNLOOM_")}
         options = {**DEFAULT_ACTOR_OPTIONS, **(actor_options or {}), "max_restarts": 0}
         self.worker = ray.remote(ShardWorker).options(**options)
 

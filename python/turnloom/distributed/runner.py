@@ -56,9 +56,6 @@ class ShardRunner:
         self.scenario = scenario
         self.max_retries = max_retries
         self.poll_s = poll_s
-        # The driver's TURNLOOM_* settings (e.g. plugin autoload), which a worker
-        # on another node would not otherwise see.
-        self.env = {k: v for k, v in os.environ.items() if k.startswith("TURNLOOM_")}
 
     def run(self, statuses: list[ShardStatus], progress: bool,
             on_progress: OnShardProgress | None) -> None:
