@@ -366,8 +366,10 @@ def label(row: dict[str, Any]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:
-    """Resident memory through each run (time scaled to the run's length) and
-    turns per CPU second, one bar per row, with the ratio to the baseline row."""
+    """Resident memory through each single-process run (time scaled to the run's
+    length; a sharded row's children are not traced, its peak is in the table), and
+    turns per CPU second and per wall second, two bars per row, each with its ratio
+    to the baseline row on the same clock."""
     from turnloom.report.plots import pyplot
 
     try:
@@ -378,6 +380,8 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     mib = 1 << 20
     fig, (memory, speed) = plt.subplots(1, 2, figsize=(12, 4.2))
     for r in rows:
+        if r["side"] == PROCESSES:
+            continue
         seconds, rss = zip(*r["rss_trace"])
         memory.plot([t / seconds[-1] for t in seconds], [b / mib for b in rss], label=label(r),
                     linestyle="-" if r["side"].startswith("turnloom") else "--")
@@ -386,21 +390,21 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     memory.set_title("memory through the run")
     memory.legend(fontsize=8)
 
-    def rate(side: str) -> float | None:
-        row = next((r for r in rows if r["side"] == side), None)
-        return row["turns"] / row["cpu"] if row else None
-
-    base_rate, hf_rate = rate("baseline"), rate("baseline-hf")
-    rates = [r["turns"] / r["cpu"] for r in rows]
-    names = [label(r).replace(", ", "\n") for r in rows]
-    speed.bar(range(len(rows)), rates, color=["tab:blue" if r["side"].startswith("turnloom")
-                                              else "tab:orange" for r in rows])
-    speed.set_xticks(range(len(rows)), names, fontsize=7)
-    for i, r in enumerate(rates):
-        text = f"{r / base_rate:.1f}x" + (f"\n{r / hf_rate:.1f}x hf" if hf_rate else "")
-        speed.text(i, r, text, ha="center", va="bottom", fontsize=8)
-    speed.set_ylabel("turns per CPU second")
-    speed.set_title("throughput (ratio to baseline" + (" and baseline-hf" if hf_rate else "") + ")")
+    base = next(r for r in rows if r["side"] == "baseline")
+    width = 0.4
+    for offset, clock, name, shade in ((-width / 2, "cpu", "per CPU second", 1.0),
+                                       (width / 2, "seconds", "per wall second", 0.55)):
+        rates = [r["turns"] / r[clock] for r in rows]
+        base_rate = base["turns"] / base[clock]
+        xs = [i + offset for i in range(len(rows))]
+        speed.bar(xs, rates, width, alpha=shade, label=f"turns {name}",
+                  color=["tab:blue" if r["side"].startswith("turnloom") else "tab:orange"
+                         for r in rows])
+        for x, rate in zip(xs, rates):
+            speed.text(x, rate, f"{rate / base_rate:.1f}x", ha="center", va="bottom", fontsize=7)
+    speed.set_xticks(range(len(rows)), [label(r).replace(", ", "\n") for r in rows], fontsize=7)
+    speed.set_ylabel("turns per second")
+    speed.set_title("throughput: CPU (solid) and wall clock (light), ratio to baseline")
     speed.margins(y=0.15)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
