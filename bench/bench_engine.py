@@ -402,7 +402,9 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
                          for r in rows])
         for x, rate in zip(xs, rates):
             speed.text(x, rate, f"{rate / base_rate:.1f}x", ha="center", va="bottom", fontsize=7)
-    speed.set_xticks(range(len(rows)), [label(r).replace(", ", "\n") for r in rows], fontsize=7)
+    # Side, size and batch on lines of their own: on one line the labels overlap.
+    names = [label(r).replace(", ", "\n").replace(" ", "\n", 1) for r in rows]
+    speed.set_xticks(range(len(rows)), names, fontsize=7)
     speed.set_ylabel("turns per second")
     speed.set_title("throughput: CPU (solid) and wall clock (light), ratio to baseline")
     speed.margins(y=0.15)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from turnloom.chat_template import TemplateChatFormat, read_chat_template
 from turnloom.hf_tokenizer import HFTokenizer
-from turnloom.tokenizer import ByteTokenizer
+from turnloom.tokenizer import ByteTokenizer, ChatMLFormat
 
 # SmolLM2-135M-Instruct's template, verbatim: a default system prompt when the
 # conversation does not open with one.
@@ -107,6 +107,20 @@ def test_close_generated_matches_full_render(smol_bytes: TemplateChatFormat) -> 
     prompt = smol_bytes.render_full(messages, add_generation_prompt=True)
     for generated, finish in ((reply + end, "stop"), (reply, "length"), (reply + tok.encode("<|endoftext|>"), "stop")):
         assert prompt + smol_bytes.close_generated(generated, finish) == expected
+
+
+def test_chatml_close_generated_matches_full_render() -> None:
+    """Whether the model wrote the end token itself, stopped at the length limit or
+    ended with another EOS, the closed reply is what a full render writes."""
+    fmt = ChatMLFormat(ByteTokenizer())
+    tok = fmt.tokenizer
+    reply = tok.encode("an answer")
+    end = tok.encode("<|im_end|>")
+    expected = fmt.segment("assistant", "an answer")
+    prefix = fmt.generation_prefix()
+    for generated, finish in ((reply + end, "stop"), (reply, "length"),
+                              (reply + tok.encode("<|endoftext|>"), "stop")):
+        assert prefix + fmt.close_generated(generated, finish) == expected
 
 
 def test_dropping_reasoning_is_not_append_only() -> None:

@@ -165,9 +165,11 @@ class TemplateChatFormat:
         An EOS the model emitted is kept when it is the template's closing token
         (token-in/token-out), and dropped when the template does not write it.
         """
-        ids = list(output_ids)
         close = self._close_ids
         end_id = close[0] if close else None
+        if output_ids and output_ids[-1] == end_id:  # the model closed the message itself
+            return [*output_ids, *close[1:]]
+        ids = list(output_ids)
         while ids and ids[-1] in self.tokenizer.eos_token_ids and ids[-1] != end_id:
             ids.pop()
         if close and ids and ids[-1] == end_id:

@@ -615,8 +615,9 @@ class Engine:
             pu.cached_tokens += cached
             state = job.br.state
             try:
-                reply = _checked_reply(p.obj.on_output(state, p.name, res.text,
-                                                       res.finish_reason))
+                reply = p.obj.on_output(state, p.name, res.text, res.finish_reason)
+                if type(reply) is not Reply or reply.meta or not reply.text.isascii():
+                    reply = _checked_reply(reply)  # the plain case needs no checks
             except Exception as exc:
                 state.errors.append(f"agent {p.spec.agent!r} of {p.name!r} failed in on_output: "
                                     f"{type(exc).__name__}: {exc}")

@@ -108,6 +108,8 @@ class ChatMLFormat:
 
     def close_generated(self, output_ids: Sequence[int], finish_reason: str) -> list[int]:
         """The generated ids plus what closes the message, as a full render would have it."""
+        if output_ids and output_ids[-1] == self.end_id:  # the model closed the message itself
+            return [*output_ids, *self._newline]
         ids = list(output_ids)
         while ids and ids[-1] in self.tokenizer.eos_token_ids and ids[-1] != self.end_id:
             ids.pop()
