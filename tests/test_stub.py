@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +22,16 @@ def test_package_ships_its_type_marker():
 
     assert files("turnloom").joinpath("py.typed").is_file()
     assert files("turnloom").joinpath("_core.pyi").is_file()
+
+
+def test_package_and_benchmarks_type_check(tmp_path):
+    """mypy finds nothing in the package or the benchmarks (the stub above types
+    the native module for it)."""
+    pytest.importorskip("mypy")
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"),
+         "python/turnloom", "bench"],
+        capture_output=True, text=True, timeout=600, cwd=root,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -196,9 +196,9 @@ class Scenario(msgspec.Struct, weakref=True, **_STRUCT):
         except tomllib.TOMLDecodeError as exc:
             msg = str(exc)
             m = re.search(r"\(at line (\d+), column \d+\)", msg)
-            line = int(m.group(1)) if m else None
+            toml_line = int(m.group(1)) if m else None
             reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg) or "invalid TOML"
-            raise ScenarioError(f"invalid TOML: {reason}", file=str(path), line=line) from None
+            raise ScenarioError(f"invalid TOML: {reason}", file=str(path), line=toml_line) from None
         return cls.from_dict(data, _source=(str(path), text))
 
     @classmethod
@@ -387,7 +387,9 @@ def _check_static(s: Scenario, source: _Source) -> None:
         if not phrase:
             fail(("stop", "phrases", j), "an empty stop phrase would match every message")
     scored: dict[str, str] = {}
-    for kind, specs in (("scorers", s.scorers), ("judges", s.judges)):
+    named: tuple[tuple[str, Sequence[PluginSpec | JudgeSpec]], ...] = (
+        ("scorers", s.scorers), ("judges", s.judges))
+    for kind, specs in named:
         for j, spec in enumerate(specs):
             if spec.name in scored:
                 fail((kind, j, "name"), f"two scores would be named {spec.name!r} "

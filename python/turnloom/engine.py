@@ -221,7 +221,8 @@ class Engine:
         self.hook_should_stop = bool(_impls(pm, "should_stop"))
         self.hook_end = bool(_impls(pm, "on_conversation_end"))
         self.forest: Any = _core.Forest()
-        self.jobs: dict[int, Job] = {}
+        # Job or JudgeJob by id; the per-turn paths tell them apart by `type(job) is`.
+        self.jobs: dict[int, Any] = {}
         self._next_job = 0
         self.trees: dict[int, Tree] = {}
         self.indices = range(run.first_index, run.first_index + run.conversations)
@@ -385,9 +386,9 @@ class Engine:
     def _forks_of(self, seed: int) -> dict[int, tuple[int, int]]:
         """The forks of one conversation: the scenario's, or one drawn turn."""
         branches = self.scenario.branches
-        if not branches or branches[0].to_turn is None:
+        b = branches[0] if branches else None
+        if b is None or b.to_turn is None:
             return self.forks
-        b = branches[0]
         return {drawn_fork_turn(seed, b.at_turn, b.to_turn, len(self.order)): (b.n, 1)}
 
     def _start(self, indices: Sequence[int]) -> list[Branch]:
@@ -576,7 +577,7 @@ class Engine:
         # Per-batch sums, added to the usage counters once at the end.
         lat_sum = 0.0
         prompt_sum = out_sum = cached_sum = errors = 0
-        judged = []
+        judged: list[tuple[JudgeJob, GenRequest, GenResult]] = []
         for jid, req, res in zip(jids, reqs, results):
             job = jobs.pop(jid)
             if type(job) is JudgeJob:
@@ -639,10 +640,10 @@ class Engine:
             self._retry(retry)
         self._advance_branches(self._apply(items))
 
-    def _retry(self, jobs: list[Job]) -> None:
-        by_backend: dict[Any, list[Job]] = {}
+    def _retry(self, jobs: Sequence[Job | JudgeJob]) -> None:
+        by_backend: dict[Any, list[Job | JudgeJob]] = {}
         for job in jobs:
-            be = job.judge.backend if type(job) is JudgeJob else job.p.backend
+            be = job.judge.backend if isinstance(job, JudgeJob) else job.p.backend
             by_backend.setdefault(be, []).append(job)
         for group in by_backend.values():
             delay = self.backoff * (2 ** (min(j.attempt for j in group) - 1))

@@ -115,7 +115,7 @@ def load_chat_format(spec: str) -> ChatFormat:
 
 def build_backends(scenario: Scenario, registry: Any) -> dict[str, BackendRT]:
     """Construct the backends that some participant speaks through."""
-    speakers = [*scenario.participants, *scenario.judges]
+    speakers: list[ParticipantSpec | JudgeSpec] = [*scenario.participants, *scenario.judges]
     used = {scenario.backend_of(p) for p in speakers} - {None}
     out: dict[str, BackendRT] = {}
     for name, spec in scenario.backends.items():
