@@ -40,7 +40,7 @@ class _Child:
         try:
             self.proc = subprocess.Popen(command + [str(write_fd)], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         pass_fds=(write_fd,))  # this environment
+                                         pass_fds=(write_fd,))  # inherits this environment
         except BaseException:
             os.close(read_fd)
             raise
