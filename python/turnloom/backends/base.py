@@ -1,13 +1,16 @@
 """The one async contract every generation backend implements.
 
-Token ids in, token ids out: the engine owns tokenization and chat templates,
-so a backend never re-renders history.
+Two kinds of backend. A token backend (`takes = "tokens"`) gets token ids in and
+gives token ids out: the engine owns tokenization and chat templates, so the
+backend never re-renders history. A message backend (`takes = "messages"`, a
+chat API) gets the speaker's view as OpenAI-format messages plus its tool
+schemas, and returns text, structured tool calls and the server's own usage.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Annotated, Sequence
+from typing import Annotated, Any, Sequence
 
 import msgspec
 
@@ -28,12 +31,22 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class GenRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """One generation job. `affinity` names the conversation tree (replica pinning)."""
+    """One generation job. `affinity` names the conversation tree (replica pinning).
+
+    Token backends read `input_ids` (the rendered prompt, generation prefix
+    included). Message backends read `messages` (the speaker's view in OpenAI
+    chat format: role, content, optional name, tool_calls, tool_call_id) and
+    `tools` (OpenAI tool schemas, `{"type": "function", "function": {...}}`);
+    `input_ids` is then the locally rendered prompt when a tokenizer is known,
+    else empty.
+    """
 
     rid: str
     input_ids: list[int]
     params: SamplingParams
     affinity: int = 0
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
 
 
 class GenResult(msgspec.Struct, kw_only=True):
@@ -42,6 +55,11 @@ class GenResult(msgspec.Struct, kw_only=True):
     `finish_reason` is "stop" (EOS, stop token or stop string), "length"
     (max_new_tokens) or "error"; `error` says why when it is "error".
     `output_ids` exclude any stop string match (`text` matches `output_ids`).
+    Message backends may return no `output_ids`; they return the reply's
+    structured `tool_calls` (OpenAI format: id, type "function", function
+    name and JSON-string arguments) and `reasoning` text when the server
+    separates it. `prompt_tokens`/`cached_tokens` are the server's own usage
+    where it reports one.
     """
 
     rid: str
@@ -52,6 +70,8 @@ class GenResult(msgspec.Struct, kw_only=True):
     cached_tokens: int = 0
     latency_s: float = 0.0
     error: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    reasoning: str | None = None
 
 
 class BackendInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +94,9 @@ class Backend(abc.ABC):
     #: Whether prompt ids reach a model as they are, so they must come from that
     #: model's own tokenizer (False for a backend that decodes prompts back to text).
     reads_token_ids: bool = True
+    #: "tokens": generate from `GenRequest.input_ids`; "messages": from
+    #: `GenRequest.messages` and `tools` (a chat API).
+    takes: str = "tokens"
 
     @abc.abstractmethod
     async def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
