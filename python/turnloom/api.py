@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from turnloom import rundir
+from turnloom import errorlog, rundir
 from turnloom.config import Scenario, ScenarioError, load_scenario
 from turnloom.engine import Engine
+from turnloom.plugins import hook_scope
 from turnloom.progress import Progress
 
 __all__ = ["RunResult", "arun", "aresume", "resume", "run"]
@@ -112,10 +113,11 @@ async def arun(scenario: Scenario | str | Path, out: str | Path | None = None,
                                        plugin_manager=plugin_manager, scenario_file=source,
                                        on_progress=_summed(on_progress))
     run_dir = Path(out or scenario.run.out or Path("runs") / scenario.run.name)
-    engine = Engine(scenario, run_dir, pm, registry)
+    scope = hook_scope(pm, registry, scenario)
+    engine = Engine(scenario, run_dir, scope, registry)
     rundir.prepare(run_dir, overwrite)
     rundir.write_manifest(run_dir, scenario.to_dict(), scenario_file=source,
-                          plugins=_plugin_rows(pm))
+                          plugins=_plugin_rows(pm), hooks=scope.describe())
     return await _drive(engine, progress, events=None, on_progress=on_progress)
 
 
@@ -152,7 +154,7 @@ async def aresume(run_dir: str | Path, progress: bool = True, *,
     except (KeyError, ScenarioError) as exc:
         raise rundir.RunDirError(f"{run_dir / rundir.MANIFEST}: bad scenario: {exc}") from None
     scenario = scenario.validate(registry)
-    engine = Engine(scenario, run_dir, pm, registry)
+    engine = Engine(scenario, run_dir, hook_scope(pm, registry, scenario), registry)
     wal = run_dir / rundir.WAL
     events = list(read_events(wal)) if wal.is_file() else []
     return await _drive(engine, progress, events=events, on_progress=on_progress)
@@ -160,12 +162,22 @@ async def aresume(run_dir: str | Path, progress: bool = True, *,
 
 async def _drive(engine: Engine, progress: bool, events: list[Any] | None,
                  on_progress: OnProgress | None = None) -> RunResult:
+    with errorlog.active(errorlog.ErrorLog(engine.run_dir)) as log:
+        result = await _drive_logged(engine, progress, events, on_progress, log)
+    if on_progress is not None:  # the final totals, once the outputs are safe
+        on_progress(engine.counts())
+    return result
+
+
+async def _drive_logged(engine: Engine, progress: bool, events: list[Any] | None,
+                        on_progress: OnProgress | None, log: errorlog.ErrorLog) -> RunResult:
     interval = float(os.environ.get("TURNLOOM_PROGRESS_INTERVAL", "5"))
     bar = Progress(engine.scenario.run.conversations, enabled=progress, interval_s=interval)
     try:
         await engine.start_backends()
         engine.open_outputs()
         assert engine.collector is not None and engine.wal is not None
+        engine.collector.include_failed = engine.scenario.run.score_failed
         try:
             if events is not None:
                 from turnloom.replay import restore
@@ -177,7 +189,7 @@ async def _drive(engine: Engine, progress: bool, events: list[Any] | None,
             await engine.run()
             engine.wal.flush(sync=True)
             engine.collector.close()
-            summary = engine.summary()
+            summary = _with_trust(engine.summary(), engine, log)
             rundir.write_json(engine.run_dir / rundir.SUMMARY, summary)
         except BaseException:
             engine.collector.abort()
@@ -188,9 +200,23 @@ async def _drive(engine: Engine, progress: bool, events: list[Any] | None,
             bar.close(c.trees, engine.turns_done, engine.tokens_done, c.failures)
     finally:
         await engine.close_backends()
-    if on_progress is not None:  # the final totals, once the outputs are safe
-        on_progress(engine.counts())
     return RunResult(engine.run_dir, summary)
+
+
+def _with_trust(summary: dict[str, Any], engine: Engine, log: errorlog.ErrorLog) -> dict[str, Any]:
+    """The summary with what a reader needs to trust its numbers: the failed
+    conversations apart (and whether the means include them), the lifecycle hooks
+    that applied, and the error log."""
+    c = engine.collector
+    assert c is not None
+    summary["failed"] = {"conversations": c.failures, "ids": list(c.failed_ids),
+                         "in_score_means": engine.scenario.run.score_failed,
+                         "scores": c.failed_mean_scores()}
+    describe = getattr(engine.pm, "describe", None)
+    if callable(describe):
+        summary["hooks"] = describe()
+    summary["error_log"] = {"file": errorlog.ERRORS_LOG, "entries": log.count}
+    return summary
 
 
 def _summed(on_progress: OnProgress | None) -> Callable[[Any], None] | None:

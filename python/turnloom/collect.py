@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import msgspec
 
+from turnloom import errorlog
 from turnloom.export import AtomicFile
 from turnloom.records import ConversationRecord
 from turnloom.rundir import SCORES
@@ -38,7 +39,12 @@ class Collector:
         self.failures = 0
         self.stop_reasons: Counter[str] = Counter()
         self.error_samples: list[str] = []
+        # Conversations ended by an error are scored apart: their means are kept
+        # separately and stay out of `mean_scores` unless `include_failed`.
+        self.include_failed = False
+        self.failed_ids: list[str] = []
         self._sums: dict[str, list[float]] = {}
+        self._failed_sums: dict[str, list[float]] = {}
 
     def add_tree(self, index: int, records: Sequence[ConversationRecord]) -> None:
         self.trees += 1
@@ -60,8 +66,11 @@ class Collector:
         self.records += 1
         self.turns += len(record.turns)
         self.stop_reasons[record.stop_reason] += 1
-        if record.stop_reason == "error":
+        failed = record.stop_reason == "error"
+        if failed:
             self.failures += 1
+            if len(self.failed_ids) < _MAX_ERROR_SAMPLES:
+                self.failed_ids.append(f"{record.conversation_id}#{record.branch}")
         for err in record.errors:
             if len(self.error_samples) < _MAX_ERROR_SAMPLES:
                 self.error_samples.append(f"{record.conversation_id}#{record.branch}: {err}")
@@ -72,23 +81,27 @@ class Collector:
             "branch": record.branch, "stop_reason": record.stop_reason,
             "scores": record.scores, "turn_scores": [t.scores for t in record.turns],
         }) + b"\n")
-        self._add_scores("", record.scores)
+        sums = self._failed_sums if failed else self._sums
+        _add_scores(sums, "", record.scores)
         for t in record.turns:
             if t.scores:
-                self._add_scores("turn:", t.scores)
-
-    def _add_scores(self, prefix: str, scores: dict[str, Any]) -> None:
-        for scorer, values in scores.items():
-            if not isinstance(values, dict):
-                continue
-            for metric, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    acc = self._sums.setdefault(f"{prefix}{scorer}.{metric}", [0.0, 0])
-                    acc[0] += value
-                    acc[1] += 1
+                _add_scores(sums, "turn:", t.scores)
 
     def mean_scores(self) -> dict[str, float]:
-        return {k: round(s / n, 6) for k, (s, n) in sorted(self._sums.items()) if n}
+        """Means over the conversations that did not fail (all of them with
+        `include_failed`)."""
+        if not self.include_failed:
+            return _means(self._sums)
+        both = {k: list(v) for k, v in self._sums.items()}
+        for k, (total, n) in self._failed_sums.items():
+            acc = both.setdefault(k, [0.0, 0])
+            acc[0] += total
+            acc[1] += n
+        return _means(both)
+
+    def failed_mean_scores(self) -> dict[str, float]:
+        """Means over the conversations that ended by an error alone."""
+        return _means(self._failed_sums)
 
     def _guard(self, name: str, exp: Any, method: str, *args: Any) -> None:
         # A broken exporter is dropped and reported; the run and other outputs go on.
@@ -106,6 +119,7 @@ class Collector:
 
     def _drop(self, name: str, exp: Any, method: str, exc: Exception) -> None:
         msg = f"exporter {name!r} raised in {method}: {type(exc).__name__}: {exc}; disabled"
+        errorlog.record(msg, exc)
         log.warning("%s", msg)
         self.plugin_errors.append(msg)
         self.exporters = [(n, e) for n, e in self.exporters if e is not exp]
@@ -123,6 +137,28 @@ class Collector:
         self._scores.abort()
         for _, exp in self.exporters:
             _abort(exp)
+
+
+def _add_scores(sums: dict[str, list[float]], prefix: str, scores: dict[str, Any]) -> None:
+    """Add every number of `scores` (scorer -> metric -> number, sub-metrics nested)
+    to `sums`, keyed PREFIX + "scorer.metric[.sub]"."""
+    for scorer, values in scores.items():
+        if isinstance(values, dict):
+            _add_metrics(sums, f"{prefix}{scorer}.", values)
+
+
+def _add_metrics(sums: dict[str, list[float]], prefix: str, values: dict[str, Any]) -> None:
+    for metric, value in values.items():
+        if isinstance(value, dict):
+            _add_metrics(sums, f"{prefix}{metric}.", value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            acc = sums.setdefault(f"{prefix}{metric}", [0.0, 0])
+            acc[0] += value
+            acc[1] += 1
+
+
+def _means(sums: dict[str, list[float]]) -> dict[str, float]:
+    return {k: round(s / n, 6) for k, (s, n) in sorted(sums.items()) if n}
 
 
 def _abort(exporter: Any) -> None:

@@ -72,6 +72,12 @@ class RunSettings(msgspec.Struct, **_STRUCT):
     max_retries: NonNegative = 3  # per request whose result has finish_reason "error"
     retry_backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
     wal_sync_s: Annotated[float, msgspec.Meta(ge=0)] = 0.2  # fsync the log at most this often
+    # Conversations ended by an error are reported apart; with this they also count in
+    # the score means of summary.json.
+    score_failed: bool = False
+    # Failed conversations a run may have and still succeed: a count, or "N%" of the
+    # conversation records (the CLI's --max-failures wins).
+    max_failures: NonNegative | str = 0
 
 
 class BackendSpec(msgspec.Struct, **_STRUCT):
@@ -173,6 +179,10 @@ class Scenario(msgspec.Struct, weakref=True, **_STRUCT):
     judges: tuple[JudgeSpec, ...] = ()
     executor: ExecutorSpec = ExecutorSpec()
     exporters: tuple[PluginSpec, ...] = (PluginSpec(name="openai-jsonl"),)
+    # Installed plugins whose lifecycle hooks (on_conversation_start, on_turn_end,
+    # should_stop, on_conversation_end) apply to this scenario, besides those whose
+    # components it uses (`turnloom.plugins.hook_scope`).
+    plugins: tuple[Name, ...] = ()
 
     # -- construction -------------------------------------------------------------
 
@@ -185,7 +195,8 @@ class Scenario(msgspec.Struct, weakref=True, **_STRUCT):
         except OSError as exc:
             raise ScenarioError(f"cannot read scenario: {exc.strerror or exc}", file=str(path)) from None
         try:
-            text = data_bytes.decode("utf-8")
+            # Editors on Windows may save a byte-order mark; TOML has no place for it.
+            text = data_bytes.decode("utf-8").removeprefix("\ufeff")
         except UnicodeDecodeError as exc:
             line = data_bytes[:exc.start].count(b"\n") + 1
             raise ScenarioError(f"not valid UTF-8 (byte 0x{data_bytes[exc.start]:02x} at offset "
@@ -281,10 +292,56 @@ class Scenario(msgspec.Struct, weakref=True, **_STRUCT):
         return scenario.validate()
 
 
-def error_at(scenario: Scenario, path: Sequence[Any], message: str) -> ScenarioError:
-    """A ScenarioError about `path` of `scenario`, with its file and line when known."""
+def error_at(scenario: Scenario, path: Sequence[Any], message: str,
+             line_offset: int = 0) -> ScenarioError:
+    """A ScenarioError about `path` of `scenario`, with its file and line when known;
+    `line_offset` counts lines into the value (a multi-line string)."""
     source = _SOURCES.get(id(scenario), _Source(None, None))
-    return ScenarioError(message, file=source.file, line=source.line(path), path=_render(path))
+    line = source.line(path)
+    if line is not None and line_offset:
+        line += line_offset + source.starts_below(line)
+    return ScenarioError(message, file=source.file, line=line, path=_render(path))
+
+
+class FailureBudget:
+    """How many failed conversations a run may have and still succeed: `count`, or
+    `percent` of its conversation records."""
+
+    def __init__(self, count: int | None = None, percent: float | None = None) -> None:
+        self.count = count
+        self.percent = percent
+
+    @classmethod
+    def parse(cls, value: int | str) -> FailureBudget:
+        """A count (``2``, ``"2"``) or a percentage (``"2%"``, ``"0.5%"``); ValueError else."""
+        if isinstance(value, bool):
+            raise ValueError(f"expected a count or a percentage like '2%', got {value!r}")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError(f"must not be negative, got {value}")
+            return cls(count=value)
+        text = str(value).strip()
+        m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*%", text)
+        if m:
+            percent = float(m.group(1))
+            if percent > 100:
+                raise ValueError(f"a percentage is at most 100%, got {text!r}")
+            return cls(percent=percent)
+        if re.fullmatch(r"\d+", text):
+            return cls(count=int(text))
+        raise ValueError(f"expected a count or a percentage like '2%', got {value!r}")
+
+    def allowed(self, records: int) -> int:
+        """The most failed records allowed out of `records`."""
+        if self.percent is not None:
+            return int(records * self.percent / 100 + 1e-9)
+        return self.count or 0
+
+    def exceeded(self, failures: int, records: int) -> bool:
+        return failures > self.allowed(records)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent is not None else str(self.count or 0)
 
 
 def load_scenario(path: str | Path, registry: Any | None = None) -> Scenario:
@@ -383,6 +440,10 @@ def _check_static(s: Scenario, source: _Source) -> None:
         if b.at_turn in at:
             fail(("branches", j, "at_turn"), f"branches[{at[b.at_turn]}] already branches at turn {b.at_turn}")
         at[b.at_turn] = j
+    try:
+        FailureBudget.parse(s.run.max_failures)
+    except ValueError as exc:
+        fail(("run", "max_failures"), str(exc))
     for j, phrase in enumerate(s.stop.phrases):
         if not phrase:
             fail(("stop", "phrases", j), "an empty stop phrase would match every message")
@@ -593,6 +654,15 @@ class _Source:
         self.file = file
         self.text = text
         self._index: dict[tuple[Any, ...], int] | None = None
+
+    def starts_below(self, line: int) -> int:
+        """1 if the value on `line` is a multi-line string whose text starts on the next
+        line (TOML drops a newline right after the opening quotes), else 0."""
+        if self.text is None:
+            return 0
+        lines = self.text.splitlines()
+        raw = lines[line - 1].rstrip() if 0 < line <= len(lines) else ""
+        return int(raw.endswith(('"""', "'''")))
 
     def line(self, path: Sequence[Any]) -> int | None:
         if self.text is None:

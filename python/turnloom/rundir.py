@@ -18,6 +18,7 @@ WAL = "turns.wal"
 CONVERSATIONS = "conversations.jsonl"
 SCORES = "scores.jsonl"
 SUMMARY = "summary.json"
+ERRORS = "errors.log"  # plugin faults with their tracebacks (turnloom.errorlog)
 FORMAT = 1
 
 
@@ -123,7 +124,10 @@ def restore_secrets(scenario: dict[str, Any], manifest_file: Path) -> dict[str, 
 
 
 def write_manifest(path: Path, scenario: dict[str, Any], *, scenario_file: str | None,
-                   plugins: list[dict[str, Any]]) -> dict[str, Any]:
+                   plugins: list[dict[str, Any]],
+                   hooks: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the manifest; `hooks` says which plugins' lifecycle hooks apply to the run
+    and which installed ones were left out (`turnloom.plugins.HookScope.describe`)."""
     scenario = redact_secrets(scenario)
     manifest = {
         "format": FORMAT,
@@ -139,6 +143,8 @@ def write_manifest(path: Path, scenario: dict[str, Any], *, scenario_file: str |
         "versions": versions(),
         "plugins": plugins,
     }
+    if hooks is not None:
+        manifest["hooks"] = hooks
     atomic_write(Path(path) / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
     return manifest
 

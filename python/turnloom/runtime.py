@@ -1,16 +1,26 @@
 """Live objects of a run, built from a scenario and the plugin registry:
 backends with their chat formats and schedulers, participants with their
-agents or environments, judges, scorers and exporters."""
+agents or environments, judges, scorers and exporters.
+
+Every component may check its references to other participants: one with a
+``check_participants(names)`` method is called with the scenario's participant names
+once built, and raises ValueError (optionally with a ``setting`` attribute naming the
+offending setting) for a name that is not among them. `turnloom validate` builds every
+component through these same functions (`build_all`), so what fails at run fails there.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Sequence
 
+from turnloom import errorlog
 from turnloom.agents import Agent, Environment, Sampler
 from turnloom.backends.base import Backend, BackendInfo, SamplingParams
 from turnloom.config import JudgeSpec, ParticipantSpec, Scenario, ScenarioError, error_at
 from turnloom.judging import Judge
+from turnloom.placeholders import unknown_placeholders
+from turnloom.scoring import CheckedScorer, checked_score
 from turnloom.tokenizer import ByteTokenizer, ChatFormat, ChatMLFormat
 
 log = logging.getLogger(__name__)
@@ -167,11 +177,14 @@ def build_participants(scenario: Scenario, registry: Any,
                 raise error_at(scenario, ("participants", i, "settings", "system_prompt"),
                                "system_prompt is given twice (also on the participant)")
             settings["system_prompt"] = spec.system_prompt
+        if registry.owner(kind, spec.agent).startswith("turnloom.builtin."):
+            _check_placeholders(scenario, i)
         try:
             obj = registry.get(kind, spec.agent)(settings)
         except Exception as exc:
-            raise error_at(scenario, ("participants", i, "settings"),
+            raise error_at(scenario, _setting_path(("participants", i, "settings"), exc),
                            f"{spec.agent!r} rejected its settings: {_brief(exc)}") from exc
+        _check_references(scenario, ("participants", i, "settings"), spec.agent, obj)
         protocol: type = Agent if is_agent else Environment
         if not isinstance(obj, protocol):
             raise error_at(scenario, ("participants", i, "agent"),
@@ -187,8 +200,10 @@ def build_participants(scenario: Scenario, registry: Any,
             try:
                 p.sampler = registry.get("samplers", spec.sampler)(dict(spec.sampler_settings))
             except Exception as exc:
-                raise error_at(scenario, ("participants", i, "sampler_settings"),
+                raise error_at(scenario, _setting_path(("participants", i, "sampler_settings"), exc),
                                f"sampler {spec.sampler!r} rejected its settings: {_brief(exc)}") from exc
+            _check_references(scenario, ("participants", i, "sampler_settings"), spec.sampler,
+                              p.sampler)
         out.append(p)
     return out
 
@@ -202,14 +217,16 @@ def build_judges(scenario: Scenario, registry: Any,
         except ScenarioError:
             raise
         except Exception as exc:
-            raise error_at(scenario, ("judges", j, "settings"),
+            raise error_at(scenario, _setting_path(("judges", j, "settings"), exc),
                            f"judge {spec.judge!r} rejected its settings: {_brief(exc)}") from exc
         if not isinstance(obj, Judge):
             raise error_at(scenario, ("judges", j, "judge"),
                            f"plugin {spec.judge!r} built {type(obj).__name__}, which lacks the "
                            "Judge methods (calls, parse, score)")
+        _check_references(scenario, ("judges", j, "settings"), spec.judge, obj)
         be = backends[scenario.backend_of(spec)]  # type: ignore[index]
-        out.append(JudgeRT(j, spec, obj, registry.owner("judges", spec.judge), be))
+        out.append(JudgeRT(j, spec, CheckedJudge(spec.name, obj),
+                           registry.owner("judges", spec.judge), be))
     return out
 
 
@@ -222,10 +239,86 @@ def build_plugins(scenario: Scenario, registry: Any, kind: str,
         except ScenarioError:
             raise
         except Exception as exc:
-            raise error_at(scenario, (kind, j, "settings"),
+            raise error_at(scenario, _setting_path((kind, j, "settings"), exc),
                            f"{kind[:-1]} {spec.name!r} rejected its settings: {_brief(exc)}") from exc
-        out.append((spec.name, obj))
+        _check_references(scenario, (kind, j, "settings"), spec.name, obj)
+        out.append((spec.name, CheckedScorer(spec.name, obj) if kind == "scorers" else obj))
     return out
+
+
+def build_all(scenario: Scenario, registry: Any) -> dict[str, int]:
+    """Build every component of `scenario` as a run would, without starting backends
+    (no model is loaded, no server contacted); raises the run's ScenarioError. Returns
+    how many of each kind were built."""
+    backends = build_backends(scenario, registry)
+    participants = build_participants(scenario, registry, backends)
+    judges = build_judges(scenario, registry, backends)
+    scorers = build_plugins(scenario, registry, "scorers", scenario.scorers)
+    exporters = build_plugins(scenario, registry, "exporters", scenario.exporters)
+    return {"backends": len(backends), "participants": len(participants),
+            "judges": len(judges), "scorers": len(scorers), "exporters": len(exporters)}
+
+
+class CheckedJudge:
+    """A judge whose scores pass `checked_score` and whose faults in `score` go to the
+    run's error log; everything else is the judge's own."""
+
+    def __init__(self, name: str, judge: Judge) -> None:
+        self._name = name
+        self._judge = judge
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._judge, attr)
+
+    def calls(self, conversation: Any) -> Any:
+        return self._guard("calls", self._judge.calls, conversation)
+
+    def parse(self, call: Any, text: str) -> Any:
+        return self._guard("parse", self._judge.parse, call, text)
+
+    def score(self, conversation: Any, verdicts: Any) -> Any:
+        return self._guard("score", lambda c, v: checked_score(self._name, self._judge.score(c, v)),
+                           conversation, verdicts)
+
+    def _guard(self, method: str, call: Any, conversation: Any, *args: Any) -> Any:
+        try:
+            return call(conversation, *args)
+        except Exception as exc:
+            state = conversation if hasattr(conversation, "conversation_id") else None
+            errorlog.record(f"judge {self._name!r} failed in {method}: "
+                            f"{type(exc).__name__}: {exc}", exc, errorlog.conversation_of(state))
+            raise
+
+
+def _check_placeholders(scenario: Scenario, i: int) -> None:
+    """Refuse unknown placeholders in a built-in agent's system prompt, at the line of
+    the placeholder."""
+    spec = scenario.participants[i]
+    for path, template in ((("participants", i, "system_prompt"), spec.system_prompt),
+                           (("participants", i, "settings", "system_prompt"),
+                            spec.settings.get("system_prompt"))):
+        if not isinstance(template, str):
+            continue
+        bad = unknown_placeholders(template)
+        if bad:
+            raise error_at(scenario, path, bad[0].message, line_offset=bad[0].line)
+
+
+def _check_references(scenario: Scenario, path: tuple[Any, ...], name: str, obj: Any) -> None:
+    check = getattr(obj, "check_participants", None)
+    if not callable(check):
+        return
+    try:
+        check(tuple(scenario.participant_names()))
+    except Exception as exc:
+        raise error_at(scenario, _setting_path(path, exc),
+                       f"{name!r}: {_brief(exc)}") from exc
+
+
+def _setting_path(path: tuple[Any, ...], exc: BaseException) -> tuple[Any, ...]:
+    # A component may name the offending setting, for the error's line.
+    setting = getattr(exc, "setting", None)
+    return path + ((setting,) if isinstance(setting, str) else ())
 
 
 def _brief(exc: BaseException) -> str:

@@ -1,9 +1,10 @@
-"""Built-in scorers: message length and stop reason."""
+"""Built-in scorers: message length, stop reason and a reward model (``reward-model``)."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+from turnloom.builtin.reward_model import RewardModelScorer
 from turnloom.hookspecs import Register, hookimpl
 from turnloom.records import ConversationState, TurnRecord
 from turnloom.scoring import Score
@@ -39,11 +40,13 @@ class StopReasonScorer:
         return None
 
     def score_conversation(self, conversation: ConversationState) -> Score:
+        # The reason itself is the record's `stop_reason`; scores are numbers.
         reason = conversation.stop_reason or ""
-        return {"stop_reason": reason, "early": int(reason not in ("max_turns", ""))}
+        return {"early": int(reason not in ("max_turns", ""))}
 
 
 @hookimpl
 def register_scorers(register: Register) -> None:
     register("length", LengthScorer)
     register("stop-reason", StopReasonScorer)
+    register("reward-model", RewardModelScorer)
