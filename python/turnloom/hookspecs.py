@@ -76,6 +76,16 @@ def register_judges(register: Register) -> None:
 
 
 @hookspec
+def register_tool_parsers(register: Register) -> None:
+    """Register tool-call parsers: how a model family writes tool calls in its text.
+
+    ``register(name, factory)``; ``factory(settings: dict) -> turnloom.tools.ToolParser``.
+    A parser splits generated text into content and ``turnloom.messages.ToolCall``s and
+    renders calls back in the family's format; built in: hermes, llama3_json, mistral.
+    """
+
+
+@hookspec
 def register_backends(register: Register) -> None:
     """Register generation backends.
 
