@@ -17,7 +17,12 @@ A third-party plugin never takes a run down with it:
   registering one name make that name an error when it is looked up, not before.
   All of these are kept in `Registry.errors`;
 - one that raises in a lifecycle hook is reported by `call_hook_safely` /
-  `first_result_safely` into the caller's error list, and the other plugins still run.
+  `first_result_safely` into the caller's error list, with its traceback in the run's
+  error log (`turnloom.errorlog`), and the other plugins still run.
+
+Lifecycle hooks (`LIFECYCLE_HOOKS`) of an installed plugin apply to a run only where its
+scenario asks for them: it names the plugin in `plugins`, or uses one of its components
+(`hook_scope`). Built-in plugins and plugins the caller registers itself always apply.
 
 Each of these is logged once as a warning. With ``strict=True`` the first two raise
 instead (for plugin authors and CI). Built-in plugins failing to load is always an error.
@@ -43,7 +48,7 @@ from typing import Any, NamedTuple
 
 import pluggy
 
-from turnloom import hookspecs
+from turnloom import errorlog, hookspecs
 
 ENTRY_POINT_GROUP = "turnloom"
 DEFAULT_PLUGINS = (
@@ -62,8 +67,12 @@ ENV_TRACE = "TURNLOOM_TRACE_HOOKS"
 
 log = logging.getLogger(__name__)
 
+LIFECYCLE_HOOKS = ("on_conversation_start", "on_turn_end", "should_stop",
+                   "on_conversation_end")
+
 __all__ = [
-    "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "KINDS", "PluginError", "PluginLoadError",
+    "DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "KINDS", "LIFECYCLE_HOOKS", "HookScope",
+    "PluginError", "hook_scope", "PluginLoadError",
     "PluginManager", "Registry", "UnknownPluginError", "call_hook_safely", "describe_plugins",
     "first_result_safely", "get_plugin_manager", "load_errors",
 ]
@@ -450,7 +459,7 @@ def call_hook_safely(pm: pluggy.PluginManager, hook_name: str, errors: list[str]
         try:
             result = impl.function(*args)
         except Exception as exc:
-            _report(errors, impl.plugin, hook_name, exc)
+            _report(errors, impl.plugin, hook_name, exc, kwargs)
             continue
         if result is not None:
             results.append(result)
@@ -469,7 +478,7 @@ def first_result_safely(pm: pluggy.PluginManager, hook_name: str, errors: list[s
         try:
             result = impl.function(*args)
         except Exception as exc:
-            _report(errors, impl.plugin, hook_name, exc)
+            _report(errors, impl.plugin, hook_name, exc, kwargs)
             continue
         if result is None:
             continue
@@ -491,8 +500,11 @@ def _raised(plugin: str, hook_name: str, exc: BaseException) -> str:
     return f"plugin {plugin!r} raised in {hook_name}: {type(exc).__name__}: {exc}"
 
 
-def _report(errors: list[str], plugin: str, hook_name: str, exc: Exception) -> None:
-    errors.append(_raised(plugin, hook_name, exc))
+def _report(errors: list[str], plugin: str, hook_name: str, exc: Exception,
+            kwargs: dict[str, Any]) -> None:
+    message = _raised(plugin, hook_name, exc)
+    errorlog.record(message, exc, errorlog.conversation_of(kwargs.get("conversation")))
+    errors.append(message)
     log.debug("plugin %r raised in %s", plugin, hook_name, exc_info=exc)
 
 
@@ -566,3 +578,90 @@ def _result_types(spec_function: Callable[..., Any]) -> tuple[type, ...] | None:
             return None
         classes.append(member)
     return tuple(classes) or None
+
+
+# --- which plugins' lifecycle hooks apply to a run -------------------------------------
+
+class HookScope:
+    """A plugin manager as one run sees it: the lifecycle hooks of `excluded` plugins are
+    left out (through pluggy's `subset_hook_caller`); everything else is the manager's.
+    `hooks` maps each lifecycle hook to the plugins whose implementation applies, in
+    call order, and `ignored` each installed plugin left out to the hooks it has."""
+
+    def __init__(self, pm: pluggy.PluginManager, excluded: Iterable[str]) -> None:
+        self._pm = pm
+        self.excluded = frozenset(excluded)
+        plugins = [pm.get_plugin(name) for name in sorted(self.excluded)]
+        removed = [p for p in plugins if p is not None]
+        self.hook = _ScopedRelay(pm, {name: pm.subset_hook_caller(name, removed)
+                                      for name in LIFECYCLE_HOOKS})
+        self._safe_impls: dict[str, tuple[_Impl, ...]] = {}
+        self._hooktrace = getattr(pm, "_hooktrace", None)
+        self.hooks = {name: [impl.plugin for impl in _impls(self, name)]
+                      for name in LIFECYCLE_HOOKS}
+        implementers = {h: {impl.plugin_name for impl in getattr(pm.hook, h).get_hookimpls()}
+                        for h in LIFECYCLE_HOOKS}
+        ignored = {name: [h for h in LIFECYCLE_HOOKS if name in implementers[h]]
+                   for name in sorted(self.excluded)}
+        self.ignored = {name: hooks for name, hooks in ignored.items() if hooks}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pm, name)
+
+    def describe(self) -> dict[str, Any]:
+        """For the manifest: the hooks that apply, by plugin, and those left out."""
+        return {"applied": {k: v for k, v in self.hooks.items() if v},
+                "not_applied": self.ignored}
+
+
+class _ScopedRelay:
+    """`pm.hook` with the lifecycle hooks replaced by their subset callers."""
+
+    def __init__(self, pm: pluggy.PluginManager, scoped: dict[str, Any]) -> None:
+        self._pm = pm
+        self._scoped = scoped
+
+    def __getattr__(self, name: str) -> Any:
+        scoped = self._scoped.get(name)
+        return scoped if scoped is not None else getattr(self._pm.hook, name)
+
+
+def hook_scope(pm: pluggy.PluginManager, registry: Registry, scenario: Any) -> HookScope:
+    """The plugin manager view for a run of `scenario`: an installed (entry-point) plugin's
+    lifecycle hooks apply only if the scenario lists it in `plugins` or uses a component
+    it registered. A name in `plugins` that no loaded plugin has is a ScenarioError."""
+    from turnloom.config import error_at
+
+    installed = set(getattr(pm, "distributions", {}))
+    loaded = {name for name, plugin in pm.list_name_plugin() if plugin is not None}
+    for j, name in enumerate(scenario.plugins):
+        if name not in loaded:
+            candidates = sorted(installed) or sorted(loaded)
+            close = difflib.get_close_matches(name, candidates, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise error_at(scenario, ("plugins", j), f"no plugin named {name!r} is loaded{hint} "
+                           f"(installed: {', '.join(candidates) or 'none'})")
+    wanted = set(scenario.plugins) | used_plugins(registry, scenario)
+    return HookScope(pm, installed - wanted)
+
+
+def used_plugins(registry: Registry, scenario: Any) -> set[str]:
+    """The plugins owning a component `scenario` names (agents, environments, samplers,
+    scorers, judges, backends, exporters)."""
+    agents = set(registry.names("agents"))
+    uses: list[tuple[str, str]] = []
+    for p in scenario.participants:
+        uses.append(("agents" if p.agent in agents else "environments", p.agent))
+        if p.sampler is not None:
+            uses.append(("samplers", p.sampler))
+    uses += [("backends", b.type) for b in scenario.backends.values()]
+    uses += [("judges", j.judge) for j in scenario.judges]
+    uses += [("scorers", s.name) for s in scenario.scorers]
+    uses += [("exporters", e.name) for e in scenario.exporters]
+    owners = set()
+    for kind, name in uses:
+        try:
+            owners.add(registry.owner(kind, name))
+        except PluginError:
+            continue  # reported by the scenario's validation
+    return owners
