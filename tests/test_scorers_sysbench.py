@@ -94,8 +94,102 @@ def test_judge_asks_only_what_code_cannot_check() -> None:
     assert score["csr"] == pytest.approx(14 / 16)
     assert score["isr"] == pytest.approx(3 / 5)
     assert score["ssr"] == pytest.approx(1 / 5)
-    rows = [{"scores": {"sb": score}}, {"scores": {"sb": {**score, "ssr": 0.6}}}, {"scores": {}}]
-    assert sysbench.corpus_metrics(rows, "sb")["ssr"] == pytest.approx(0.4)
+    rows = [{"scores": {"sb": score}}, {"scores": {}}]
+    assert sysbench.corpus_metrics(rows, "sb")["ssr"] == pytest.approx(0.2)
+
+
+def _play(session: dict, answers: list[str], index: int = 0) -> ConversationState:
+    """Plays a one-session deck with fixed answers through the real environment."""
+    user = sysbench.SysbenchUser({"sessions": [session]})
+    conv = ConversationState("c", index=index, seed=index)
+    for answer in answers:
+        reply = user.respond(conv, "user", random.Random(0))
+        if reply.stop:
+            break
+        for who, text, meta in (("user", reply.text, reply.meta), ("assistant", answer, {})):
+            conv.messages.append((who, who, text))
+            conv.turns.append(TurnRecord(conversation_id="c", branch=0, turn=len(conv.turns),
+                                         participant=who, role=who, text=text,
+                                         node=len(conv.turns), meta=meta))
+    return conv
+
+
+NO_COMMA = {"type": "Style", "text": "No commas.", "check": {"type": "punctuation:no_comma"}}
+JUDGED = {"type": "Content", "text": "Answers the question."}
+
+
+def _session(sid: str, checklists: list[list[dict]], dependent: bool | None = None,
+             alignments: list[str | None] | None = None) -> dict:
+    alignments = alignments or [None] * len(checklists)
+    return {"id": sid, "system": "Never use commas.", "dependent": dependent,
+            "turns": [{"message": f"question {k + 1}", "constraints": cs,
+                       **({"alignment": a} if a else {})}
+                      for k, (cs, a) in enumerate(zip(checklists, alignments))]}
+
+
+def test_code_only_ssr_divides_by_the_checked_turns() -> None:
+    # Five turns, turns 3 and 5 have no code check; every checked constraint passes.
+    session = _session("s", [[NO_COMMA], [NO_COMMA], [JUDGED], [NO_COMMA], [JUDGED]])
+    conv = _play(session, ["ok"] * 5)
+    score = sysbench.SysbenchScorer({}).score_conversation(conv)
+    assert (score["checked"], score["not_checked"]) == (3, 2)
+    # Stable through all three checked turns: SSR 1, not 3/5.
+    assert score["ssr"] == 1.0 and score["csr"] == 1.0 and score["isr"] == 1.0
+    # A failure at the second checked turn: streak 1 of 3 checked turns.
+    score = sysbench.SysbenchScorer({}).score_conversation(
+        _play(session, ["ok", "a, b", "ok", "ok", "ok"]))
+    assert score["ssr"] == pytest.approx(1 / 3)
+    # Unanswered checked turns (the conversation stopped early) still count against SSR.
+    score = sysbench.SysbenchScorer({}).score_conversation(_play(session, ["ok", "ok"]))
+    assert score["ssr"] == pytest.approx(2 / 3)
+
+
+def test_corpus_metrics_pool_as_the_official_analysis() -> None:
+    # Session A (dependent): 1 turn of 1 constraint, satisfied; the rest of its turns fail.
+    # Session B (parallel): first turn 1 of 3 constraints.
+    a = _session("a", [[NO_COMMA], [NO_COMMA]], dependent=True, alignments=["aligned", "misaligned"])
+    b = _session("b", [[NO_COMMA, NO_COMMA, JUDGED], [NO_COMMA]], dependent=False,
+                 alignments=["misaligned", "aligned"])
+    judge = sysbench.SysbenchJudge({})
+    conv_a = _play(a, ["fine", "x, y"])
+    conv_b = _play(b, ["x, y", "fine"])
+    score_a = judge.score(conv_a, {})
+    score_b = judge.score(conv_b, {"turn1.c2": {"satisfied": False, "reason": ""}})
+    assert (score_a["csr"], score_b["csr"]) == (0.5, 0.25)
+    run = sysbench.corpus_metrics([{"scores": {"sb": score_a}}, {"scores": {"sb": score_b}},
+                                   {"scores": {}}], "sb")
+    # CSR: (1 + 1) / (2 + 4) = 1/3, where a mean of sessions would give (1/2 + 1/4) / 2.
+    assert run["csr"] == pytest.approx(2 / 6)
+    # ISR over turns: A's turn 1, B's turn 2 satisfied of four turns.
+    assert run["isr"] == pytest.approx(2 / 4)
+    assert run["isr.aligned"] == 1.0 and run["isr.misaligned"] == 0.0
+    # SSR: A streak 1 of 2, B streak 0 of 2.
+    assert run["ssr"] == pytest.approx(0.25)
+    assert (run["ssr.dependent"], run["ssr.parallel"]) == (0.5, 0.0)
+    assert (run["ssr.R1"], run["ssr.R2"]) == (0.5, 0.0)
+    assert run["csr.Style"] == pytest.approx(2 / 5) and run["csr.Content"] == 0.0
+    assert run["sessions"] == 2
+    with pytest.raises(ValueError, match="corpus_metrics: a 'sb' score has no counts"):
+        sysbench.corpus_metrics([{"scores": {"sb": {"csr": 1.0, "isr": 1.0, "ssr": 1.0}}}], "sb")
+
+
+def test_sessions_are_played_once_each_by_index() -> None:
+    sessions = [_session(f"s{k}", [[NO_COMMA]]) for k in range(5)]
+    user = sysbench.SysbenchUser({"sessions": sessions})
+    played = [sysbench.pick_session(user.sessions, ConversationState("c", i, 1000 + i),
+                                    user.order).id for i in range(10)]
+    assert played == [f"s{k}" for k in range(5)] * 2
+    drawn = sysbench.SysbenchUser({"sessions": sessions, "order": "random"})
+    assert drawn.order == "random"
+    seeds = [sysbench.pick_session(drawn.sessions, ConversationState("c", i, i), "random").id
+             for i in range(10)]
+    assert seeds == [f"s{random.Random(i).randrange(5)}" for i in range(10)]
+    with pytest.raises(ValueError, match="invalid sysbench-user settings: order"):
+        sysbench.SysbenchUser({"order": "shuffled"})
+    # The labels travel with the turns and the session.
+    conv = _play(_session("x", [[NO_COMMA]], dependent=True, alignments=["misaligned"]), ["ok"])
+    assert conv.turns[0].meta["sysbench"]["alignment"] == "misaligned"
+    assert conv.meta["sysbench"]["dependent"] is True
 
 
 def test_sysbench_scenario_with_judge_on_the_scripted_backend(tmp_path: Path,
