@@ -134,3 +134,99 @@ def test_the_test_process_is_unharmed() -> None:
 def test_bad_limits_are_rejected() -> None:
     with pytest.raises(ValueError, match="wall_s"):
         Limits(wall_s=0)
+
+
+# -- code that tries to game the tests -------------------------------------------------
+
+ALWAYS_EQUAL = """
+class Anything:
+    def __eq__(self, other):
+        return True
+    def __ne__(self, other):
+        return False
+    __hash__ = object.__hash__
+"""
+
+
+def test_an_object_equal_to_everything_does_not_pass() -> None:
+    result = run("return Anything()", prelude=ALWAYS_EQUAL)
+    assert result.passed == 0 and result.failed == 2
+    assert "Anything" in result.errors[0]
+
+
+def test_a_list_subclass_equal_to_everything_does_not_pass() -> None:
+    prelude = "class Sly(list):\n    def __eq__(self, other):\n        return True\n"
+    result = run_tests(prelude + "def f(x):\n    return Sly([0])\n", "f", [([1], [2])])
+    assert result.passed == 0, result.errors
+
+
+def test_expected_values_never_reach_the_child() -> None:
+    # Whatever the code finds in its process (the spec, its arguments, the call stack,
+    # every object the collector tracks), the expected value is not among them.
+    secret = "expected-value-7f3a9c"
+    body = ("import gc, sys\n"
+            "seen = []\n"
+            "for o in gc.get_objects():\n"
+            "    try:\n"
+            "        seen.append(repr(o)[:10000])\n"
+            "    except Exception:\n"
+            "        pass\n"
+            "frame = sys._getframe()\n"
+            "while frame is not None:\n"
+            "    seen.append(repr(frame.f_locals)[:10000])\n"
+            "    frame = frame.f_back\n"
+            # the needle is built only now, so it is not among what was collected
+            f"needle = {secret[::-1]!r}[::-1]\n"
+            "return any(needle in s for s in seen)\n")
+    result = run_tests("def f(x):\n" + "".join(f"    {ln}\n" for ln in body.splitlines()),
+                       "f", [([1], secret)])
+    assert result.status == "ok" and result.passed == 0
+    assert "returned False" in result.errors[0]
+
+
+def test_reading_the_spec_or_files_outside_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "answers.txt"
+    outside.write_text("6")
+    result = run(f"return int(open({str(outside)!r}).read())")
+    assert result.status == "forbidden" and result.passed == 0
+    assert any("read" in v for v in result.violations), result.violations
+    spec = run("import sys, os\nreturn open(os.path.join('..', 'spec.json')).read()")
+    assert spec.status == "forbidden"
+    listing = run("import os\nreturn len(os.listdir('/'))")
+    assert listing.status == "forbidden"
+    home = run("import os\nreturn len(os.listdir(os.path.expanduser('~root')))")
+    assert home.status == "forbidden"
+
+
+def test_standard_library_imports_still_work() -> None:
+    code = ("import json, collections, itertools, fractions\n"
+            "def f(x):\n    return json.loads(json.dumps([x, x]))\n")
+    result = run_tests(code, "f", [([3], [3, 3])])
+    assert result.all_passed, (result.status, result.errors, result.violations)
+
+
+def test_forged_result_events_do_not_count() -> None:
+    # The code can write to the result channel itself; a second result for a test
+    # (a guess at the expected value) makes the run forbidden instead of passing.
+    body = ("import os, json\n"
+            "for fd in range(3, 20):\n"
+            "    try:\n"
+            "        for guess in (4, 6):\n"
+            "            os.write(fd, (json.dumps({'event': 'test', 'index': 0, 'value': guess})"
+            " + '\\n').encode())\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "return -1\n")
+    result = run(body)
+    assert result.passed == 0 and result.status == "forbidden"
+
+
+def test_results_that_are_not_plain_data_fail() -> None:
+    result = run_tests("def f(x):\n    return {1, 2}\n", "f", [([0], [1, 2])])
+    assert result.passed == 0 and "set" in result.errors[0]
+    tuples = run_tests("def f(x):\n    return (x, [x])\n", "f", [([1], [1, [1]])])
+    assert tuples.all_passed  # tuples still compare as lists
+    floats = run_tests("def f(x):\n    return 0.1 + 0.2\n", "f", [([0], 0.3)])
+    assert floats.all_passed
+    booleans = run_tests("def f(x):\n    return 1\n", "f", [([0], True)])
+    assert booleans.passed == 0  # 1 is not True

@@ -1,22 +1,27 @@
-"""Sandbox runner: executes untrusted code against unit tests, in its own process.
+"""Sandbox runner: calls untrusted code on test arguments, in its own process.
 
 Run as ``python -I -S _runner.py SPEC_FILE RESULT_FD`` with the private working
 directory as cwd. Standard library only (the interpreter starts without site).
-It reads the spec, lowers its own resource limits, installs an audit hook that
-refuses network access, new processes, signals, native code loading and writes
-outside the working directory, then runs the tests. Events go to RESULT_FD, one
-JSON object per line, so that nothing the code prints can be mistaken for them.
+It reads the spec (the code, the entry point and each test's arguments: never
+the expected results, which stay in the parent), lowers its own resource
+limits, installs an audit hook that refuses network access, new processes,
+signals, native code loading, writes outside the working directory and reads
+outside it and the standard library, then calls the function on each test's
+arguments. Each result goes to RESULT_FD as plain JSON data (one JSON object
+per line, so nothing the code prints can be mistaken for one); the parent
+compares it with the expected value, so an object that claims to equal
+anything has nothing to claim equality with.
 """
 
 import builtins
 import json
-import math
 import os
 import resource
 import signal
 import sys
 
 MESSAGE_CAP = 300
+VALUE_CAP = 256 * 1024  # characters of one result's JSON
 
 _FORBIDDEN = {
     "socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo",
@@ -48,18 +53,37 @@ def set_limits(limits):
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
+def read_roots():
+    """Where reading is allowed besides the working directory: the standard library
+    (imports), this process's own /proc entry, and /dev/null. Not the package that
+    holds this runner: its data files hold the problems' reference solutions."""
+    roots = [os.path.realpath(p) for p in sys.path if p and os.path.exists(p)]
+    return [*roots, os.path.realpath(f"/proc/{os.getpid()}"), "/dev/null"]
+
+
 def install_guard(root, emit):
     root = os.path.realpath(root)
-    prefix = root + os.sep
+    readable = read_roots()
+
+    def resolve(path):
+        try:
+            return os.path.realpath(os.fsdecode(path))
+        except (TypeError, ValueError):
+            return None
+
+    def under(full, base):
+        return full is not None and (full == base or full.startswith(base.rstrip(os.sep) + os.sep))
 
     def inside(path):
         if isinstance(path, int):
             return True  # an already-open descriptor
-        try:
-            full = os.path.realpath(os.fsdecode(path))
-        except (TypeError, ValueError):
-            return False
-        return full == root or full.startswith(prefix)
+        return under(resolve(path), root)
+
+    def may_read(path):
+        if isinstance(path, int):
+            return True
+        full = resolve(path)
+        return under(full, root) or any(under(full, base) for base in readable)
 
     def refuse(event, detail):
         emit({"event": "violation", "what": event, "detail": str(detail)[:MESSAGE_CAP]})
@@ -75,6 +99,11 @@ def install_guard(root, emit):
                 isinstance(flags, int) and flags & _WRITE_FLAGS)
             if writing and not inside(path):
                 refuse("open for writing outside the working directory", path)
+            if not writing and not may_read(path):
+                refuse("open for reading outside the working directory", path)
+        elif event in ("os.listdir", "os.scandir"):
+            if args and args[0] is not None and not may_read(args[0]):
+                refuse(f"{event} (read) outside the working directory", args[0])
         elif event in _PATH_EVENTS:
             for path in args[:2]:
                 if isinstance(path, (str, bytes, os.PathLike)) and not inside(path):
@@ -83,24 +112,38 @@ def install_guard(root, emit):
     sys.addaudithook(hook)
 
 
-def normalise(value):
-    if isinstance(value, (tuple, list)):
-        return [normalise(v) for v in value]
+class NotPlain(TypeError):
+    """A result that is not plain data."""
+
+
+def to_plain(value, depth=0):
+    """`value` as plain JSON data built from the objects' stored contents (never
+    their own methods): None, bool, int, float, str; tuples and lists become
+    lists, dicts need str keys. Anything else (sets, custom objects) raises
+    NotPlain, so a result cannot carry behaviour, such as an `__eq__` that is
+    always true, to the comparison."""
+    if depth > 100:
+        raise NotPlain("the result is nested more than 100 levels deep")
+    if value is None or type(value) is bool:  # bool cannot be subclassed
+        return value
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, (list, tuple)):
+        items = list.__iter__(value) if isinstance(value, list) else tuple.__iter__(value)
+        return [to_plain(v, depth + 1) for v in items]
     if isinstance(value, dict):
-        return {k: normalise(v) for k, v in value.items()}
-    return value
-
-
-def same(got, expected):
-    if isinstance(got, bool) or isinstance(expected, bool):
-        return type(got) is type(expected) and got == expected
-    if isinstance(got, (int, float)) and isinstance(expected, (int, float)):
-        return math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9)
-    if isinstance(got, list) and isinstance(expected, list):
-        return len(got) == len(expected) and all(same(a, b) for a, b in zip(got, expected))
-    if isinstance(got, dict) and isinstance(expected, dict):
-        return got.keys() == expected.keys() and all(same(got[k], expected[k]) for k in got)
-    return got == expected
+        out = {}
+        for k, v in dict.items(value):
+            if not isinstance(k, str):
+                raise NotPlain(f"a dict key is a {type(k).__name__}, not a str")
+            out[str.__str__(k)] = to_plain(v, depth + 1)
+        return out
+    raise NotPlain(f"returned a {type(value).__name__}, which is not plain data "
+                   "(None, bool, int, float, str, list, tuple, dict with str keys)")
 
 
 def describe(exc):
@@ -136,16 +179,18 @@ def main():
         emit({"event": "load_error", "error": describe(exc)})
         return
     for i, case in enumerate(spec["cases"]):
+        event = {"event": "test", "index": i}
         try:
-            got = normalise(func(*case["args"]))
-            ok = same(got, case["expected"])
-            error = None if ok else f"returned {got!r}, expected {case['expected']!r}"[:MESSAGE_CAP]
+            text = json.dumps(to_plain(func(*case["args"])))
+            if len(text) > VALUE_CAP:
+                raise NotPlain(f"the result's JSON is over {VALUE_CAP} characters")
+            event["value"] = text
         except MemoryError:
-            ok, error = False, "MemoryError"
+            event["error"] = "MemoryError"
             emit({"event": "memory", "error": f"test {i}: MemoryError"})
         except BaseException as exc:
-            ok, error = False, describe(exc)
-        emit({"event": "test", "index": i, "ok": ok, "error": error})
+            event["error"] = describe(exc)
+        emit(event)
     emit({"event": "done"})
 
 

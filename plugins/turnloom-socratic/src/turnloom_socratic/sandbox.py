@@ -18,7 +18,15 @@ runner lowers its own limits before touching the code:
   `unshare` works on this machine; in every case a runner-level audit hook
   (``sys.addaudithook``) refuses socket creation and use, reported as ``forbidden``;
 - files: the audit hook refuses opening for writing, deleting, renaming or
-  changing anything outside the private directory (``forbidden``).
+  changing anything outside the private directory, and reading or listing
+  anything outside it except the standard library (``forbidden``);
+- results: the child gets each test's arguments, never its expected value. It
+  sends back what the function returned as plain JSON data (None, bool, int,
+  float, str, lists, dicts with str keys; tuples become lists), and the
+  comparison happens here, on the decoded data: an object whose ``__eq__`` is
+  always true cannot pass, nor can a process that reads its own memory, since
+  the answers are not in it. A second result for the same test (a forged event)
+  makes the run ``forbidden``.
 
 The audit hook is a guard against accidents and the usual escapes (sockets,
 subprocess, os.fork, ctypes), not a security boundary: code that runs in the
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import selectors
 import shutil
@@ -48,6 +57,7 @@ Network = Literal["auto", "unshare", "audit"]
 RUNNER = Path(__file__).with_name("_runner.py")
 _EVENTS_CAP = 1 << 20  # bytes of runner events read at most
 _TAIL = 2000
+_MESSAGE = 300  # characters of one test's error message
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -108,10 +118,11 @@ def run_tests(code: str, entry: str, cases: Iterable[Any], limits: Limits | None
     """Run `entry` from `code` on each case ((args, expected) pairs or objects with
     `.args` and `.expected`) in a sandboxed process."""
     limits = limits or Limits()
-    spec_cases = []
+    spec_cases, expected = [], []
     for case in cases:
-        args, expected = (case.args, case.expected) if hasattr(case, "args") else case
-        spec_cases.append({"args": list(args), "expected": expected})
+        args, want = (case.args, case.expected) if hasattr(case, "args") else case
+        spec_cases.append({"args": list(args)})  # the expected value stays in this process
+        expected.append(want)
     spec = {"code": code, "entry": entry, "cases": spec_cases,
             "limits": {"memory_mb": limits.memory_mb, "cpu_s": limits.cpu_s,
                        "file_size_bytes": max(limits.file_size_bytes, limits.output_bytes),
@@ -126,13 +137,14 @@ def run_tests(code: str, entry: str, cases: Iterable[Any], limits: Limits | None
             prefix, isolation = found, "unshare+audit"
     box = Path(tempfile.mkdtemp(prefix="turnloom-sandbox-"))
     try:
-        return _run(box, spec, prefix, isolation, limits, len(spec_cases))
+        return _run(box, spec, prefix, isolation, limits, expected)
     finally:
         shutil.rmtree(box, ignore_errors=True)
 
 
 def _run(box: Path, spec: dict[str, Any], prefix: tuple[str, ...], isolation: str,
-         limits: Limits, total: int) -> SandboxResult:
+         limits: Limits, expected: list[Any]) -> SandboxResult:
+    total = len(expected)
     work = box / "work"
     work.mkdir()
     spec_file = box / "spec.json"
@@ -165,11 +177,14 @@ def _run(box: Path, spec: dict[str, Any], prefix: tuple[str, ...], isolation: st
     stderr_size = (box / "stderr").stat().st_size
     stdout = _read_head(box / "stdout", limits.output_bytes)
     stderr_tail = _read_tail(box / "stderr", _TAIL)
-    passed = sum(1 for e in events if e.get("event") == "test" and e.get("ok"))
-    errors = tuple(str(e["error"]) for e in events if e.get("event") in
-                   ("test", "compile_error", "load_error", "memory") and e.get("error"))[:10]
+    verdicts, forged = _judge(events, expected)
+    passed = sum(1 for ok, _ in verdicts if ok)
+    errors = tuple(e for e in (
+        [str(e["error"]) for e in events
+         if e.get("event") in ("compile_error", "load_error") and e.get("error")]
+        + [err for _, err in verdicts if err]) if e)[:10]
     violations = tuple(f"{e.get('what')}: {e.get('detail')}" for e in events
-                       if e.get("event") == "violation")
+                       if e.get("event") == "violation") + forged
     kinds = {e.get("event") for e in events}
     rc = proc.returncode
     status: Status
@@ -189,6 +204,62 @@ def _run(box: Path, spec: dict[str, Any], prefix: tuple[str, ...], isolation: st
                          errors=errors, violations=violations, stdout=stdout,
                          stderr_tail=stderr_tail, output_bytes=stdout_size + stderr_size,
                          returncode=rc, wall_s=round(wall, 4), network_isolation=isolation)
+
+
+def _judge(events: list[dict[str, Any]],
+           expected: list[Any]) -> tuple[list[tuple[bool, str | None]], tuple[str, ...]]:
+    """(passed, error) per test received, compared here with the expected values;
+    and violations: results for unknown tests or more than one per test, which
+    only code writing to the result channel itself produces."""
+    results: dict[int, dict[str, Any]] = {}
+    forged: list[str] = []
+    for e in events:
+        if e.get("event") != "test":
+            continue
+        index = e.get("index")
+        if type(index) is not int or not 0 <= index < len(expected) or index in results:
+            forged.append(f"forged result: a second or unknown result for test {index!r}")
+            continue
+        results[index] = e
+    verdicts = []
+    for index in sorted(results):
+        e, want = results[index], expected[index]
+        if "value" not in e:
+            verdicts.append((False, str(e.get("error") or "no result")[:_MESSAGE]))
+            continue
+        try:
+            got = json.loads(e["value"])
+        except (TypeError, ValueError):
+            verdicts.append((False, "the result could not be decoded"))
+            continue
+        if same(got, normalise(want)):
+            verdicts.append((True, None))
+        else:
+            verdicts.append((False, f"returned {got!r}, expected {want!r}"[:_MESSAGE]))
+    return verdicts, tuple(forged)
+
+
+def normalise(value: Any) -> Any:
+    """Expected values in the results' form: tuples as lists."""
+    if isinstance(value, (tuple, list)):
+        return [normalise(v) for v in value]
+    if isinstance(value, dict):
+        return {k: normalise(v) for k, v in value.items()}
+    return value
+
+
+def same(got: Any, expected: Any) -> bool:
+    """Plain-data equality: bools only equal bools; numbers within a relative (and
+    absolute) tolerance of 1e-9; lists and dicts element by element."""
+    if isinstance(got, bool) or isinstance(expected, bool):
+        return type(got) is type(expected) and got == expected
+    if isinstance(got, (int, float)) and isinstance(expected, (int, float)):
+        return math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9)
+    if isinstance(got, list) and isinstance(expected, list):
+        return len(got) == len(expected) and all(same(a, b) for a, b in zip(got, expected))
+    if isinstance(got, dict) and isinstance(expected, dict):
+        return got.keys() == expected.keys() and all(same(got[k], expected[k]) for k in got)
+    return type(got) is type(expected) and got == expected
 
 
 def _read_events(fd: int, deadline: float) -> tuple[bytes, bool]:
