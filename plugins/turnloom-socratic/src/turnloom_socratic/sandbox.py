@@ -221,7 +221,7 @@ def _judge(events: list[dict[str, Any]],
             forged.append(f"forged result: a second or unknown result for test {index!r}")
             continue
         results[index] = e
-    verdicts = []
+    verdicts: list[tuple[bool, str | None]] = []
     for index in sorted(results):
         e, want = results[index], expected[index]
         if "value" not in e:
