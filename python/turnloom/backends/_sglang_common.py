@@ -25,6 +25,24 @@ managers/schedule_batch.py):
   min(max(max_total_num_tokens * 512 // context_len, 2048), 4096)
   (managers/scheduler.py, model_executor/model_runner.py).
 
+Version facts (read from each release's source):
+
+- `sampling_seed` exists from 0.5.3; 0.5.2 and older build SamplingParams with
+  the request's keys, so a request carrying it fails (a TypeError, HTTP 500)
+  and so does its whole batch. From 0.5.3 the seed is honoured only with
+  --enable-deterministic-inference (a server argument, in /server_info).
+- A prompt of context_length tokens or more is refused in every version; the
+  prompt plus max_new_tokens is refused when >= context_length up to 0.5.6 and
+  when > context_length in 0.5.23 (tokenizer_manager._validate_one_request).
+  Either refusal is a ValueError that fails the whole batch with HTTP 400.
+  The model's context length is /v1/models' max_model_len in all of these
+  versions; /server_info's context_length is the server argument (None
+  unless set).
+- /server_info and /model_info exist from 0.5.6 (0.5.2 and older have only
+  /get_server_info and /get_model_info, which 0.5.6 keeps as aliases). In
+  0.5.23 each entry of its internal_states reports
+  effective_max_running_requests_per_dp: what the scheduler really runs.
+
 turnloom's contract wants stop-string tokens out of `output_ids` too. With a
 tokenizer, the ids are cut by decoding; without one, the per-token texts of
 `return_text_in_logprobs` are used, so requests with stop strings ask for them.
@@ -32,6 +50,7 @@ tokenizer, the ids are cut by decoding; without one, the per-token texts of
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 from turnloom.backends.base import GenRequest, GenResult, SamplingParams
@@ -40,12 +59,76 @@ SEED_MASK = 0x7FFFFFFF
 # SGLang's request pool when its own rule cannot be worked out (the rule's floor).
 DEFAULT_REQUEST_POOL = 2048
 MAX_REQUEST_POOL = 4096
+SEED_SINCE = (0, 5, 3)  # first release whose SamplingParams takes sampling_seed
+TOTAL_LENGTH_INCLUSIVE_SINCE = (0, 5, 23)  # prompt + max_new_tokens == context_len accepted
+
+Version = tuple[int, int, int]
+
+
+def parse_version(value: Any) -> Version | None:
+    """(major, minor, patch) of an SGLang version string ("0.5.3.post1" ->
+    (0, 5, 3)); None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    m = re.match(r"v?(\d+)\.(\d+)\.(\d+)", value.strip())
+    return (int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+def seed_support(info: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether to send `sampling_seed` to this server, and why seeds will not
+    be honoured ('' when they will)."""
+    version = parse_version(info.get("version"))
+    has_flag = "enable_deterministic_inference" in info
+    if version is not None and version < SEED_SINCE:
+        return False, (f"SGLang {info.get('version')} has no sampling_seed (added in 0.5.3): "
+                       "seeds are not sent, so seeded requests do not reproduce")
+    if version is None and not has_flag:
+        return False, ("the server reports no SGLang version and no "
+                       "enable_deterministic_inference setting: seeds are not sent, "
+                       "so seeded requests do not reproduce")
+    if not info.get("enable_deterministic_inference"):
+        return True, ("the server was not started with --enable-deterministic-inference: "
+                      "SGLang ignores sampling_seed, so seeded requests do not reproduce")
+    return True, ""
+
+
+def length_error(req: GenRequest, context_length: int | None,
+                 version: Version | None) -> str:
+    """Why SGLang would refuse this request for its length ('' when it fits);
+    the rule of the server's version, the stricter one when it is unknown."""
+    if context_length is None:
+        return ""
+    prompt = len(req.input_ids)
+    if prompt >= context_length:
+        return (f"the prompt has {prompt} tokens, the server's context length is "
+                f"{context_length}: SGLang refuses prompts that long")
+    total = prompt + req.params.max_new_tokens
+    inclusive = version is not None and version >= TOTAL_LENGTH_INCLUSIVE_SINCE
+    if total > context_length or (total == context_length and not inclusive):
+        return (f"prompt ({prompt} tokens) + max_new_tokens ({req.params.max_new_tokens}) = "
+                f"{total} does not fit the server's context length of {context_length} tokens")
+    return ""
+
+
+def context_length(info: Mapping[str, Any], models: Any = None) -> int | None:
+    """The model's context length: /v1/models' max_model_len (the length SGLang
+    checks against), else the context_length server argument when it was set."""
+    data = models.get("data") if isinstance(models, dict) else None
+    if isinstance(data, list):
+        for card in data:
+            if isinstance(card, dict) and _positive(card.get("max_model_len")):
+                return int(card["max_model_len"])
+    return _positive(info.get("context_length"))
 
 
 def running_capacity(info: Mapping[str, Any]) -> int | None:
-    """The most requests an SGLang server runs at once, from its server info;
-    None when the info says too little (no max_running_requests and no
-    max_total_num_tokens)."""
+    """The most requests an SGLang server runs at once, from its server info:
+    the scheduler's own report when there is one (0.5.23), else worked out
+    from the server arguments; None when the info says too little (no
+    max_running_requests and no max_total_num_tokens)."""
+    effective = _effective_running(info)
+    if effective is not None:
+        return effective
     configured = _positive(info.get("max_running_requests"))
     tokens = _positive(info.get("max_total_num_tokens"))
     if configured is not None and info.get("enable_dp_attention"):
@@ -63,12 +146,25 @@ def running_capacity(info: Mapping[str, Any]) -> int | None:
     return min(limit, pool) * (_positive(info.get("dp_size")) or 1)
 
 
+def _effective_running(info: Mapping[str, Any]) -> int | None:
+    """What the scheduler reports it runs (0.5.23's internal_states), times the
+    data-parallel ranks; None when not reported."""
+    states = info.get("internal_states")
+    if not isinstance(states, list) or not states or not isinstance(states[0], dict):
+        return None
+    per_dp = _positive(states[0].get("effective_max_running_requests_per_dp"))
+    if per_dp is None:
+        return None
+    return per_dp * (_positive(info.get("dp_size")) or 1)
+
+
 def _positive(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def sampling_params(p: SamplingParams) -> dict[str, Any]:
-    """SGLang's sampling_params dict for one request."""
+def sampling_params(p: SamplingParams, send_seed: bool = True) -> dict[str, Any]:
+    """SGLang's sampling_params dict for one request; `send_seed` False leaves
+    the seed out (servers older than 0.5.3 fail any request that has one)."""
     d: dict[str, Any] = {
         "max_new_tokens": p.max_new_tokens,
         "temperature": p.temperature,
@@ -80,7 +176,7 @@ def sampling_params(p: SamplingParams) -> dict[str, Any]:
         d["stop"] = list(p.stop)
     if p.stop_token_ids:
         d["stop_token_ids"] = list(p.stop_token_ids)
-    if p.seed is not None:
+    if p.seed is not None and send_seed:
         d["sampling_seed"] = p.seed & SEED_MASK
     return d
 

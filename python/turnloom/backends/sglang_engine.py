@@ -9,13 +9,23 @@ is imported only in `start()`; it needs a CUDA machine
 Settings (``from_settings``): model_path, engine_args (passed to
 ``sglang.Engine``), max_batch, cache_capacity_tokens (overrides what the
 engine reports). max_batch unset: the requests the engine's scheduler runs at
-once (`running_capacity` of its server arguments and start-up info), or
-DEFAULT_MAX_BATCH when they do not tell.
+once (`running_capacity`: the scheduler's own report,
+``effective_max_running_requests_per_dp`` of its internal state, where the
+version has it (0.5.23); else worked out from the server arguments and
+start-up info), or DEFAULT_MAX_BATCH when they do not tell.
+
+Server arguments across versions: up to 0.5.6 ``engine.server_args`` is a
+dataclass whose fields are its ``__dict__``; in 0.5.23 it is a msgspec Struct
+(``dict=True``, so it has a ``__dict__``, but that holds only resolution
+bookkeeping) whose resolved values come from ``resolved_dict()``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import importlib
+import logging
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -23,16 +33,22 @@ import msgspec
 
 from turnloom.backends._sglang_common import (
     BadItem,
+    Version,
     error_result,
+    length_error,
+    parse_version,
     read_result,
     running_capacity,
     sampling_params,
+    seed_support,
 )
 from turnloom.backends.base import Backend, BackendError, BackendInfo, GenRequest, GenResult
 
 INSTALL_HINT = ("SGLang is not installed: pip install 'turnloom[sglang]' "
                 "(it needs a machine with a CUDA GPU)")
 DEFAULT_MAX_BATCH = 256
+
+log = logging.getLogger(__name__)
 
 
 class SGLangEngineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -64,6 +80,10 @@ class SGLangEngineBackend(Backend):
         self._decode: Callable[[Sequence[int]], str] | None = (
             tokenizer.decode if tokenizer is not None else None)
         self.engine: Any = None
+        self._version: Version | None = None
+        self._context_length: int | None = None
+        self._send_seed = True
+        self._seed_warning = ""
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | SGLangEngineSettings,
@@ -93,6 +113,14 @@ class SGLangEngineBackend(Backend):
             raise BackendError(f"sglang.Engine({self.model_path!r}) failed: "
                                f"{type(e).__name__}: {e}") from e
         info = _server_info(self.engine)
+        info.setdefault("version", getattr(sglang, "__version__", None))
+        self._version = parse_version(info.get("version"))
+        self._send_seed, self._seed_warning = seed_support(info)
+        context = getattr(getattr(self.engine, "tokenizer_manager", None), "context_len", None)
+        self._context_length = context if isinstance(context, int) and context > 0 else None
+        states = await _internal_states(self.engine)
+        if states:
+            info["internal_states"] = states
         if self._capacity is None:
             capacity = info.get("max_total_num_tokens")
             self._capacity = capacity if isinstance(capacity, int) else None
@@ -122,12 +150,24 @@ class SGLangEngineBackend(Backend):
             results.extend(await self._batch(list(requests[k:k + self.max_batch])))
         return results
 
-    async def _batch(self, batch: list[GenRequest]) -> list[GenResult]:
+    async def _batch(self, requests: list[GenRequest]) -> list[GenResult]:
+        # SGLang fails the whole batch when one prompt is too long: those fail alone.
+        refused = {i: length_error(r, self._context_length, self._version)
+                   for i, r in enumerate(requests)}
+        batch = [r for i, r in enumerate(requests) if not refused[i]]
+        ran = iter(await self._run(batch) if batch else [])
+        return [error_result(r, f"sglang engine: {refused[i]}") if refused[i] else next(ran)
+                for i, r in enumerate(requests)]
+
+    async def _run(self, batch: list[GenRequest]) -> list[GenResult]:
         started = time.monotonic()
+        if self._seed_warning and any(r.params.seed is not None for r in batch):
+            log.warning("sglang-engine: %s", self._seed_warning)
+            self._seed_warning = ""
         try:
             outs = await self.engine.async_generate(
                 input_ids=[list(r.input_ids) for r in batch],
-                sampling_params=[sampling_params(r.params) for r in batch])
+                sampling_params=[sampling_params(r.params, self._send_seed) for r in batch])
         except Exception as e:  # a bad request or a dead engine: report, never raise
             msg = f"sglang engine: {type(e).__name__}: {e}"
             return [error_result(r, msg, time.monotonic() - started) for r in batch]
@@ -151,10 +191,7 @@ def _server_info(engine: Any) -> dict[str, Any]:
     """What /server_info would say: the engine's server arguments and its
     scheduler's start-up info, across SGLang versions. (`Engine.get_server_info`
     runs an event loop of its own, so it cannot be called from this one.)"""
-    info: dict[str, Any] = {}
-    args = getattr(engine, "server_args", None)
-    if args is not None and hasattr(args, "__dict__"):
-        info.update(vars(args))
+    info: dict[str, Any] = dict(server_args_dict(getattr(engine, "server_args", None)))
     candidates = [getattr(engine, "scheduler_info", None)]
     init = getattr(engine, "_scheduler_init_result", None)
     infos = getattr(init, "scheduler_infos", None)
@@ -165,3 +202,40 @@ def _server_info(engine: Any) -> dict[str, Any]:
             info.update(scheduler)
             break
     return info
+
+
+def server_args_dict(args: Any) -> dict[str, Any]:
+    """The fields of an SGLang ServerArgs of any version as a dict."""
+    if args is None:
+        return {}
+    resolved = getattr(args, "resolved_dict", None)
+    if callable(resolved):  # 0.5.23: resolved values of the Struct's fields
+        try:
+            values = resolved()
+        except Exception:  # an unresolved record: fall back to the raw fields
+            values = None
+        if isinstance(values, dict):
+            return values
+    fields = getattr(type(args), "__struct_fields__", None)
+    if isinstance(fields, tuple):  # a msgspec Struct: its __dict__ is not its fields
+        return {name: getattr(args, name, None) for name in fields}
+    if dataclasses.is_dataclass(args) and not isinstance(args, type):
+        return {f.name: getattr(args, f.name) for f in dataclasses.fields(args)}
+    return dict(vars(args)) if hasattr(args, "__dict__") else {}
+
+
+async def _internal_states(engine: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The scheduler's internal state per data-parallel rank (what /server_info
+    reports as internal_states), asked in this event loop as ``async_generate``
+    is; [] where the version or the engine cannot tell."""
+    manager = getattr(engine, "tokenizer_manager", None)
+    ask = getattr(manager, "get_internal_state", None)
+    if ask is None or not asyncio.iscoroutinefunction(ask):
+        return []
+    try:
+        states = await asyncio.wait_for(ask(), timeout)
+    except Exception:  # an older or busy scheduler: fall back to the arguments
+        return []
+    if not isinstance(states, list):
+        return []
+    return [s for s in states if isinstance(s, dict)]

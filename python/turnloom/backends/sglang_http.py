@@ -7,20 +7,42 @@ list of results in the same order. Each conversation tree
 its growing prefix stays in that replica's radix cache; it moves only when
 its replica fails, and stays where it moved to.
 
-Transport faults, 5xx/408/429 replies, malformed JSON and a reply of the
-wrong length are retried with exponential backoff and jitter (honouring
-Retry-After); what still fails comes back as results with finish_reason
-"error". Other 4xx replies are not retried.
+Transport faults, 5xx/408/429 replies, malformed JSON, a reply of the
+wrong length and results that SGLang aborted (finish_reason "abort") are
+retried with exponential backoff and jitter (honouring Retry-After); what
+still fails comes back as results with finish_reason "error". Other 4xx
+replies are not retried, but SGLang answers a whole batch with 400 when one
+of its requests is bad, so a refused batch is split in halves until the bad
+request stands alone and the others go through. A request that does not fit
+the server's context length (prompt + max_new_tokens, by the server
+version's rule) fails alone before anything is sent.
+
+Request ids: every POST gives each request a fresh random 128-bit id (32 hex
+digits), never the engine's rid. SGLang registers requests by rid, and
+0.5.23 refuses a batch holding a rid that is still live (0.5.6 and older
+route one request's output to the other), so ids must be unique across
+processes and hosts sharing a server, and across retries of one request
+(a timed-out attempt may still run). SGLang also aborts by rid *prefix* (its
+scheduler matches ``rid.startswith(abort_rid)``, on /abort_request and when a
+client disconnects), so ids of one fixed length, of which none is a prefix
+of another, keep an abort to the one request it names.
+
+Seeds: ``sampling_seed`` is sent only to servers that take it (0.5.3 and
+newer); a warning is logged, once per replica, when seeded requests go to a
+server that will not honour them (too old, or not started with
+``--enable-deterministic-inference``).
 
 Each replica has a circuit breaker (`CircuitBreaker`): `fail_threshold`
-consecutive failures (transport faults, 5xx, malformed or short replies) open
-it, and its conversations move to the other replicas. While open nothing is
+consecutive failures (transport faults, 5xx other than 503, malformed or
+short replies) open it, and its conversations move to the other replicas. While open nothing is
 sent to it. After `health_interval` seconds a ``/health`` probe runs; if it
 passes the breaker is half-open and the next batch is the probe: success
 closes it, failure re-opens it for another `health_interval`; other batches
 for that replica wait for the probe's outcome (which costs them no attempt).
 When every replica is open, a retry waits for the earliest cooldown instead
-of sending.
+of sending. A 503 is SGLang saying it is busy (its request queue is full, or
+a request waited or ran past its timeout): it is retried after a backoff and
+counts as an answer, not a failure, so it never opens the breaker.
 
 Batch size: by default (``max_batch`` unset) each replica gets POSTs of up to
 the number of requests its server runs at once (`running_capacity` of its
@@ -39,9 +61,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -58,15 +82,29 @@ from turnloom.backends._http import (
 )
 from turnloom.backends._sglang_common import (
     BadItem,
+    Version,
+    context_length,
     error_result,
+    length_error,
     needs_piece_texts,
+    parse_version,
     read_result,
     running_capacity,
     sampling_params,
+    seed_support,
 )
 from turnloom.backends.base import Backend, BackendError, BackendInfo, GenRequest, GenResult
 
 DEFAULT_MAX_BATCH = 64  # per replica, when its server info tells no running capacity
+BUSY_STATUSES = (408, 429, 503)  # the server answered but cannot take the work now
+
+log = logging.getLogger(__name__)
+
+
+def new_rid() -> str:
+    """A request id for one attempt: 128 random bits as 32 hex digits. Equal
+    length and uniqueness make it no other id's prefix (SGLang aborts by prefix)."""
+    return uuid.uuid4().hex
 
 
 class SGLangHTTPSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -117,6 +155,11 @@ class _Replica:
     """Requests its server runs at once (from its server info), when known."""
     model: str = ""
     error: str = ""
+    version: Version | None = None
+    context_length: int | None = None
+    send_seed: bool = True
+    seed_warning: str = ""
+    """Why seeds sent here will not reproduce; logged once, when the first seeded request comes."""
     gate: asyncio.Semaphore | None = field(default=None, repr=False)
     probe: asyncio.Event | None = field(default=None, repr=False)  # set when a half-open probe ends
 
@@ -253,6 +296,9 @@ class SGLangHTTPBackend(Backend):
         replica.running = running_capacity(info)
         model = info.get("served_model_name") or info.get("model_path")
         replica.model = model if isinstance(model, str) else ""
+        replica.version = parse_version(info.get("version"))
+        replica.send_seed, replica.seed_warning = seed_support(info)
+        replica.context_length = context_length(info, await self._models(replica))
 
     async def _health(self, replica: _Replica) -> str:
         """'' when healthy, else why not."""
@@ -277,6 +323,18 @@ class SGLangHTTPBackend(Backend):
             if r.status != 404:
                 raise MalformedReply(f"{route} answered HTTP {r.status}: {error_message(r)}")
         return {}
+
+    async def _models(self, replica: _Replica) -> Any:
+        """/v1/models, whose max_model_len is the context length SGLang checks
+        against; None when the route fails (the length check is then skipped
+        unless the server info gives a context_length)."""
+        assert self._client is not None
+        try:
+            r = await self._client.get(replica.url + "/v1/models",
+                                       timeout=min(self.timeout, 30.0))
+            return r.json() if r.status == 200 else None
+        except (TransportError, MalformedReply):
+            return None
 
     async def close(self) -> None:
         if self._client is not None:
@@ -428,13 +486,7 @@ class SGLangHTTPBackend(Backend):
                                        for rep, idxs in chunks))
         total = _Outcome()
         for part in parts:
-            total.results.update(part.results)
-            total.retry.update(part.retry)
-            total.final.update(part.final)
-            total.deferred.update(part.deferred)
-            total.probes += part.probes
-            if part.retry_after is not None:
-                total.retry_after = max(total.retry_after or 0.0, part.retry_after)
+            _merge(total, part)
         return total
 
     async def _post(self, replica: _Replica, requests: Sequence[GenRequest],
@@ -464,12 +516,27 @@ class SGLangHTTPBackend(Backend):
     async def _send(self, replica: _Replica, requests: Sequence[GenRequest],
                     idxs: list[int], tries: list[int]) -> _Outcome:
         out = _Outcome()
+        fits = []
+        for i in idxs:
+            why = length_error(requests[i], replica.context_length, replica.version)
+            if why:
+                out.final[i] = f"{replica.url}: {why}"
+            else:
+                fits.append(i)
+        if fits:
+            _merge(out, await self._post_batch(replica, requests, fits, tries))
+        return out
+
+    async def _post_batch(self, replica: _Replica, requests: Sequence[GenRequest],
+                          idxs: list[int], tries: list[int]) -> _Outcome:
+        out = _Outcome()
         batch = [requests[i] for i in idxs]
+        self._warn_seeds(replica, batch)
         try:
             assert self._client is not None and replica.gate is not None
             async with replica.gate:
                 response = await self._client.post_json(
-                    replica.url + "/generate", self._payload(batch, [tries[i] for i in idxs]))
+                    replica.url + "/generate", self._payload(batch, replica.send_seed))
         except TransportError as e:
             self._record_failure(replica, str(e))
             out.retry = {i: f"{replica.url}: {e}" for i in idxs}
@@ -481,11 +548,22 @@ class SGLangHTTPBackend(Backend):
         status = response.status
         if status != 200:
             msg = f"{replica.url}: HTTP {status}: {error_message(response)}"
-            if status >= 500 or status in (408, 429):
-                if status >= 500:
-                    self._record_failure(replica, msg)
-                else:
+            if status == 400 and len(idxs) > 1:
+                # SGLang fails the whole batch for one bad request: halve it
+                # until the bad one stands alone and the rest go through.
+                replica.breaker.success()
+                half = len(idxs) // 2
+                parts = await asyncio.gather(
+                    self._post_batch(replica, requests, idxs[:half], tries),
+                    self._post_batch(replica, requests, idxs[half:], tries))
+                for part in parts:
+                    _merge(out, part)
+                return out
+            if status >= 500 or status in BUSY_STATUSES:
+                if status in BUSY_STATUSES:
                     replica.breaker.success()  # it answered: busy, not broken
+                else:
+                    self._record_failure(replica, msg)
                 out.retry = {i: msg for i in idxs}
                 out.retry_after = _retry_after(response)
             else:
@@ -513,19 +591,32 @@ class SGLangHTTPBackend(Backend):
                 (out.retry if e.retry else out.final)[i] = f"{replica.url}: {e}"
         return out
 
-    def _payload(self, batch: list[GenRequest], tries: list[int]) -> dict[str, Any]:
-        # A retried rid may still be live on the server (a timed-out attempt),
-        # so retries carry a suffix: SGLang rejects duplicate request ids.
+    def _warn_seeds(self, replica: _Replica, batch: list[GenRequest]) -> None:
+        if replica.seed_warning and any(r.params.seed is not None for r in batch):
+            log.warning("sglang-http: %s: %s", replica.url, replica.seed_warning)
+            replica.seed_warning = ""
+
+    def _payload(self, batch: list[GenRequest], send_seed: bool) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "input_ids": [list(r.input_ids) for r in batch],
-            "sampling_params": [sampling_params(r.params) for r in batch],
-            "rid": [r.rid + (f"~{n}" if n else "") for r, n in zip(batch, tries)],
+            "sampling_params": [sampling_params(r.params, send_seed) for r in batch],
+            "rid": [new_rid() for _ in batch],
         }
         texts = [needs_piece_texts(r, self._decode) for r in batch]
         if any(texts):
             payload["return_logprob"] = texts
             payload["return_text_in_logprobs"] = True
         return payload
+
+
+def _merge(into: _Outcome, part: _Outcome) -> None:
+    into.results.update(part.results)
+    into.retry.update(part.retry)
+    into.final.update(part.final)
+    into.deferred.update(part.deferred)
+    into.probes += part.probes
+    if part.retry_after is not None:
+        into.retry_after = max(into.retry_after or 0.0, part.retry_after)
 
 
 async def _first_set(events: list[asyncio.Event], timeout: float) -> None:
