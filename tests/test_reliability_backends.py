@@ -92,7 +92,7 @@ def test_breaker_rejects_bad_settings(threshold: int, cooldown: float) -> None:
 
 def test_sglang_open_breaker_sends_nothing_until_the_cooldown() -> None:
     with SGLangTestServer() as server:
-        server.inject("status", times=3, status=503)
+        server.inject("status", times=3, status=502)
 
         async def main() -> None:
             backend = SGLangHTTPBackend(server.url, fail_threshold=3, health_interval=0.4,
@@ -101,7 +101,7 @@ def test_sglang_open_breaker_sends_nothing_until_the_cooldown() -> None:
             try:
                 for k in range(3):
                     (r,) = await backend.generate([req(f"a{k}")])
-                    assert r.finish_reason == "error" and "HTTP 503" in (r.error or "")
+                    assert r.finish_reason == "error" and "HTTP 502" in (r.error or "")
                 assert backend.breaker_states() == {server.url: "open"}
                 seen = server.faults.count("/generate")
                 loop = asyncio.get_running_loop()
