@@ -30,8 +30,45 @@ by default): a request matches on arrival, pins its cached prefix while it
 runs and on finish caches prompt + output (less the last sampled token,
 whose KV does not exist yet, as in SGLang).
 
-Deviation: unknown sampling parameters get a 400 here (SGLang raises a
-TypeError, which surfaces as a 500).
+Version-dependent behaviour (``version``, default "0.5.23"), each read from
+that release's source:
+
+- info routes: ``/server_info`` and ``/model_info`` from 0.5.6; older
+  releases have only ``/get_server_info`` and ``/get_model_info``. The server
+  info is the server arguments, the scheduler's start-up info,
+  ``internal_states`` and ``version``; 0.5.23's internal states carry
+  ``effective_max_running_requests_per_dp``, and
+  ``enable_deterministic_inference`` exists from 0.5.3.
+- ``sampling_seed``: unknown before 0.5.3, where SamplingParams(**params)
+  raises TypeError, which SGLang's handler does not catch: HTTP 500 for the
+  whole batch, as any unknown sampling key gets in every version. From 0.5.3
+  the seed is honoured only with ``enable_deterministic_inference`` (without
+  it the fake samples from fresh randomness, as SGLang ignores the seed).
+- request ids: 0.5.23 answers 400 for the whole batch when a rid repeats in
+  it or is still live from another request ("Duplicate request ID
+  detected"). Older releases register the second over the first and route
+  outputs by rid (one caller gets the other's output, the other waits); the
+  fake does not model that misrouting.
+- length: a prompt of context_length tokens or more, or prompt +
+  max_new_tokens >= context_length (0.5.6 and older) / > context_length
+  (0.5.23), fails the whole batch with 400 and SGLang's message.
+- ``POST /abort_request {"rid", "abort_all"}``: when the rid is live, every
+  live request whose rid *starts with* it is aborted (the scheduler matches by
+  prefix in every version); each comes back with finish_reason
+  ``{"type": "abort", "message": "Aborted", "status_code": null,
+  "err_type": null}`` and no output. (Real SGLang aborts the same way when a
+  client disconnects; the fake aborts only on the route, and an aborted
+  request answers when its running group ends.)
+- ``max_queued_requests``: a POST whose requests would queue past it is
+  answered 503 ``{"object": "error", "message": "The request queue is
+  full.", ...}`` (the scheduler's abort with status 503).
+- ``cached_tokens``: /generate reports them in every version (SGLang's
+  ``--enable-cache-report`` gates only the OpenAI routes' usage); with
+  ``disable_radix_cache`` nothing is cached, so they are 0.
+
+Deviation: the fake starts with ``enable_deterministic_inference=True``
+(SGLang's default is off) so that seeded tests reproduce; pass False to
+model the default.
 
 Run standalone: ``python -m turnloom.testing.sglang_server --port 30000``.
 """
@@ -48,7 +85,7 @@ from typing import Any, Callable, Sequence
 
 import msgspec
 
-from turnloom.backends._sglang_common import running_capacity
+from turnloom.backends._sglang_common import parse_version, running_capacity
 from turnloom.testing._httpserver import LoopbackServer, Reply, Request
 from turnloom.testing.fake_model import (
     Detokenizer,
@@ -68,12 +105,20 @@ SAMPLING_KEYS = frozenset({
     "spaces_between_special_tokens", "no_stop_trim", "custom_params", "stream_interval",
     "logit_bias", "sampling_seed",
 })
+SEED_SINCE = (0, 5, 3)
+NEW_INFO_ROUTES_SINCE = (0, 5, 6)  # /server_info and /model_info
+STRICT_RIDS_SINCE = (0, 5, 23)  # duplicate and live rids refused
+TOTAL_MAY_FILL_SINCE = (0, 5, 23)  # prompt + max_new_tokens == context_len accepted
 UNSUPPORTED_SAMPLING = ("json_schema", "regex", "ebnf", "structural_tag", "stop_regex")
 UNSUPPORTED_INPUTS = ("input_embeds", "image_data", "video_data", "audio_data")
 
 
 class BadRequest(ValueError):
     """Answered with SGLang's 400 error body."""
+
+
+class UnknownKeyword(TypeError):
+    """SamplingParams(**params) with a key it does not take: SGLang answers 500."""
 
 
 @dataclass
@@ -85,6 +130,7 @@ class _Item:
     logprob_text: bool = False
     cached: int = 0
     gen: Generation | None = None
+    aborted: bool = False
 
 
 class SGLangTestServer(LoopbackServer):
@@ -105,8 +151,22 @@ class SGLangTestServer(LoopbackServer):
                  latency: float = 0.0, per_token_latency: float = 0.0,
                  prefill_latency: float = 0.0, faults: FaultSchedule | None = None,
                  api_key: str | None = None, cache: Any = None,
-                 max_running_requests: int | None = None) -> None:
+                 max_running_requests: int | None = None, version: str = "0.5.23",
+                 enable_deterministic_inference: bool = True,
+                 max_queued_requests: int | None = None,
+                 disable_radix_cache: bool = False) -> None:
         super().__init__(host, port)
+        parsed = parse_version(version)
+        if parsed is None:
+            raise ValueError(f"version: {version!r} is not an SGLang version like '0.5.23'")
+        self.version = version
+        self._v = parsed
+        self.enable_deterministic_inference = enable_deterministic_inference
+        self.max_queued_requests = max_queued_requests
+        self.disable_radix_cache = disable_radix_cache
+        self.live: dict[str, _Item] = {}
+        """Requests received and not yet answered, by rid."""
+        self.waiting = 0
         self.model_path = model_path
         self.context_length = context_length
         self.tokenizer = tokenizer or ByteTokenizer()
@@ -166,12 +226,14 @@ class SGLangTestServer(LoopbackServer):
             "/health": (("GET",), self._health),
             "/health_generate": (("GET",), self._health),
             "/get_model_info": (("GET",), self._model_info),
-            "/model_info": (("GET",), self._model_info),
             "/get_server_info": (("GET",), self._server_info),
-            "/server_info": (("GET",), self._server_info),
             "/flush_cache": (("GET", "POST"), self._flush_cache),
+            "/abort_request": (("POST",), self._abort_request),
             "/v1/models": (("GET",), self._models),
         }
+        if self._v >= NEW_INFO_ROUTES_SINCE:
+            routes["/model_info"] = (("GET",), self._model_info)
+            routes["/server_info"] = (("GET",), self._server_info)
         entry = routes.get(request.path)
         if entry is None:
             return Reply.json({"detail": "Not Found"}, status=404)
@@ -219,13 +281,23 @@ class SGLangTestServer(LoopbackServer):
 
     def _server_info(self, request: Request) -> Reply:
         capacity = int(self.cache.capacity)
+        state: dict[str, Any] = {"last_gen_throughput": 0.0, "num_running_reqs": self.running}
+        extra: dict[str, Any] = {}
+        if self._v >= SEED_SINCE:
+            extra["enable_deterministic_inference"] = self.enable_deterministic_inference
+        if self._v >= STRICT_RIDS_SINCE:
+            state["effective_max_running_requests_per_dp"] = self.running_limit
+            extra.update(launch_command=None, frontend="python")
         return Reply.json({
+            **extra,
             "model_path": self.model_path,
             "tokenizer_path": self.model_path,
             "served_model_name": self.model_path,
             "context_length": self.context_length,
             "skip_tokenizer_init": False,
-            "disable_radix_cache": False,
+            "disable_radix_cache": self.disable_radix_cache,
+            "enable_cache_report": False,
+            "max_queued_requests": self.max_queued_requests,
             "schedule_policy": "fcfs",
             "tp_size": 1,
             "dp_size": 1,
@@ -235,8 +307,8 @@ class SGLangTestServer(LoopbackServer):
             "max_running_requests": self.max_running_requests,
             "enable_dp_attention": False,
             "max_req_input_len": min(self.context_length, capacity) - 1,
-            "internal_states": [{"last_gen_throughput": 0.0, "num_running_reqs": self.running}],
-            "version": "turnloom-test-server",
+            "internal_states": [state],
+            "version": self.version,
         })
 
     def _models(self, request: Request) -> Reply:
@@ -244,6 +316,21 @@ class SGLangTestServer(LoopbackServer):
             "id": self.model_path, "object": "model", "created": int(time.time()),
             "owned_by": "sglang", "root": self.model_path, "max_model_len": self.context_length,
         }]})
+
+    def _abort_request(self, request: Request) -> Reply:
+        try:
+            body = request.json()
+        except msgspec.DecodeError as e:
+            return Reply.json(_validation_error_body(f"JSON decode error: {e}"), status=400)
+        rid = body.get("rid", "") if isinstance(body, dict) else ""
+        abort_all = bool(body.get("abort_all")) if isinstance(body, dict) else False
+        if not abort_all and (not isinstance(rid, str) or rid not in self.live):
+            return Reply(status=200)  # the tokenizer manager drops an unknown rid
+        for live_rid, item in self.live.items():
+            # The scheduler's test, in every version: a prefix match.
+            if abort_all or live_rid.startswith(rid):
+                item.aborted = True
+        return Reply(status=200)
 
     def _flush_cache(self, request: Request) -> Reply:
         if self.running:
@@ -267,7 +354,21 @@ class SGLangTestServer(LoopbackServer):
             items, single = self._parse_generate(body)
         except BadRequest as e:
             return Reply.json({"error": {"message": str(e)}}, status=400)
-        outs = await self._run_items(items)
+        except UnknownKeyword as e:  # SGLang's TypeError escapes its handler
+            self.errors.append(f"TypeError: {e}")
+            return Reply.text("Internal Server Error", status=500)
+        queued = self.waiting + max(0, self.running + len(items) - self.running_limit)
+        if self.max_queued_requests is not None and queued > self.max_queued_requests:
+            return Reply.json(_http_exception_body(503, "The request queue is full.",
+                                                   "Service Unavailable"), status=503)
+        for item in items:
+            self.live[item.rid] = item
+        try:
+            outs = await self._run_items(items)
+        finally:
+            for item in items:
+                if self.live.get(item.rid) is item:
+                    del self.live[item.rid]
         if fault is not None and fault.kind == "wrong_batch" and not single:
             outs = outs[:-1]
         if body.get("stream"):
@@ -306,6 +407,9 @@ class SGLangTestServer(LoopbackServer):
         n = len(prompts)
         rids = self._rids(body.get("rid"), n, single)
         params = self._params(body.get("sampling_params"), n)
+        if self._v < SEED_SINCE and any("sampling_seed" in p for p in params):
+            raise UnknownKeyword("SamplingParams.__init__() got an unexpected keyword "
+                                 "argument 'sampling_seed'")
         logprob = body.get("return_logprob") or False
         logprobs = logprob if isinstance(logprob, list) else [bool(logprob)] * n
         if len(logprobs) != n:
@@ -313,15 +417,30 @@ class SGLangTestServer(LoopbackServer):
         with_text = bool(body.get("return_text_in_logprobs"))
         items = []
         for prompt, rid, p, lp in zip(prompts, rids, params, logprobs):
-            if len(prompt) >= self.context_length:
-                raise BadRequest(
-                    f"The input ({len(prompt)} tokens) is longer than the model's context "
-                    f"length ({self.context_length} tokens).")
+            self._check_length(len(prompt), p.get("max_new_tokens"))
+            if self._v >= STRICT_RIDS_SINCE and rid in self.live:
+                raise BadRequest(f"Duplicate request ID detected: {rid}")
             items.append(_Item(rid, list(prompt), p, bool(lp), with_text))
         return items, single
 
-    @staticmethod
-    def _rids(rid: Any, n: int, single: bool) -> list[str]:
+    def _check_length(self, prompt: int, max_new_tokens: Any) -> None:
+        """tokenizer_manager._validate_one_request, without auto-truncation."""
+        ctx = self.context_length
+        if prompt >= ctx:
+            raise BadRequest(f"The input ({prompt} tokens) is longer than the model's context "
+                             f"length ({ctx} tokens).")
+        if not isinstance(max_new_tokens, int):
+            return
+        total = prompt + max_new_tokens
+        if total > ctx or (total == ctx and self._v < TOTAL_MAY_FILL_SINCE):
+            raise BadRequest(
+                f"Requested token count exceeds the model's maximum context length of {ctx} "
+                f"tokens. You requested a total of {total} tokens: {prompt} tokens from the "
+                f"input messages and {max_new_tokens} tokens for the completion. Please reduce "
+                "the number of tokens in the input messages or the completion to fit within "
+                "the limit.")
+
+    def _rids(self, rid: Any, n: int, single: bool) -> list[str]:
         if rid is None:
             return [uuid.uuid4().hex for _ in range(n)]
         if single:
@@ -335,7 +454,7 @@ class SGLangTestServer(LoopbackServer):
         if len(rid) != n:
             raise BadRequest(
                 "The specified rids length mismatch with the batch_size for batch processing.")
-        if len(set(rid)) != len(rid):
+        if len(set(rid)) != len(rid) and self._v >= STRICT_RIDS_SINCE:
             dupes = sorted({r for r in rid if rid.count(r) > 1})
             raise BadRequest(f"Duplicate request IDs detected within the request: {dupes}")
         return rid
@@ -356,8 +475,10 @@ class SGLangTestServer(LoopbackServer):
         """Run a POST's items as slots of the running batch free up."""
         started = time.perf_counter()
         k = 0
+        self.waiting += len(items)
         while k < len(items):
             n = await self._take_slots(len(items) - k)
+            self.waiting -= n
             try:
                 await self._run_group(items[k:k + n])
             finally:
@@ -379,11 +500,15 @@ class SGLangTestServer(LoopbackServer):
     async def _run_group(self, items: list[_Item]) -> None:
         for item in items:
             # At least one prompt token is always computed, so never all cached.
-            item.cached = self.cache.match_len(item.input_ids[:-1])
+            item.cached = (0 if self.disable_radix_cache
+                           else self.cache.match_len(item.input_ids[:-1]))
             self.cache.pin(item.input_ids[: item.cached])
         try:
             for item in items:
-                item.gen = decode_loop(self.model, item.input_ids, item.params, self.detok,
+                params = item.params
+                if not self.enable_deterministic_inference:  # SGLang ignores the seed
+                    params = {k: v for k, v in params.items() if k != "sampling_seed"}
+                item.gen = decode_loop(self.model, item.input_ids, params, self.detok,
                                        self.eos_token_ids)
             longest = max(len(i.gen.output_ids) for i in items if i.gen is not None)
             uncached = sum(len(i.input_ids) - i.cached for i in items)
@@ -396,11 +521,18 @@ class SGLangTestServer(LoopbackServer):
                 self.cache.unpin(item.input_ids[: item.cached])
         for item in items:
             assert item.gen is not None
-            self.cache.insert(item.input_ids + item.gen.output_ids[:-1])
+            if not (self.disable_radix_cache or item.aborted):
+                self.cache.insert(item.input_ids + item.gen.output_ids[:-1])
 
     def _output(self, item: _Item, elapsed: float) -> dict[str, Any]:
         gen = item.gen
         assert gen is not None
+        if item.aborted:  # FINISH_ABORT().to_json(), output dropped
+            return {"text": "", "output_ids": [], "meta_info": {
+                "id": item.rid, "finish_reason": {"type": "abort", "message": "Aborted",
+                                                  "status_code": None, "err_type": None},
+                "prompt_tokens": len(item.input_ids), "weight_version": "default",
+                "completion_tokens": 0, "cached_tokens": item.cached, "e2e_latency": elapsed}}
         skip = item.params.get("skip_special_tokens", True) is not False
         meta: dict[str, Any] = {
             "id": item.rid,
@@ -427,7 +559,7 @@ class SGLangTestServer(LoopbackServer):
 def _check_sampling(p: dict[str, Any]) -> dict[str, Any]:
     for key in p:
         if key not in SAMPLING_KEYS:
-            raise BadRequest(f"Unexpected keyword argument '{key}'")
+            raise UnknownKeyword(f"Unexpected keyword argument '{key}'")
     for key in UNSUPPORTED_SAMPLING:
         if p.get(key) is not None:
             raise BadRequest(f"sampling_params.{key} is not supported by this test server")
@@ -463,8 +595,8 @@ def _fake_logprob(token: int, position: int) -> float:
     return -((token * 2654435761 + position) % 1000) / 250.0
 
 
-def _http_exception_body(status: int, message: str) -> dict[str, Any]:
-    return {"object": "error", "message": message, "type": str(status), "param": None,
+def _http_exception_body(status: int, message: str, kind: str | None = None) -> dict[str, Any]:
+    return {"object": "error", "message": message, "type": kind or str(status), "param": None,
             "code": status}
 
 
@@ -487,6 +619,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prefill-latency", type=float, default=0.0)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--max-running-requests", type=int, default=None)
+    parser.add_argument("--max-queued-requests", type=int, default=None)
+    parser.add_argument("--version", default="0.5.23", dest="sglang_version",
+                        help="SGLang release whose behaviour to reproduce")
+    parser.add_argument("--no-deterministic-inference", action="store_true",
+                        help="ignore sampling_seed, as SGLang does by default")
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--fault-kinds", default="status",
                         help="comma-separated: status,reset,hang,malformed,truncate,wrong_batch,slow")
@@ -500,7 +637,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         cache_capacity=args.cache_capacity, context_length=args.context_length,
         latency=args.latency, per_token_latency=args.per_token_latency,
         prefill_latency=args.prefill_latency, faults=faults, api_key=args.api_key,
-        max_running_requests=args.max_running_requests)
+        max_running_requests=args.max_running_requests, version=args.sglang_version,
+        max_queued_requests=args.max_queued_requests,
+        enable_deterministic_inference=not args.no_deterministic_inference)
     server.serve_forever()
 
 
