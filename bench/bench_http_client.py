@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Coroutine, Iterator
 
 BODY = {"model": "turnloom/hash-model", "max_tokens": 4, "temperature": 1.0, "seed": 1,
         "messages": [{"role": "user", "content": "Say something short."}]}
@@ -130,7 +130,7 @@ async def run_openai(url: str, requests: int, concurrency: int) -> None:
         await client.close()
 
 
-CANDIDATES: dict[str, Callable[[str, int, int], Awaitable[None]]] = {
+CANDIDATES: dict[str, Callable[[str, int, int], Coroutine[Any, Any, None]]] = {
     "turnloom": run_turnloom, "aiohttp": run_aiohttp, "httpx": run_httpx, "openai": run_openai}
 
 

@@ -165,8 +165,10 @@ def test_sglang_batches_wait_for_the_half_open_probe_without_spending_attempts()
                 # after the probe had closed the breaker.
                 assert probe[0].error is None and waiter[0].error is None
                 assert backend.breaker_states()[server.url] == "closed"
-                rids = [rid for body in server.requests for rid in body["rid"]]
-                assert rids[-2:] == ["p", "w"], "the waiting batch went out after the probe"
+                # Request ids are fresh per attempt: tell the batches by their prompts.
+                sent = [TOK.decode(ids) for body in server.requests for ids in body["input_ids"]]
+                assert sent[-2:] == ["prompt p", "prompt w"], \
+                    "the waiting batch went out after the probe"
             finally:
                 await backend.close()
 
