@@ -262,7 +262,8 @@ def test_embedding_similarity_needs_torch() -> None:
     vectors = {"a": [1.0, 0.0], "b": [1.0, 0.1], "c": [0.0, 1.0]}
     sim = diversity.embedding_self_similarity(
         ["a", "b", "c"], lambda texts: torch.tensor([vectors[t] for t in texts]))
-    assert sim is not None and 0.6 < sim < 1.0
+    # Mean pairwise cosine: (cos(a,b) + cos(a,c) + cos(b,c)) / 3 = (1/sqrt(1.01) + 0 + 0.1/sqrt(1.01)) / 3.
+    assert sim == pytest.approx(1.1 / 1.01 ** 0.5 / 3)
 
 
 @pytest.mark.model

@@ -135,11 +135,48 @@ def test_agreement_identifies_equivalent_guesses() -> None:
     assert 0.0 < wilt.agreement(parse_lambda("lambda x, y, z: x < z"), rule) < 1.0
 
 
+def test_guesses_are_judged_on_the_official_harness_points() -> None:
+    points = wilt.evaluation_triples()
+    grid = wilt.grid_triples()
+    # The integer grid [-20, 20]^3 and then 10,000 float triples in [1, 100].
+    assert len(grid) == 41 ** 3 and len(points) == 41 ** 3 + 10_000
+    assert points[:len(grid)] == grid
+    assert {v for t in grid for v in t} == set(range(-20, 21))
+    floats = points[len(grid):]
+    assert all(1 <= v <= 100 and isinstance(v, float) for t in floats for v in t)
+    # A guess that differs from the rule only beyond 6 (the old grid's edge) is wrong.
+    rule = parse_lambda("lambda x, y, z: x < y < z")
+    near = wilt.judge_guess(parse_lambda("lambda x, y, z: x < y < z and z < 10"), rule)
+    assert not near.correct
+    # Differs only at x = 20 on the grid, where the harness still looks.
+    edge = wilt.judge_guess(parse_lambda("lambda x, y, z: x < y < z or x == 20"), rule)
+    assert not edge.correct and edge.grid_agreement == pytest.approx(1 - 41 * 41 / 41 ** 3)
+    # Differs only at non-integer inputs above 1: caught by the floats, not by the grid.
+    floaty = wilt.judge_guess(parse_lambda("lambda x, y, z: x < y < z and x == floor(x)"),
+                              rule)
+    assert not floaty.correct and floaty.grid_agreement == 1.0
+    # The harness's points: 1000 plus a bonus for unused tests, else 400 x grid share.
+    assert wilt.points(True, 1.0, 6, 30) == pytest.approx(1080.0)
+    assert wilt.points(False, edge.grid_agreement, 6, 30) == int(400 * (1 - 1 / 41))
+
+
 @pytest.mark.parametrize("text, move", [
     ("I will test (2, 4, 6).", ("test", (2, 4, 6))),
     ("First (1, 2, 3) then ( -1 ,0.5, 7 )", ("test", (-1, 0.5, 7))),
+    ("Test Case: ```(1, -2.5, 3)```", ("test", (1, -2.5, 3))),
     ("Final guess: lambda x, y, z: x < y < z.", ("guess", "lambda x, y, z: x < y < z")),
-    ("Test (1,2,3)? No: ```lambda x, y, z: x == y```", ("guess", "lambda x, y, z: x == y")),
+    ("Final Guess: ```lambda x,y,z: x == y```", ("guess", "lambda x,y,z: x == y")),
+    # A hypothesis written while thinking is not a guess: the test case counts.
+    ("Maybe lambda x, y, z: x == y holds. Test case: (1, 2, 3)", ("test", (1, 2, 3))),
+    ("Test (1,2,3)? No: ```lambda x, y, z: x == y```", ("test", (1, 2, 3))),
+    # As in the harness, a test case marker is read before a final guess marker.
+    ("Test case: (4, 4, 4)\nFinal guess: lambda x, y, z: True", ("test", (4, 4, 4))),
+    ("My hypothesis: lambda x, y, z: x < y", ("bad", "a lambda without 'Final guess:' is not "
+                                           "a guess; end with 'Test case: (1, 2, 3)' or "
+                                           "'Final guess: lambda x, y, z: ...'")),
+    ("Final guess: x is less than y", ("invalid_guess",
+                                       "no lambda x, y, z: ... after 'Final guess:'")),
+    ("Test case: one two three", ("bad", "after 'Test case:' give three numbers like (1, 2, 3)")),
     ("I am not sure.", ("bad", "no test case like (1, 2, 3) and no final guess like "
                                 "lambda x, y, z: ...")),
     ("(1, 2, 99999999)", ("bad", "test values must be at most 1000000 in size")),
@@ -173,27 +210,44 @@ def _play(env: wilt.Wilt, moves: list[str], seed: int = 0) -> tuple[Conversation
 def test_game_protocol_tests_guess_and_score() -> None:
     env = wilt.Wilt({"rules": ["increasing"], "max_tests": 3})
     assert isinstance(env, Environment)
-    conv, replies = _play(env, ["(1, 2, 3)", "(3, 2, 1)", "lambda x, y, z: x < y < z"])
+    conv, replies = _play(env, ["(1, 2, 3)", "Test case: (3, 2, 1)",
+                                "Final guess: lambda x, y, z: x < y < z"])
     assert "3 tests" in replies[0].text
     assert [r.text for r in replies[1:3]] == ["True. 2 tests remaining.",
                                               "False. 1 tests remaining."]
     assert replies[-1].stop == "wilt_guess" and "is correct" in replies[-1].text
     conv.stop_reason = replies[-1].stop
     score = wilt.WiltScorer({}).score_conversation(conv)
-    assert score == {"rule": "increasing", "difficulty": "easy", "guessed": 1, "correct": 1,
-                     "agreement": 1.0, "tests_used": 2, "warnings": 0, "ended": "guess"}
+    assert conv.meta["wilt"]["rule"] == "increasing"
+    assert score == {"rule_index": 0, "difficulty_level": 1, "guessed": 1, "correct": 1,
+                     "agreement": 1.0, "grid_agreement": 1.0,
+                     "points": pytest.approx(1000 + 100 * (1 - 2 / 3)), "tests_used": 2,
+                     "warnings": 0, "ended": {"guess": 1}}
 
 
-def test_one_bad_turn_is_forgiven_the_second_ends_the_game() -> None:
+def test_one_bad_turn_is_forgiven_the_second_in_a_row_ends_the_game() -> None:
     env = wilt.Wilt({"rules": ["all-equal"]})
-    conv, replies = _play(env, ["hello", "(1, 1, 1)", "lambda x, y, z: x.__class__"])
-    assert "only warning" in replies[1].text
+    # As in the harness, a valid test between two bad turns restores the allowance.
+    conv, replies = _play(env, ["hello", "(1, 1, 1)", "lambda x, y, z: x == y", "(2, 2, 2)",
+                                "hmm", "still thinking", "(3, 3, 3)"])
+    assert "warning" in replies[1].text and not replies[1].stop
     assert replies[2].text.startswith("True.")
-    assert replies[-1].stop == "wilt_bad_format"
-    assert "Attribute is not allowed" in replies[-1].text
+    assert "not a guess" in replies[3].text and not replies[3].stop
+    assert replies[4].text.startswith("True.")
+    assert replies[-1].stop == "wilt_bad_format" and len(replies) == 7
     score = wilt.WiltScorer({}).score_conversation(conv)
     assert (score["guessed"], score["correct"], score["warnings"], score["ended"]) == (
-        0, 0, 2, "bad_format")
+        0, 0, 4, {"bad_format": 1})
+
+
+def test_an_unusable_final_guess_ends_the_game_with_no_points() -> None:
+    env = wilt.Wilt({"rules": ["all-equal"]})
+    conv, replies = _play(env, ["(1, 1, 1)", "Final guess: lambda x, y, z: x.__class__"])
+    assert replies[-1].stop == "wilt_invalid_guess"
+    assert "Attribute is not allowed" in replies[-1].text
+    score = wilt.WiltScorer({}).score_conversation(conv)
+    assert (score["guessed"], score["correct"], score["points"], score["ended"]) == (
+        0, 0, 0, {"invalid_guess": 1})
 
 
 def test_running_out_of_tests_needs_a_guess() -> None:
@@ -203,11 +257,23 @@ def test_running_out_of_tests_needs_a_guess() -> None:
     assert replies[-1].stop == "wilt_no_guess"
 
 
-def test_rule_choice_is_seeded_and_settings_are_checked() -> None:
+def test_rules_are_played_once_each_by_index_or_drawn_by_seed() -> None:
+    def rule_of(env: wilt.Wilt, index: int, seed: int) -> str:
+        conv = ConversationState("w", index=index, seed=seed)
+        env.respond(conv, "game", random.Random(0))
+        return conv.meta["wilt"]["rule"]
+
     env = wilt.Wilt({})
-    rules = {_play(env, [], seed=s)[0].meta["wilt"]["rule"] for s in range(40)}
-    assert len(rules) > 5
-    assert _play(env, [], seed=3)[0].meta == _play(env, [], seed=3)[0].meta
+    order = [r.id for r in wilt.shipped_rules()]
+    # 24 conversations over 24 rules: every rule once (seed draws played 14 of them).
+    assert [rule_of(env, i, 1000 + i) for i in range(len(order))] == order
+    assert rule_of(env, len(order), 7) == order[0]
+    drawn = wilt.Wilt({"order": "random"})
+    picks = [rule_of(drawn, 0, s) for s in range(40)]
+    assert picks == [order[random.Random(s).randrange(len(order))] for s in range(40)]
+    assert rule_of(drawn, 5, 3) == rule_of(drawn, 9, 3)
+    with pytest.raises(ValueError, match="invalid wilt settings: order"):
+        wilt.Wilt({"order": "shuffle"})
     with pytest.raises(ValueError, match="unknown rule ids"):
         wilt.Wilt({"rules": ["nope"]})
     with pytest.raises(ValueError, match=r"invalid wilt settings.*max_test"):
@@ -222,8 +288,9 @@ def test_wilt_scenario_on_the_scripted_backend(tmp_path: Path, monkeypatch) -> N
     scenario = turnloom.Scenario.from_dict({
         "run": {"name": "wilt", "conversations": 12, "max_turns": 30, "seed": 1},
         "backends": {"sim": {"type": "scripted", "lines": [
-            "Let me test (1, 2, 3)", "I try (3, 2, 1).", "hmm",
-            "Final guess: lambda x, y, z: x < y < z", "lambda x, y, z: __import__('os')"]}},
+            "Let me test (1, 2, 3)", "hmm", "not sure", "I try (3, 2, 1).",
+            "Final guess: lambda x, y, z: x < y < z",
+            "Final guess: lambda x, y, z: __import__('os')"]}},
         "participants": [{"name": "game", "agent": "wilt", "settings": {"max_tests": 5}},
                          {"name": "player", "agent": "wilt-player"}],
         "scorers": [{"name": "wilt"}],
@@ -233,8 +300,9 @@ def test_wilt_scenario_on_the_scripted_backend(tmp_path: Path, monkeypatch) -> N
     for record in records:
         assert record["errors"] == []
         score = record["scores"]["wilt"]
-        ends.add(score["ended"])
-        assert record["stop_reason"] == "wilt_" + score["ended"]
+        (end,) = score["ended"]
+        ends.add(end)
+        assert record["stop_reason"] == "wilt_" + end
         assert record["messages"][0]["role"] == "system"
         assert "hidden rule" in record["messages"][0]["content"]
         tests = sum(1 for m in record["messages"] if m.get("name") == "game"
@@ -257,7 +325,7 @@ def test_wilt_example_runs_on_smollm2(tmp_path: Path, embedded_model: None) -> N
     for record in records:
         assert record["errors"] == []
         score = record["scores"]["wilt"]
-        assert score["difficulty"] in ("easy", "medium")
+        assert score["difficulty_level"] in (1, 2)
         assert record["stop_reason"] in ("max_turns", "wilt_guess", "wilt_bad_format",
                                          "wilt_no_guess")
         game = [m["content"] for m in record["messages"] if m.get("name") == "game"]

@@ -200,26 +200,27 @@ def session_score(turns: Sequence[tuple[str | None, Sequence[tuple[Constraint, b
     """One session's CSR/ISR/SSR and per-type CSR from (alignment, [(constraint, ok)])
     per evaluated turn, plus the counts `corpus_metrics` pools over a run."""
     per_turn = [[ok for _, ok in results] for _, results in turns]
-    by_type: dict[str, list[int]] = {}
-    by_alignment: dict[str, list[int]] = {}
+    # Scores hold numbers and dicts of numbers only: counts are {"satisfied", "total"}.
+    by_type: dict[str, dict[str, int]] = {}
+    by_alignment: dict[str, dict[str, int]] = {}
     for alignment, results in turns:
         for c, ok in results:
-            entry = by_type.setdefault(c.type, [0, 0])
-            entry[0] += ok
-            entry[1] += 1
+            entry = by_type.setdefault(c.type, {"satisfied": 0, "total": 0})
+            entry["satisfied"] += ok
+            entry["total"] += 1
         if alignment is not None:
-            entry = by_alignment.setdefault(alignment, [0, 0])
-            entry[0] += all(ok for _, ok in results)
-            entry[1] += 1
+            entry = by_alignment.setdefault(alignment, {"satisfied": 0, "total": 0})
+            entry["satisfied"] += all(ok for _, ok in results)
+            entry["total"] += 1
     session_turns = max(session_turns, len(per_turn))
     counts = {"constraints": sum(map(len, per_turn)), "satisfied": sum(map(sum, per_turn)),
               "turns": len(per_turn), "turns_satisfied": sum(map(all, per_turn)),
               "streak": _streak(map(all, per_turn)), "session_turns": session_turns,
               "by_type": {k: by_type[k] for k in sorted(by_type)},
               "by_alignment": {k: by_alignment[k] for k in sorted(by_alignment)},
-              "dependent": dependent}
+              "dependent": None if dependent is None else int(dependent)}
     return {**metrics(per_turn, session_turns),
-            **{f"csr.{k}": n / total for k, (n, total) in sorted(by_type.items())},
+            **{f"csr.{k}": v["satisfied"] / v["total"] for k, v in sorted(by_type.items())},
             "counts": counts}
 
 
@@ -356,13 +357,14 @@ def corpus_metrics(records: Iterable[Mapping[str, Any]], score: str = "sysbench"
     for field, prefix in (("by_type", "csr"), ("by_alignment", "isr")):
         pooled: dict[str, list[int]] = {}
         for c in counts:
-            for key, (n, total) in c[field].items():
-                entry = pooled.setdefault(key, [0, 0])
-                entry[0] += n
-                entry[1] += total
+            for key, entry in c[field].items():
+                total = pooled.setdefault(key, [0, 0])
+                total[0] += entry["satisfied"]
+                total[1] += entry["total"]
         out |= {f"{prefix}.{key}": n / total for key, (n, total) in sorted(pooled.items())}
     for label, dependent in (("dependent", True), ("parallel", False)):
-        group = [c for c in counts if c["dependent"] is dependent]
+        group = [c for c in counts
+                 if c["dependent"] is not None and bool(c["dependent"]) is dependent]
         if group:
             out[f"ssr.{label}"] = _mean_ssr(group)
     longest = max(c["session_turns"] for c in counts)
