@@ -3,9 +3,11 @@ the run's own records; and bounded memory of streaming exports."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import tracemalloc
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +137,8 @@ def test_refuel_pairs_with_rewards_and_token_ids(tmp_path: Path) -> None:
     for row in ds:
         a, b = records[(row["index"], 0)], records[(row["index"], 1)]
         assert (row["branch_a"], row["branch_b"]) == (0, 1)
-        assert row["fork_turn"] == 3 and row["horizon"] == len(a["turns"]) == len(b["turns"])
+        assert len(a["turns"]) == len(b["turns"]) == 6
+        assert row["fork_turn"] == 3 and row["h"] == 1 and row["horizon"] == 3  # tutor turns
         assert a["messages"][:4] == b["messages"][:4]
         assert row["response_a"] == a["messages"][4]["content"] != row["response_b"]
         assert row["reward_a"] == a["scores"]["length"]["tokens"]
@@ -165,11 +168,92 @@ def test_refuel_pairs_at_a_turn_drawn_per_conversation(tmp_path: Path) -> None:
 
 
 def test_refuel_keeps_only_rollouts_that_reach_the_horizon(tmp_path: Path) -> None:
+    # max_turns 6: three student and three tutor messages; the horizon counts the
+    # tutor's turns (the paper's H), not messages.
     run_dir = run(tmp_path / "h", scenario([{"at_turn": 1, "n": 2}], conversations=4))
-    _, stats = export(run_dir, "refuel-pairs", metric="length.words", horizon=6)
+    _, stats = export(run_dir, "refuel-pairs", metric="length.words", horizon=3)
     assert stats.get("rows", 0) + stats.get("skipped: same response", 0) == 4
-    _, stats = export(run_dir, "refuel-pairs", metric="length.words", horizon=8, file="h8.jsonl")
+    assert stats.get("rows", 0) > 0
+    _, stats = export(run_dir, "refuel-pairs", metric="length.words", horizon=4, file="h4.jsonl")
     assert stats["skipped: not finished to the same horizon"] == 4 and "rows" not in stats
+    with pytest.raises(ValueError, match="horizon must be at least 1"):
+        export(run_dir, "refuel-pairs", metric="length.words", horizon=0)
+    with pytest.raises(ValueError, match="needs a horizon"):
+        export(run_dir, "refuel-pairs", metric="length.words", h_sampling="official")
+
+
+@pytest.fixture(scope="module")
+def five_turns(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The paper's setting: H = 5 assistant turns (10 messages), forked at one
+    tutor turn drawn per conversation from 0..4."""
+    return run(tmp_path_factory.mktemp("refuel") / "h5",
+               scenario([{"at_turn": 1, "to_turn": 9, "n": 2}], conversations=24, max_turns=10))
+
+
+def test_refuel_horizon_5_counts_assistant_turns(five_turns: Path) -> None:
+    path, stats = export(five_turns, "refuel-pairs", metric="length.words", horizon=5)
+    rows = jsonl(path)
+    records = {(r["index"], r["branch"]): r for r in jsonl(five_turns / "conversations.jsonl")}
+    assert len(rows) + stats.get("skipped: same response", 0) == 24 and len(rows) >= 12
+    for row in rows:
+        a = records[(row["index"], 0)]
+        assert row["horizon"] == 5 and row["fork_turn"] == 2 * row["h"] + 1
+        assert len(row["trajectory_a"]) == 10 - row["fork_turn"]  # to the 5th tutor message
+        assert row["trajectory_a"][-1]["content"] == a["messages"][-1]["content"]
+        assert row["reward_a"] == a["scores"]["length"]["words"]
+    assert {row["h"] for row in rows} <= set(range(5)) and len({row["h"] for row in rows}) >= 3
+
+
+def test_refuel_official_sampling_law_matches_the_released_code() -> None:
+    import numpy as np
+
+    from turnloom.exporters.pairs import official_joint, refuel_length
+    from turnloom.seeds import derive
+
+    H = 5
+    joint = official_joint(H)
+    assert sum(joint.values()) == 1 and joint[(0, 4)] == Fraction(1, 25)
+    assert joint[(0, 0)] == Fraction(1, 5) and (3, 2) not in joint
+    # The released generate.py: sampled_len = choice(H); sampled_h = randint(0, len + 1).
+    rs = np.random.RandomState(0)
+    n = 60_000
+    lengths = rs.choice(H, size=n)
+    hs = rs.randint(0, lengths + 1)
+    code = collections.Counter(zip(hs.tolist(), lengths.tolist()))
+    ours: collections.Counter[tuple[int, int]] = collections.Counter()
+    for seed in range(n * 5 // 2):  # the engine's h is uniform over the tutor turns
+        h = derive(seed, "fork") % H
+        last = refuel_length(seed, h, H, "official", drawn=True)
+        if last is not None:
+            ours[(h, last)] += 1
+    kept = sum(ours.values())
+    for key, p in joint.items():
+        assert abs(ours[key] / kept - float(p)) < 0.01, key
+        assert abs(code[key] / n - float(p)) < 0.01, key
+    assert set(ours) == set(joint)
+    # Uniform (Algorithm 1): every fork kept, rewarded at the last turn.
+    assert all(refuel_length(s, s % H, H, "uniform", True) == H - 1 for s in range(50))
+
+
+def test_refuel_official_cuts_rollouts_and_reads_the_turn_reward(five_turns: Path) -> None:
+    path, stats = export(five_turns, "refuel-pairs", metric="turn:length.words", horizon=5,
+                         h_sampling="official")
+    rows = jsonl(path)
+    assert rows
+    records = {(r["index"], r["branch"]): r for r in jsonl(five_turns / "conversations.jsonl")}
+    for row in rows:
+        a, b = records[(row["index"], row["branch_a"])], records[(row["index"], row["branch_b"])]
+        assert row["h"] < row["horizon"] <= 5
+        end = 2 * row["horizon"]  # messages through the tutor's turn L = horizon - 1
+        assert len(row["trajectory_b"]) == end - row["fork_turn"]
+        assert row["trajectory_b"][-1]["content"] == b["messages"][end]["content"]
+        assert row["reward_a"] == a["turns"][end - 1]["scores"]["length"]["words"]
+        assert row["reward_b"] == b["turns"][end - 1]["scores"]["length"]["words"]
+    assert len({row["horizon"] for row in rows}) >= 2
+    # A conversation metric cannot reward a cut rollout.
+    _, stats = export(five_turns, "refuel-pairs", metric="length.words", horizon=5,
+                      h_sampling="official", file="conv.jsonl")
+    assert stats.get("skipped: no reward at the horizon (use a turn: metric)", 0) > 0
 
 
 def test_pair_exporters_need_a_metric_and_branches(tmp_path: Path, best_of_4: Path) -> None:
