@@ -5,8 +5,10 @@ what one conversation shows (distinct-n over a participant's turns, how much
 its turns repeat each other, turn length statistics), and `corpus_diversity`
 measures a whole run from its exported records (self-similarity of each
 conversation against the others). `embedding_self_similarity` adds a semantic
-measure when torch is importable, with an embedding function (your own, or
-`turnloom_scorers.embedding.model_embedder()` on the embedded default model).
+measure, the mean pairwise cosine of the conversations' embeddings, streamed
+without an N x N matrix, from an embedding function (your own, or
+`turnloom_scorers.embedding.mean_pool_embedder()`: mean-pooled hidden states of
+the embedded SmolLM2 model, not a trained sentence encoder).
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ def corpus_diversity(records: Iterable[Mapping[str, Any]], participant: str | No
     """Diversity across a run's exported records (conversations.jsonl rows): each
     conversation's text is the participant's messages joined; distinct-1..4 over
     all of them and self-similarity of each conversation against the others
-    (lexical; and semantic with `embed`, e.g. `embedding.model_embedder()`)."""
+    (lexical; and with `embed`, e.g. `embedding.mean_pool_embedder()`, the mean
+    pairwise cosine of their embeddings as `embedding_self_similarity`)."""
     docs = []
     for record in records:
         parts = [m["content"] for m in record.get("messages", [])
@@ -129,19 +132,48 @@ def corpus_diversity(records: Iterable[Mapping[str, Any]], participant: str | No
     return out
 
 
-def embedding_self_similarity(texts: Sequence[str],
-                              embed: Callable[[Sequence[str]], Any]) -> float | None:
-    """Mean over texts of the highest cosine similarity to another text, from
-    `embed(texts) -> tensor [len(texts), dim]`. None when torch is not importable
-    or there are fewer than two texts."""
+def mean_pairwise_cosine(batches: Iterable[Any]) -> tuple[float, int] | None:
+    """(mean cosine over all ordered pairs i != j, number of vectors) of the rows of
+    `batches` (arrays or tensors [rows, dim], normalised here), or None for fewer
+    than two rows.
+
+    Streamed in O(N * dim) time and O(dim) memory, without the N x N matrix: for
+    unit vectors u_i with sum S, |S|^2 = sum_i |u_i|^2 + sum_{i != j} u_i . u_j, so
+    the mean over the N(N-1) pairs is (|S|^2 - sum_i |u_i|^2) / (N(N-1)) (a zero
+    vector, normalised to zero, adds nothing to either sum)."""
+    import numpy as np
+
+    total: Any = None
+    squares, n = 0.0, 0
+    for batch in batches:
+        rows = np.asarray(batch.detach().cpu() if hasattr(batch, "detach") else batch,
+                          dtype=np.float64)
+        if rows.ndim != 2:
+            raise ValueError(f"embeddings must be [rows, dim], got shape {rows.shape}")
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        unit = rows / np.where(norms == 0, 1.0, norms)
+        total = unit.sum(axis=0) if total is None else total + unit.sum(axis=0)
+        squares += float((unit * unit).sum())
+        n += len(unit)
+    if n < 2:
+        return None
+    return (float(total @ total) - squares) / (n * (n - 1)), n
+
+
+def embedding_self_similarity(texts: Sequence[str], embed: Callable[[Sequence[str]], Any],
+                              batch_size: int = 256) -> float | None:
+    """Mean pairwise cosine similarity of the texts' embeddings (over all pairs of
+    different texts; 1.0: all point the same way). `embed(texts) -> [len(texts),
+    dim]` (array or tensor) is called on `batch_size` texts at a time and only the
+    running sum of unit vectors is kept (`mean_pairwise_cosine`), so memory does
+    not grow with the square of the corpus. None when numpy is not importable or
+    there are fewer than two texts."""
     try:
-        import torch
+        import numpy  # noqa: F401
     except ImportError:
         return None
-    if len(texts) < 2:
-        return None
-    vectors = torch.nn.functional.normalize(torch.as_tensor(embed(texts), dtype=torch.float32),
-                                            dim=-1)
-    sims = vectors @ vectors.T
-    sims.fill_diagonal_(-1.0)
-    return float(sims.max(dim=1).values.mean())
+    if batch_size < 1:
+        raise ValueError("embedding_self_similarity: batch_size must be at least 1")
+    batches = (embed(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size))
+    result = mean_pairwise_cosine(batches)
+    return None if result is None else result[0]

@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import numpy as np
-
-from turnloom_usp.embed import tfidf_embed
+from turnloom_usp.embed import mean_pairwise_cosine, tfidf_batches
 from turnloom_usp.metrics import tokens
 
 
@@ -31,7 +29,8 @@ def diversity(records: Iterable[Mapping[str, Any]], participant: str = "user") -
     """How different the simulated users of a run are from each other:
     distinct-1/2 over all their messages, the mean pairwise cosine similarity of
     their conversations (TF-IDF of each user's messages together; lower is more
-    diverse), and how many distinct profiles were played."""
+    diverse; streamed in O(users x dim) memory-light passes, see
+    `embed.mean_pairwise_cosine`), and how many distinct profiles were played."""
     records = list(records)
     per_user = [" ".join(user_texts(r, participant)) for r in records]
     per_user = [t for t in per_user if t.strip()]
@@ -43,11 +42,10 @@ def diversity(records: Iterable[Mapping[str, Any]], participant: str = "user") -
         "distinct_1": distinct_n(per_user, 1),
         "distinct_2": distinct_n(per_user, 2),
     }
-    if len(per_user) >= 2:
-        vectors = tfidf_embed(per_user)
-        sims = vectors @ vectors.T
-        upper = sims[np.triu_indices(len(per_user), k=1)]
-        out["self_similarity"] = float(upper.mean())
+    streamed = mean_pairwise_cosine(tfidf_batches(per_user))
+    if streamed is not None:
+        # Streamed from the sum of the unit vectors: no users x users matrix.
+        out["self_similarity"] = streamed[0]
         out["diversity"] = 1.0 - out["self_similarity"]
     return out
 

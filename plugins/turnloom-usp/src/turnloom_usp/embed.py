@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -39,6 +39,50 @@ def tfidf_embed(texts: Sequence[str], dim: int = 4096, n_max: int = 2) -> np.nda
     idf = np.log((1 + len(texts)) / (1 + df)) + 1.0
     vectors = np.log1p(counts) * idf
     return normalize(vectors)
+
+
+def tfidf_batches(texts: Sequence[str], dim: int = 4096, n_max: int = 2,
+                  batch_size: int = 512) -> Iterator[np.ndarray]:
+    """The rows of `tfidf_embed(texts)`, `batch_size` at a time: document
+    frequencies come from one pass over sparse counts, so only one batch of
+    dense rows exists at a time (memory O(batch_size x dim), not O(N x dim))."""
+    sparse: list[dict[int, float]] = []
+    df = np.zeros(dim, dtype=np.float64)
+    for text in texts:
+        counts: dict[int, float] = {}
+        for gram in ngrams(text, n_max):
+            slot = zlib.crc32(gram.encode()) % dim
+            counts[slot] = counts.get(slot, 0.0) + 1.0
+        sparse.append(counts)
+        df[list(counts)] += 1.0
+    idf = np.log((1 + len(texts)) / (1 + df)) + 1.0
+    for start in range(0, len(sparse), batch_size):
+        chunk = sparse[start:start + batch_size]
+        rows = np.zeros((len(chunk), dim), dtype=np.float64)
+        for row, counts in enumerate(chunk):
+            if counts:
+                slots = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+                rows[row, slots] = np.fromiter(counts.values(), dtype=np.float64,
+                                               count=len(counts))
+        yield normalize(np.log1p(rows) * idf)
+
+
+def mean_pairwise_cosine(batches: Iterable[np.ndarray]) -> tuple[float, int] | None:
+    """(mean cosine over all pairs i != j, N) of unit (or zero) row vectors given in
+    batches, or None for fewer than two rows, in O(N x dim) time and O(dim) memory.
+
+    With S the sum of the vectors, |S|^2 = sum_i |u_i|^2 + sum_{i != j} u_i . u_j,
+    so the mean over the N(N-1) ordered pairs (the same as over the unordered
+    ones) is (|S|^2 - sum_i |u_i|^2) / (N(N-1)), no N x N matrix needed."""
+    total: np.ndarray | None = None
+    squares, n = 0.0, 0
+    for rows in batches:
+        total = rows.sum(axis=0) if total is None else total + rows.sum(axis=0)
+        squares += float((rows * rows).sum())
+        n += len(rows)
+    if n < 2 or total is None:
+        return None
+    return (float(total @ total) - squares) / (n * (n - 1)), n
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
