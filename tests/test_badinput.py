@@ -424,7 +424,8 @@ RUNTIME_CASES = [
     Runtime("should-stop-wrong-type", WrongStop(),
             "plugin 'bad' returned int from should_stop"),
     Runtime("scorer-returns-list", Kinds("scorers", ListScorer),
-            "scorer 'bad' failed on turn 0: TypeError: returned list, expected dict or None",
+            "scorer 'bad' failed on turn 0: ScoreError: scorer 'bad' returned list, expected a "
+            "dict of metric -> number, or None",
             {"scorers": ["bad"]}, conversation_fails=False),
     Runtime("scorer-raises", Kinds("scorers", RaisingConversationScorer),
             "scorer 'bad' failed on the conversation: ZeroDivisionError",

@@ -363,12 +363,13 @@ def test_backend_errors_are_retried_then_recorded(tmp_path: Path) -> None:
 
 def test_profile_values_are_not_template_code(tmp_path: Path) -> None:
     d = scenario(run={"conversations": 1}).to_dict()
-    d["participants"][0]["system_prompt"] = "P: {profile} / {profile.name} / {other}"
+    d["participants"][0]["system_prompt"] = "P: {profile} / {profile.name} / {0.__class__}"
     d["participants"][0]["sampler_settings"] = {"profiles": [
         {"name": "{profile.name}{0.__class__}", "age": 3}]}
     rec = records(run(tmp_path, Scenario.from_dict(d)))[0]
     assert rec["participants"]["user"]["system_prompt"] == (
-        "P: name: {profile.name}{0.__class__}\nage: 3 / {profile.name}{0.__class__} / {other}")
+        "P: name: {profile.name}{0.__class__}\nage: 3 / {profile.name}{0.__class__} / "
+        "{0.__class__}")
 
 
 def test_existing_run_dir_needs_overwrite(tmp_path: Path) -> None:

@@ -1,17 +1,20 @@
 """The `turnloom` command line.
 
     turnloom run SCENARIO [--out DIR] [--overwrite] [--conversations N] [--seed S]
+                          [--max-failures N|P%] [--debug]
                           [--ray ADDRESS [--shards N] [--shard-retries K] [--shard-options JSON]]
                           [--processes N [--shard-retries K]]
-    turnloom resume RUN_DIR [--ray ADDRESS]
+    turnloom resume RUN_DIR [--ray ADDRESS] [--max-failures N|P%] [--debug]
     turnloom validate SCENARIO
-    turnloom show RUN_DIR
+    turnloom show RUN_DIR [--conversation N [--branch B]] [--plain] [--json]
     turnloom plugins
     turnloom export RUN_DIR FORMAT [--set KEY=VALUE]... [--out FILE]
     turnloom report RUN_DIR [--out FILE] [--sample N]
     turnloom compare RUN_A RUN_B [--json FILE] [--html FILE] [--seed S]
 
-Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr).
+Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr), 3 the run
+finished but more conversations failed than its failure budget allows (run.max_failures,
+--max-failures; 0 by default).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 PROG = "turnloom"
+EXIT_FAILURES = 3
 
 
 class BadInput(Exception):
@@ -70,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--conversations", type=_positive, help="override run.conversations")
     p.add_argument("--seed", type=_non_negative, help="override run.seed")
     p.add_argument("--no-progress", action="store_true", help="no progress display")
+    _trust_options(p)
     p.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: its address "
                    "(HEAD_IP:6379, ray://HEAD_IP:10001, auto), or local to start one here; "
                    "--out must then be on storage every node sees")
@@ -89,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="finish an interrupted run")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--no-progress", action="store_true")
+    _trust_options(p)
     p.add_argument("--ray", metavar="ADDRESS", help="the Ray cluster that finishes a sharded "
                    "run (default: the executor it started on: RAY_ADDRESS or a local Ray for "
                    "Ray, this machine's processes for --processes)")
@@ -98,9 +104,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", type=Path)
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("show", help="summarise a run directory")
+    p = sub.add_parser("show", help="summarise a run directory and show one conversation")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--json", action="store_true", help="print summary.json as it is")
+    p.add_argument("--conversation", type=_non_negative, metavar="N",
+                   help="the conversation index to show (default: the first that did not fail)")
+    p.add_argument("--branch", type=_non_negative, metavar="B",
+                   help="its branch (default 0)")
+    p.add_argument("--plain", action="store_true",
+                   help="plain text even in a terminal (it is plain in a pipe or file)")
     p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("plugins", help="list the installed plugins and their hooks")
@@ -136,6 +148,24 @@ def _parser() -> argparse.ArgumentParser:
     pairing.add_argument("--unpaired", dest="paired", action="store_false")
     p.set_defaults(func=_cmd_compare)
     return parser
+
+
+def _trust_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-failures", type=_failure_budget, metavar="N|P%",
+                   help="failed conversations allowed before the exit status says so: a "
+                   "count or a percentage of the records (default: run.max_failures, 0)")
+    p.add_argument("--debug", action="store_true",
+                   help="raise a plugin's exception at once, with its traceback, instead of "
+                   "recording it and going on")
+
+
+def _failure_budget(text: str) -> Any:
+    from turnloom.config import FailureBudget
+
+    try:
+        return FailureBudget.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text: str) -> int:
@@ -190,9 +220,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from turnloom.api import run
     from turnloom.config import load_scenario
 
+    _debug(args)
     pm, registry = _plugins()
     scenario = load_scenario(args.scenario, registry)
     scenario = scenario.with_run(conversations=args.conversations, seed=args.seed)
+    budget = _budget(args, scenario.run.max_failures)
     executor = _executor(args, scenario.run.executor)
     if executor != "local":
         from turnloom.api import run_sharded
@@ -204,12 +236,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = run_sharded(scenario, out=args.out, overwrite=args.overwrite,
                              progress=not args.no_progress, executor=executor, plugin_manager=pm,
                              scenario_file=str(args.scenario), **overrides)
-        _report(result)
-        return 0
+        return _report(result, budget)
     result = run(scenario, out=args.out, overwrite=args.overwrite,
                  progress=not args.no_progress, plugin_manager=pm, scenario_file=str(args.scenario))
-    _report(result)
-    return 0
+    return _report(result, budget)
+
+
+def _debug(args: argparse.Namespace) -> None:
+    from turnloom.errorlog import ENV_DEBUG
+
+    if args.debug:  # through the environment, so that shard processes debug too
+        os.environ[ENV_DEBUG] = "1"
+
+
+def _budget(args: argparse.Namespace, configured: int | str) -> Any:
+    from turnloom.config import FailureBudget
+
+    return args.max_failures if args.max_failures is not None else FailureBudget.parse(configured)
 
 
 def _executor(args: argparse.Namespace, default: str) -> str:
@@ -234,37 +277,59 @@ def _executor(args: argparse.Namespace, default: str) -> str:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from turnloom.api import resume
 
+    _debug(args)
     if not args.run_dir.is_dir():
         raise BadInput(f"{args.run_dir} is not a directory")
+    from turnloom import rundir
     from turnloom.distributed import is_sharded, resume_sharded
 
+    configured = rundir.read_manifest(args.run_dir).get("scenario", {}).get("run", {}).get(
+        "max_failures", 0)
+    budget = _budget(args, configured)
     if is_sharded(args.run_dir):
         result = resume_sharded(args.run_dir, address=args.ray, progress=not args.no_progress)
-        _report(result)
-        return 0
+        return _report(result, budget)
     if args.ray is not None:
         raise BadInput(f"--ray: {args.run_dir} was not run on Ray; resume it without --ray")
     pm, _ = _plugins()
     result = resume(args.run_dir, progress=not args.no_progress, plugin_manager=pm)
-    _report(result)
-    return 0
+    return _report(result, budget)
 
 
-def _report(result: Any) -> None:
+def _report(result: Any, budget: Any) -> int:
+    """Print the run's totals; the exit status: EXIT_FAILURES when more conversations
+    failed than `budget` allows."""
     s = result.summary
     shards = f" ({s['sharding']['shards']} shards)" if "sharding" in s else ""
     print(f"{s['conversations']} conversations, {s['turns']} turns, {s['failures']} failed "
           f"-> {result.run_dir}{shards}")
+    records = s.get("records", s["conversations"])
+    if not budget.exceeded(s["failures"], records):
+        return 0
+    print(f"{PROG}: {s['failures']} of {records} conversations failed, over the failure "
+          f"budget of {budget} (allows {budget.allowed(records)}); see `{PROG} show "
+          f"{result.run_dir}`, or accept failures with --max-failures N or P%",
+          file=sys.stderr)
+    return EXIT_FAILURES
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from turnloom.config import load_scenario
 
-    _, registry = _plugins()
+    from turnloom.plugins import hook_scope
+    from turnloom.runtime import build_all
+
+    pm, registry = _plugins()
     scenario = load_scenario(args.scenario, registry)
+    build_all(scenario, registry)  # every factory sees its settings, as at run
+    scope = hook_scope(pm, registry, scenario)
     names = ", ".join(f"{p.name} ({p.agent})" for p in scenario.participants)
     print(f"{args.scenario}: ok — {scenario.run.conversations} conversations x "
           f"{scenario.run.max_turns} turns; participants: {names}")
+    from turnloom.show import hook_lines
+
+    for line in hook_lines(scope.describe()):
+        print(line)
     return 0
 
 
@@ -286,45 +351,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
-    print(_render_summary(s))
+    if args.branch is not None and args.conversation is None:
+        raise BadInput("--branch needs --conversation N")
+    from turnloom.show import show
+
+    show(run_dir, s, args.conversation, args.branch, rich=False if args.plain else None)
     return 0
-
-
-def _render_summary(s: dict[str, Any]) -> str:
-    branches = f" ({s['records']} branch records)" if s["records"] != s["conversations"] else ""
-    lines = [f"run {s['name']!r}: {s['conversations']} conversations{branches}, "
-             f"{s['turns']} turns, {s['failures']} failed"]
-    t = s.get("timing", {})
-    if t:
-        lines.append(f"  time: {t['wall_s']:.2f} s, {_rate(t['turns_per_s'])} turns/s, "
-                     f"{_rate(t['tokens_per_s'])} tokens/s"
-                     + (f" ({t['replayed_turns']} turns replayed)" if t.get("replayed_turns") else ""))
-    lines.append("  participants:")
-    for name, u in s["participants"].items():
-        lines.append(f"    {name:<16} {u['turns']:>8} turns  {u['prompt_tokens']:>10} prompt  "
-                     f"{u['completion_tokens']:>9} completion tokens"
-                     + (f"  {u['errors']} backend errors" if u.get("errors") else ""))
-    for name, b in s.get("backends", {}).items():
-        lines.append(f"  backend {name} ({b['type']}): {b['requests']} requests, "
-                     f"mean latency {b['mean_latency_s'] * 1000:.1f} ms, "
-                     f"cache hit rate {b['cache_hit_rate']:.1%} ({b['cached_tokens_source']})")
-    cache = s.get("cache", {})
-    lines.append(f"  cache hit rate: {cache.get('hit_rate', 0.0):.1%}")
-    reasons = ", ".join(f"{k}: {v}" for k, v in s["stop_reasons"].items()) or "none"
-    lines.append(f"  stop reasons: {reasons}")
-    if s.get("scores"):
-        lines.append("  mean scores:")
-        for k, v in s["scores"].items():
-            lines.append(f"    {k:<32} {v:.4g}")
-    for err in s.get("errors", [])[:5]:
-        lines.append(f"  error: {err}")
-    for err in s.get("plugin_errors", [])[:5]:
-        lines.append(f"  plugin error: {err}")
-    return "\n".join(lines)
-
-
-def _rate(x: float) -> str:
-    return f"{x:,.0f}" if x >= 100 else f"{x:.2g}"
 
 
 def _show_partial(run_dir: Path, manifest: dict[str, Any]) -> None:

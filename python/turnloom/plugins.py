@@ -508,7 +508,7 @@ def _report(errors: list[str], plugin: str, hook_name: str, exc: Exception,
     log.debug("plugin %r raised in %s", plugin, hook_name, exc_info=exc)
 
 
-def _impls(pm: pluggy.PluginManager, hook_name: str) -> tuple[_Impl, ...]:
+def _impls(pm: pluggy.PluginManager | HookScope, hook_name: str) -> tuple[_Impl, ...]:
     cache = getattr(pm, "_safe_impls", None)
     if cache is not None:
         impls = cache.get(hook_name)
@@ -520,7 +520,7 @@ def _impls(pm: pluggy.PluginManager, hook_name: str) -> tuple[_Impl, ...]:
     return impls
 
 
-def _collect_impls(pm: pluggy.PluginManager, hook_name: str) -> tuple[_Impl, ...]:
+def _collect_impls(pm: pluggy.PluginManager | HookScope, hook_name: str) -> tuple[_Impl, ...]:
     caller = getattr(pm.hook, hook_name, None)
     if caller is None or not caller.has_spec():
         raise ValueError(f"no hook named {hook_name!r}")
