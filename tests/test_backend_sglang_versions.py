@@ -268,12 +268,14 @@ def test_seeds_sent_where_taken_and_warned_where_ignored(
 def test_503_is_busy_and_never_opens_the_breaker(make_server: Any) -> None:
     server = make_server()
     server.inject("status", times=4, status=503)
-    backend = SGLangHTTPBackend(server.url, retries=5, fail_threshold=2, **FAST)
+    # An open breaker would hold the request for the 30 s health interval.
+    backend = SGLangHTTPBackend(server.url, retries=5, fail_threshold=2, health_interval=30.0,
+                                **FAST)
 
     async def main() -> list[Any]:
         await backend.start()
         try:
-            (r,) = await backend.generate([req("a")])
+            (r,) = await asyncio.wait_for(backend.generate([req("a")]), 10.0)
             assert backend.breaker_states() == {server.url: "closed"}
             return [r]
         finally:
@@ -286,10 +288,11 @@ def test_503_is_busy_and_never_opens_the_breaker(make_server: Any) -> None:
 
 def test_queue_full_server_is_waited_for(make_server: Any) -> None:
     server = make_server(max_running_requests=2, max_queued_requests=0, latency=0.1)
-    backend = SGLangHTTPBackend(server.url, retries=8, fail_threshold=1, max_batch=2, **FAST)
+    backend = SGLangHTTPBackend(server.url, retries=8, fail_threshold=1, max_batch=2,
+                                health_interval=30.0, **FAST)
     batches = [[req(f"{k}-{i}", f"prompt {k} {i}") for i in range(2)] for k in range(3)]
 
-    results = asyncio.run(run_backend(backend, *batches))
+    results = asyncio.run(asyncio.wait_for(run_backend(backend, *batches), 10.0))
     assert all(r.error is None for batch in results for r in batch)
 
 
