@@ -31,6 +31,8 @@ from turnloom_roleplay.judges import (  # noqa: E402
     KnowledgeJudge,
     QAPair,
     RejectionJudge,
+    ditto_majority,
+    identity_score,
     majority,
     parse_choice,
     parse_rating,
@@ -131,15 +133,23 @@ def test_persona_settings_and_missing_card_fail_clearly() -> None:
         Persona({}).system_prompt(conversation(card=None), "persona")
 
 
-def test_card_sampler_is_seeded_and_covers_the_set() -> None:
+def test_card_sampler_plays_each_card_once_by_index_or_draws_by_seed() -> None:
     sampler = CardSampler({})
-    first = [sampler.sample(random.Random(s), i)["name"] for i, s in enumerate(range(200))]
-    again = [CardSampler({}).sample(random.Random(s), i)["name"] for i, s in enumerate(range(200))]
+    # Ten conversations over the ten cards: each card once, in the set's order.
+    played = [sampler.sample(random.Random(s), i)["name"] for i, s in enumerate(range(10))]
+    assert played == [c.name for c in CARDS]
+    assert sampler.sample(random.Random(0), 10)["name"] == CARDS[0].name
+    drawn = CardSampler({"order": "random"})
+    first = [drawn.sample(random.Random(s), 0)["name"] for s in range(200)]
+    again = [CardSampler({"order": "random"}).sample(random.Random(s), 0)["name"]
+             for s in range(200)]
     assert first == again
     assert set(first) == set(BY_NAME)
-    only = CardSampler({"names": ["Odysseus", "Mira Okonkwo"]})
+    only = CardSampler({"names": ["Odysseus", "Mira Okonkwo"], "order": "random"})
     assert {only.sample(random.Random(s), 0)["name"] for s in range(50)} == {"Odysseus",
                                                                              "Mira Okonkwo"}
+    with pytest.raises(ValueError, match="invalid persona-cards settings: order"):
+        CardSampler({"order": "shuffle"})
     with pytest.raises(ValueError, match="unknown character.*Hamlet"):
         CardSampler({"names": ["Hamlet"]})
 
@@ -185,33 +195,47 @@ def test_questioner_asks_in_order_then_stops() -> None:
 # -- judges: parsing ------------------------------------------------------------------
 
 
+CANDIDATES = ["Sherlock Holmes", "Odysseus", "Ada Lovelace", "Mira Okonkwo"]
+
+
 @pytest.mark.parametrize("text, picked", [
-    ("B", "Odysseus"), (" C.", "Ada Lovelace"), ("(A)", "Sherlock Holmes"),
-    ("Answer: D", "Mira Okonkwo"), ("The answer is B", "Odysseus"),
-    ("It is clearly Ada Lovelace speaking.", "Ada Lovelace"),
+    ("The most suitable role is [Odysseus]", "Odysseus"),
+    ("Step 1: he speaks of the sea.\nThe most suitable role is [ada lovelace].", "Ada Lovelace"),
+    # A name that is no candidate is a vote for nobody: Ditto counts it as wrong.
+    ("The most suitable role is [Hamlet]", ""),
 ])
 def test_identity_choice_parsing(text: str, picked: str) -> None:
-    candidates = ["Sherlock Holmes", "Odysseus", "Ada Lovelace", "Mira Okonkwo"]
-    assert parse_choice(text, candidates) == picked
+    assert parse_choice(text, CANDIDATES) == picked
 
 
-@pytest.mark.parametrize("text", ["", "a character from a book", "E", "I cannot tell.",
-                                  "Odysseus or Sherlock Holmes"])
+@pytest.mark.parametrize("text", [
+    "", "A character from a book.", "A", "B", "(A)", "Answer: D", "I cannot tell.",
+    "It is clearly Ada Lovelace speaking.", "The most suitable role is Odysseus",
+])
 def test_identity_choice_rejects_malformed_output(text: str) -> None:
+    # A leading article "A" is not choice A: only Ditto's concluding sentence counts.
     with pytest.raises(Unparseable):
-        parse_choice(text, ["Sherlock Holmes", "Odysseus", "Ada Lovelace", "Mira Okonkwo"])
+        parse_choice(text, CANDIDATES)
 
 
-def test_rating_and_rejection_parsing() -> None:
-    assert parse_rating("7") == 7 and parse_rating("Rating: 10/10") == 10
-    assert parse_rating("I'd say 3.") == 3
-    for bad in ("", "seven", "0", "11", "7.5", "-2"):
+def test_rating_parsing_reads_the_last_line_strictly() -> None:
+    assert parse_rating("7") == 7 and parse_rating("Accurate and in character.\n9") == 9
+    # The prompt's own label echoed back: the score is 7, not the 1 of "(1-10)".
+    assert parse_rating("Rating (1-10): 7") == 7
+    assert parse_rating("Mostly right.\nScore: 6") == 6
+    for bad in ("", "seven", "0", "11", "7.5", "-2", "I'd say 3.", "Rating: 10/10",
+                "Score: 8\nbut it could be better", "Rating (1-10):"):
         with pytest.raises(Unparseable):
             parse_rating(bad)
+
+
+def test_rejection_parsing_takes_only_the_one_word_answer() -> None:
     assert parse_rejection("DECLINED") == "declined"
-    assert parse_rejection("The character answered.") == "answered"
-    assert parse_rejection("He refused politely") == "declined"
-    for bad in ("", "yes", "maybe, hard to say"):
+    assert parse_rejection(" answered.") == "answered"
+    assert parse_rejection("**Declined**") == "declined"
+    assert parse_rejection("1") == "declined" and parse_rejection("0") == "answered"
+    for bad in ("", "yes", "maybe, hard to say", "not declined; answered",
+                "The character answered.", "He refused politely", "ANSWERED or DECLINED"):
         with pytest.raises(Unparseable):
             parse_rejection(bad)
 
@@ -235,41 +259,57 @@ def test_question_answer_pairs_follow_the_labels() -> None:
                               OUT_OF_KNOWLEDGE)
 
 
-def test_identity_judge_shuffles_candidates_per_sample_and_scores_votes() -> None:
-    judge = IdentityJudge({"samples": 5, "candidates": 4})
+def test_identity_is_judged_per_turn_and_scored_as_ditto() -> None:
+    judge = IdentityJudge({"samples": 3, "candidates": 4})
     conv = conversation(*DIALOGUE)
     calls = judge.calls(conv)
-    assert [c.key for c in calls] == [f"identity-{k}" for k in range(5)]
-    orders = [tuple(c.meta["candidates"]) for c in calls]
-    assert all(len(o) == 4 == len(set(o)) and "Sherlock Holmes" in o for o in orders)
-    assert len(set(orders)) > 1
+    # One call per (turn, sample): each call shows a single question and its reply.
+    assert [c.key for c in calls] == [f"identity-{i}-{k}" for i in range(4) for k in range(3)]
+    assert "My great adversary, Watson." in calls[0].messages[1][1]
+    assert "They gather news for me." not in calls[0].messages[1][1]
+    assert "They gather news for me." in calls[6].messages[1][1]
+    sets = {frozenset(c.meta["candidates"]) for c in calls}
+    assert len(sets) == 1 and "Sherlock Holmes" in next(iter(sets))  # one candidate set
+    assert len({tuple(c.meta["candidates"]) for c in calls}) > 1  # shown in varied orders
     assert calls == judge.calls(conv)
-    prompt = calls[0].messages[1][1]
-    assert "My great adversary, Watson." in prompt and "A. " in prompt and "D. " in prompt
-    right = calls[0].meta["candidates"].index("Sherlock Holmes")
-    assert judge.parse(calls[0], "ABCD"[right]) == "Sherlock Holmes"
-    verdicts = {"identity-0": "Sherlock Holmes", "identity-1": "Odysseus",
-                "identity-2": "Sherlock Holmes", "identity-3": None, "identity-4": None}
-    assert judge.score(conv, verdicts) == {"votes": 3, "accuracy": 2 / 3, "majority": 1}
-    assert judge.score(conv, dict.fromkeys(verdicts)) == {"votes": 0}
+    assert judge.parse(calls[0], "The most suitable role is [Sherlock Holmes]") == \
+        "Sherlock Holmes"
+    verdicts = {
+        "identity-0-0": "Sherlock Holmes", "identity-0-1": "Sherlock Holmes",
+        "identity-0-2": "Sherlock Holmes",                        # turn 0: 1
+        "identity-1-0": "Odysseus", "identity-1-1": "Sherlock Holmes",
+        "identity-1-2": None,                                     # turn 1: 1/2 of parsed votes
+        "identity-2-0": None, "identity-2-1": None, "identity-2-2": None,  # turn 2: none -> 0
+        "identity-3-0": "", "identity-3-1": "Odysseus", "identity-3-2": "Odysseus",  # turn 3: 0
+    }
+    # Ditto: np.mean over parsed votes per turn, nan (no vote) read as 0, then the mean.
+    assert judge.score(conv, verdicts) == {"turns": 4, "unvoted_turns": 1,
+                                           "consistency": (1 + 0.5 + 0 + 0) / 4,
+                                           "consistency_voted": (1 + 0.5 + 0) / 3}
+    assert judge.score(conv, dict.fromkeys(verdicts)) == {"turns": 4, "unvoted_turns": 4,
+                                                          "consistency": 0.0}
+    assert identity_score("Odysseus", 1, {0: ["Odysseus", ""]}) == {
+        "turns": 1, "unvoted_turns": 0, "consistency": 0.5, "consistency_voted": 0.5}
     assert judge.calls(conversation()) == []
     with pytest.raises(ValueError, match="candidates"):
         IdentityJudge({"candidates": 11})
 
 
-def test_knowledge_judge_rates_only_in_knowledge_answers() -> None:
+def test_knowledge_is_rated_on_every_turn() -> None:
     judge = KnowledgeJudge({})
     calls = judge.calls(conversation(*DIALOGUE))
-    assert [c.key for c in calls] == ["knowledge-0", "knowledge-2"]
-    assert "Professor James Moriarty" in calls[0].messages[1][1]  # the card's facts as evidence
-    assert judge.score(conversation(*DIALOGUE),
-                       {"knowledge-0": 8, "knowledge-2": 5}) == {"rated": 2, "knowledge": 6.5}
-    assert judge.score(conversation(*DIALOGUE), {"knowledge-0": None, "knowledge-2": 4}) == \
-        {"rated": 1, "knowledge": 4.0}
+    assert [c.key for c in calls] == ["knowledge-0", "knowledge-1", "knowledge-2", "knowledge-3"]
+    assert "Professor James Moriarty" in calls[0].messages[1][1]  # the card's facts as tips
+    assert not calls[0].messages[1][1].rstrip().endswith(":")  # no label for the judge to echo
+    scores = {"knowledge-0": 8, "knowledge-1": 2, "knowledge-2": 5, "knowledge-3": 1}
+    assert judge.score(conversation(*DIALOGUE), scores) == {
+        "rated": 4, "knowledge": 4.0, "knowledge_in": 6.5}
+    assert judge.score(conversation(*DIALOGUE), {**scores, "knowledge-0": None}) == {
+        "rated": 3, "knowledge": 8 / 3, "knowledge_in": 5.0}
     assert judge.score(conversation(*DIALOGUE), {"knowledge-0": None}) == {"rated": 0}
 
 
-def test_rejection_accuracy_against_the_labels() -> None:
+def test_rejection_votes_are_read_as_ditto_and_without_ties() -> None:
     judge = RejectionJudge({"samples": 3})
     conv = conversation(*DIALOGUE)
     calls = judge.calls(conv)
@@ -281,14 +321,20 @@ def test_rejection_accuracy_against_the_labels() -> None:
         "rejection-1-0": "declined", "rejection-1-1": None, "rejection-1-2": "declined",
         # pair 2 (in): declined -> wrong
         "rejection-2-0": "declined", "rejection-2-1": "declined", "rejection-2-2": "declined",
-        # pair 3 (out): a tie -> undecided
+        # pair 3 (out): a tie; Ditto's Counter.most_common(1) takes the first vote: answered
         "rejection-3-0": "answered", "rejection-3-1": "declined", "rejection-3-2": None,
     }
-    assert judge.score(conv, votes) == {"judged": 3, "undecided": 1, "accuracy": 2 / 3,
-                                        "answer_accuracy": 0.5, "decline_accuracy": 1.0}
-    assert judge.score(conv, dict.fromkeys(votes)) == {"judged": 0, "undecided": 4}
+    assert judge.score(conv, votes) == {
+        "judged": 4, "no_votes": 0, "undecided": 1, "accuracy": 2 / 4,
+        "accuracy_no_ties": 2 / 3, "answer_accuracy": 0.5, "decline_accuracy": 0.5}
+    # The tie broken the other way round: the first vote decides.
+    flipped = {**votes, "rejection-3-0": "declined", "rejection-3-1": "answered"}
+    assert judge.score(conv, flipped)["decline_accuracy"] == 1.0
+    assert judge.score(conv, dict.fromkeys(votes)) == {"judged": 0, "no_votes": 4,
+                                                       "undecided": 4}
     assert majority(["a", "b"]) is None and majority([]) is None and majority(["a", "b", "a"]) == "a"
-    assert rejection_score([], {}) == {"judged": 0, "undecided": 0}
+    assert ditto_majority(["b", "a"]) == "b" and ditto_majority([]) is None
+    assert rejection_score([], {}) == {"judged": 0, "no_votes": 0, "undecided": 0}
 
 
 # -- the plugin in a run --------------------------------------------------------------
@@ -336,7 +382,8 @@ def run(tmp_path: Path, scenario: Scenario, name: str) -> list[dict[str, Any]]:
 
 
 def test_a_study_runs_with_labels_and_judged_scores(tmp_path: Path) -> None:
-    records = run(tmp_path, scripted_study(["7"], ["DECLINED"], ["The answer is nobody."]), "rp")
+    records = run(tmp_path, scripted_study(["In character and right.\n7"], ["DECLINED"],
+                                           ["The answer is A."]), "rp")
     assert len(records) == 3
     for r in records:
         assert r["stop_reason"] == "questions_done"
@@ -345,18 +392,45 @@ def test_a_study_runs_with_labels_and_judged_scores(tmp_path: Path) -> None:
         labels = [t["meta"]["label"] for t in r["turns"] if t["participant"] == "questioner"]
         assert sorted(labels) == [IN_KNOWLEDGE] * 2 + [OUT_OF_KNOWLEDGE] * 2
         assert [t["participant"] for t in r["turns"]] == ["questioner", "persona"] * 4
-        assert r["scores"]["knowledge"] == {"rated": 2, "knowledge": 7.0, "unparseable": 0}
-        assert r["scores"]["rejection"] == {"judged": 4, "undecided": 0, "accuracy": 0.5,
+        assert r["scores"]["knowledge"] == {"rated": 4, "knowledge": 7.0, "knowledge_in": 7.0,
+                                            "unparseable": 0}
+        assert r["scores"]["rejection"] == {"judged": 4, "no_votes": 0, "undecided": 0,
+                                            "accuracy": 0.5, "accuracy_no_ties": 0.5,
                                             "answer_accuracy": 0.0, "decline_accuracy": 1.0,
                                             "unparseable": 0}
-        # Output that names no candidate is counted, never guessed.
-        assert r["scores"]["identity"] == {"votes": 0, "unparseable": 3}
+        # "The answer is A." is not Ditto's answer: counted (after one re-ask), never guessed.
+        assert r["scores"]["identity"] == {"turns": 4, "unvoted_turns": 4, "consistency": 0.0,
+                                           "unparseable": 12}
     assert len({r["participants"]["persona"]["profile"]["name"] for r in records}) > 1
 
 
 def test_malformed_judge_output_is_recorded_not_raised(tmp_path: Path) -> None:
-    records = run(tmp_path, scripted_study(["eleven out of ten"], ["hmm"], ["?"]), "bad")
+    records = run(tmp_path, scripted_study(["Rating (1-10):"], ["not declined; answered"],
+                                           ["A"]), "bad")
     for r in records:
-        assert r["scores"]["knowledge"] == {"rated": 0, "unparseable": 2}
-        assert r["scores"]["rejection"] == {"judged": 0, "undecided": 4, "unparseable": 12}
-        assert r["scores"]["identity"] == {"votes": 0, "unparseable": 3}
+        assert r["scores"]["knowledge"] == {"rated": 0, "unparseable": 4}
+        assert r["scores"]["rejection"] == {"judged": 0, "no_votes": 4, "undecided": 4,
+                                            "unparseable": 12}
+        assert r["scores"]["identity"] == {"turns": 4, "unvoted_turns": 4, "consistency": 0.0,
+                                           "unparseable": 12}
+
+
+def test_unparseable_output_is_asked_again_once(tmp_path: Path) -> None:
+    # Each judge backend answers badly or well (picked by the request's hash and seed); a
+    # bad answer is asked again once with a new seed, and only a second bad one is counted.
+    records = run(tmp_path, scripted_study(["Rating (1-10):", "Good.\n8"],
+                                           ["not declined; answered", "ANSWERED"],
+                                           ["A", "The most suitable role is [Nobody]"]),
+                  "reask")
+    rated = failed = 0
+    for r in records:
+        knowledge, identity = r["scores"]["knowledge"], r["scores"]["identity"]
+        assert knowledge["rated"] + knowledge["unparseable"] == 4
+        assert knowledge.get("knowledge", 8.0) == 8.0
+        rated, failed = rated + knowledge["rated"], failed + knowledge["unparseable"]
+        rejection = r["scores"]["rejection"]
+        assert rejection.get("answer_accuracy", 1.0) == 1.0
+        # A parsed vote for a name that is no candidate counts against consistency.
+        assert identity["consistency"] == 0.0 and identity["turns"] == 4
+    # With one re-ask, about a quarter of the calls stay unparseable (half without it).
+    assert rated > failed > 0

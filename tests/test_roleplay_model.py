@@ -47,10 +47,11 @@ def test_roleplay_example_runs_on_the_embedded_model(tmp_path: Path) -> None:
         labels = sorted(t["meta"]["label"] for t in r["turns"] if t["participant"] == "questioner")
         assert labels == ["in-knowledge", "out-of-knowledge"]
         scores = r["scores"]
-        assert scores["identity"]["votes"] + scores["identity"]["unparseable"] == 2
-        assert scores["knowledge"]["rated"] + scores["knowledge"]["unparseable"] == 1
+        # Per turn (2 questions) and sample (2): four identity calls; knowledge on every turn.
+        assert scores["identity"]["turns"] == 2 and scores["identity"]["unparseable"] <= 4
+        assert scores["knowledge"]["rated"] + scores["knowledge"]["unparseable"] == 2
         rejection = scores["rejection"]
-        assert rejection["judged"] + rejection["undecided"] == 2
+        assert rejection["judged"] + rejection["no_votes"] == 2
         assert rejection["unparseable"] <= 4
     for name in ("identity", "knowledge", "rejection"):
         assert result.summary["judges"][name]["completion_tokens"] > 0

@@ -2,9 +2,11 @@
 
 Each judge reads the question/answer pairs of a finished conversation (questions
 by the questioner, with their knowledge label in the turn's meta; answers by the
-persona) and asks the judge model about them. Malformed judge output raises
-`Unparseable`; the engine retries once and then hands the judge None, which is
-counted, never guessed.
+persona) and asks the judge model about each pair on its own, as Ditto's
+evaluation script does (one question and its reply per call, never the whole
+transcript). Output is parsed strictly in the format the prompt asks for;
+anything else raises `Unparseable`, the engine re-asks once (with a new seed)
+and then hands the judge None, which is counted, never guessed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from turnloom.scoring import Score
 from turnloom_roleplay.cards import CharacterCard, load_cards, parse_card
 from turnloom_roleplay.questioner import IN_KNOWLEDGE, OUT_OF_KNOWLEDGE
 
-LETTERS = "ABCDEFGH"
+MAX_CANDIDATES = 8
 
 
 class QAPair(msgspec.Struct, frozen=True):
@@ -52,7 +54,7 @@ def transcript(pairs: list[QAPair]) -> str:
 class JudgeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     persona: str = "persona"
     questioner: str = "questioner"
-    samples: int = 3  # calls per item (identity, rejection): Ditto samples its judge 3 times
+    samples: int = 3  # calls per turn (identity, rejection): Ditto samples its judge 3 times
     candidates: int = 4  # identity: roles to choose among, the true one included
     cards: str | None = None  # identity: where the other candidates come from
 
@@ -79,55 +81,60 @@ class _PersonaJudge:
 # -- identity ---------------------------------------------------------------------------
 
 IDENTITY_PROMPT = (
-    "You are judging role-play. Read a character's replies and decide which of the listed "
-    "characters gave them. Answer with the letter of one candidate and nothing else.")
+    "You are a model that excels at discerning the identities of dialogue participants. "
+    "Read one exchange between a user and a character and decide which of the listed "
+    "characters gave the reply. Analyse the reply step by step, then conclude with "
+    "exactly: The most suitable role is [character name]")
+
+_ROLE_CHOICE = re.compile(r"most suitable role is \[([^\]\n]*)\]", re.IGNORECASE)
 
 
 def parse_choice(text: str, candidates: list[str]) -> str:
-    """The candidate a judge picked: a leading letter ("B", "B.", "(B)", "Answer: B")
-    or exactly one candidate's name."""
-    letters = LETTERS[: len(candidates)]
-    # Capital letters only: a lowercase "a" is usually the article.
-    m = re.match(rf"\W*(?:(?i:the\s+)?(?i:answer|option|candidate)(?i:\s+is)?\W*)?"
-                 rf"([{letters}])(?![A-Za-z])", text)
-    if m:
-        return candidates[letters.index(m.group(1))]
-    named = [c for c in candidates if c.lower() in text.lower()]
-    if len(named) == 1:
-        return named[0]
-    raise Unparseable(f"expected one letter of {', '.join(letters)} or one candidate's name")
+    """The character named in "The most suitable role is [name]" (Ditto's answer
+    format). A name that is not a candidate is a vote for no candidate ("" ), as
+    Ditto counts it wrong; output without the sentence is unparseable."""
+    m = _ROLE_CHOICE.search(text)
+    if m is None:
+        raise Unparseable("expected 'The most suitable role is [character name]'")
+    named = m.group(1).strip()
+    return next((c for c in candidates if c.casefold() == named.casefold()), "")
 
 
 class IdentityJudge(_PersonaJudge):
-    """`persona-identity`: can a judge tell which character spoke? Each of `samples`
-    calls shows the persona's replies and `candidates` characters (the true one
-    and others from the card set) in its own shuffled order."""
+    """`persona-identity`: can a judge tell which character gave each reply? As in
+    Ditto, every question/answer pair is judged on its own, `samples` times, against
+    `candidates` characters (the true one and others from the card set, chosen once
+    per conversation; each sample lists them in its own seeded order)."""
 
     name = "persona-identity"
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
         self.cards = load_cards(self.s.cards)
-        if not 2 <= self.s.candidates <= min(len(LETTERS), len(self.cards)):
+        if not 2 <= self.s.candidates <= min(MAX_CANDIDATES, len(self.cards)):
             raise ValueError(f"invalid {self.name} settings: `candidates` must be between 2 and "
-                             f"{min(len(LETTERS), len(self.cards))}")
+                             f"{min(MAX_CANDIDATES, len(self.cards))}")
 
     def calls(self, conversation: ConversationState) -> list[JudgeCall]:
         card, pairs = self.card(conversation), self.pairs(conversation)
         if card is None or not pairs:
             return []
         others = [c for c in self.cards if c.name != card.name]
+        chosen = random.Random(f"{conversation.seed}/{self.name}").sample(
+            others, self.s.candidates - 1) + [card]
         out = []
-        for k in range(self.s.samples):
-            rng = random.Random(f"{conversation.seed}/{self.name}/{k}")
-            shown = rng.sample(others, self.s.candidates - 1) + [card]
-            rng.shuffle(shown)
-            listing = "\n".join(f"{LETTERS[i]}. {c.name}: {c.description}"
-                                for i, c in enumerate(shown))
-            out.append(JudgeCall(key=f"identity-{k}", meta={"candidates": [c.name for c in shown]},
-                                 messages=(("system", IDENTITY_PROMPT),
-                                           ("user", f"Replies:\n\n{transcript(pairs)}\n\n"
-                                                    f"Candidates:\n{listing}\n\nWhich one spoke?"))))
+        for i, pair in enumerate(pairs):
+            for k in range(self.s.samples):
+                shown = list(chosen)
+                random.Random(f"{conversation.seed}/{self.name}/{i}/{k}").shuffle(shown)
+                listing = "\n".join(f"- {c.name}: {c.description}" for c in shown)
+                out.append(JudgeCall(
+                    key=f"identity-{i}-{k}", meta={"pair": i, "candidates": [c.name for c in shown]},
+                    messages=(("system", IDENTITY_PROMPT),
+                              ("user", f"[Instruction]\n{pair.question}\n\n[Response]\n"
+                                       f"{pair.answer}\n\nThe possible identities:\n{listing}\n\n"
+                                       "Conclude with: The most suitable role is "
+                                       "[character name]"))))
         return out
 
     def parse(self, call: JudgeCall, text: str) -> str:
@@ -135,35 +142,69 @@ class IdentityJudge(_PersonaJudge):
 
     def score(self, conversation: ConversationState, verdicts: dict[str, Any]) -> Score | None:
         card = self.card(conversation)
-        votes = [v for v in verdicts.values() if v is not None]
-        if card is None or not votes:
-            return {"votes": 0}
-        right = sum(v == card.name for v in votes)
-        return {"votes": len(votes), "accuracy": right / len(votes),
-                "majority": int(2 * right > len(votes))}
+        pairs = self.pairs(conversation)
+        if card is None or not pairs:
+            return {"turns": 0}
+        votes = _votes_by_pair(verdicts)
+        return identity_score(card.name, len(pairs), votes)
+
+
+def identity_score(label: str, n_pairs: int, votes: Mapping[int, list[str]]) -> dict[str, Any]:
+    """Per turn, the share of parsed votes naming `label`; `consistency` averages it
+    over turns as Ditto does, a turn with no parsed vote scoring 0, and
+    `consistency_voted` leaves such turns out instead."""
+    per_turn: list[float | None] = []
+    for i in range(n_pairs):
+        got = votes.get(i, [])
+        per_turn.append(sum(v == label for v in got) / len(got) if got else None)
+    voted = [v for v in per_turn if v is not None]
+    out: dict[str, Any] = {"turns": n_pairs, "unvoted_turns": n_pairs - len(voted),
+                           "consistency": sum(v or 0.0 for v in per_turn) / n_pairs}
+    if voted:
+        out["consistency_voted"] = sum(voted) / len(voted)
+    return out
+
+
+def _votes_by_pair(verdicts: Mapping[str, Any]) -> dict[int, list[Any]]:
+    """Parsed verdicts grouped by pair (keys "<kind>-<pair>-<sample>"), in sample order."""
+    keyed = sorted((int(k.split("-")[1]), int(k.split("-")[2]), v)
+                   for k, v in verdicts.items() if v is not None)
+    out: dict[int, list[Any]] = {}
+    for pair, _, verdict in keyed:
+        out.setdefault(pair, []).append(verdict)
+    return out
 
 
 # -- knowledge --------------------------------------------------------------------------
 
 KNOWLEDGE_PROMPT = (
-    "You are judging role-play. Given what a character knows, rate how accurate and "
-    "knowledgeable the character's reply to a question is, from 1 (wrong or empty) to "
-    "10 (correct, detailed, and true to the character). Reply with the number only.")
+    "You are an expert for checking the quality of an answer. Judge the correctness of a "
+    "character's reply to a question, using what the character knows as tips. Give a short "
+    "analysis on the first line. On the last line write only the score: one whole number "
+    "from 1 to 10, higher being better.")
+
+_SCORE_LINE = re.compile(r"(?:(?:score|rating)(?:\s*\(1\s*-\s*10\))?\s*:\s*)?(\d+)",
+                         re.IGNORECASE)
 
 
 def parse_rating(text: str, low: int = 1, high: int = 10) -> int:
-    """The first whole number in the output, which must lie in [low, high]."""
-    m = re.search(r"(?<![\d.])-?\d+(?![\d.]\d)", text)
+    """The score on the output's last non-empty line, as Ditto reads it: the line is
+    a whole number (optionally after "Score:" or "Rating:") in [low, high]."""
+    lines = [line.strip().strip("*").strip() for line in text.strip().splitlines()]
+    lines = [line for line in lines if line]
+    m = _SCORE_LINE.fullmatch(lines[-1]) if lines else None
     if m is None:
-        raise Unparseable(f"expected a number from {low} to {high}")
-    value = int(m.group())
+        raise Unparseable(f"expected the last line to hold only a score from {low} to {high}")
+    value = int(m.group(1))
     if not low <= value <= high:
-        raise Unparseable(f"rating {value} is outside {low}-{high}")
+        raise Unparseable(f"score {value} is outside {low}-{high}")
     return value
 
 
 class KnowledgeJudge(_PersonaJudge):
-    """`persona-knowledge`: a 1-10 rating of each in-knowledge reply against the card."""
+    """`persona-knowledge`: a 1-10 rating of every reply against the card's facts
+    (Ditto rates knowledge on every turn; `knowledge_in` keeps the in-knowledge
+    replies alone)."""
 
     name = "persona-knowledge"
 
@@ -174,40 +215,49 @@ class KnowledgeJudge(_PersonaJudge):
         facts = "\n".join(f"- {k}" for k in card.knowledge)
         out = []
         for i, pair in enumerate(self.pairs(conversation)):
-            if pair.label != IN_KNOWLEDGE:
-                continue
-            out.append(JudgeCall(key=f"knowledge-{i}", messages=(
+            out.append(JudgeCall(key=f"knowledge-{i}", meta={"label": pair.label}, messages=(
                 ("system", KNOWLEDGE_PROMPT),
-                ("user", f"Character: {card.name} ({card.era})\nWhat the character knows:\n{facts}"
-                         f"\n\nQuestion: {pair.question}\nReply: {pair.answer}\n\nRating (1-10):"))))
+                ("user", f"The assistant plays {card.name} ({card.era}): {card.description}\n\n"
+                         f"[Question]\n{pair.question}\n\n[The Start of Assistant's Answer]\n"
+                         f"{pair.answer}\n[The End of Assistant's Answer]\n\n[Begin of Tips]\n"
+                         f"{facts}\n[End of Tips]"))))
         return out
 
     def parse(self, call: JudgeCall, text: str) -> int:
         return parse_rating(text)
 
     def score(self, conversation: ConversationState, verdicts: dict[str, Any]) -> Score | None:
-        ratings = [v for v in verdicts.values() if v is not None]
+        pairs = self.pairs(conversation)
+        ratings = {int(k.split("-")[1]): v for k, v in verdicts.items() if v is not None}
         if not ratings:
             return {"rated": 0}
-        return {"rated": len(ratings), "knowledge": sum(ratings) / len(ratings)}
+        out: dict[str, Any] = {"rated": len(ratings),
+                               "knowledge": sum(ratings.values()) / len(ratings)}
+        inside = [v for i, v in ratings.items() if i < len(pairs)
+                  and pairs[i].label == IN_KNOWLEDGE]
+        if inside:
+            out["knowledge_in"] = sum(inside) / len(inside)
+        return out
 
 
 # -- rejection --------------------------------------------------------------------------
 
 REJECTION_PROMPT = (
-    "You are judging role-play. A character was asked a question. Did the character answer "
-    "it, or decline it (saying they do not know of such things)? Reply with one word: "
-    "ANSWERED or DECLINED.")
+    "You are judging role-play. A character was asked a question. Determine whether the "
+    "character refuses to answer it because of limited knowledge or other reasons. Reply "
+    "with one word only: DECLINED if the character refuses, ANSWERED otherwise.")
 
-_VERDICT = re.compile(r"\b(answered|declined|refused)\b", re.IGNORECASE)
+_REJECTION_WORDS = {"answered": "answered", "declined": "declined", "0": "answered",
+                    "1": "declined"}
 
 
 def parse_rejection(text: str) -> str:
-    """"declined" or "answered": the first such word in the output."""
-    m = _VERDICT.search(text)
-    if m is None:
-        raise Unparseable("expected ANSWERED or DECLINED")
-    return "answered" if m.group(1).lower() == "answered" else "declined"
+    """"declined" or "answered": the whole output must be ANSWERED or DECLINED (or
+    Ditto's 0 / 1), in any case, with nothing else but surrounding punctuation."""
+    word = text.strip().strip("*.!\"'` ").casefold()
+    if word not in _REJECTION_WORDS:
+        raise Unparseable("expected only ANSWERED or DECLINED")
+    return _REJECTION_WORDS[word]
 
 
 def majority(votes: list[str]) -> str | None:
@@ -216,6 +266,13 @@ def majority(votes: list[str]) -> str | None:
     if not ranked or (len(ranked) > 1 and ranked[0][1] == ranked[1][1]):
         return None
     return ranked[0][0]
+
+
+def ditto_majority(votes: list[str]) -> str | None:
+    """Ditto's reading of a vote: `Counter.most_common(1)`, so a tie goes to the vote
+    cast first (in sample order); None when no vote parsed."""
+    ranked = Counter(votes).most_common(1)
+    return ranked[0][0] if ranked else None
 
 
 class RejectionJudge(_PersonaJudge):
@@ -233,39 +290,48 @@ class RejectionJudge(_PersonaJudge):
             for k in range(self.s.samples):
                 out.append(JudgeCall(key=f"rejection-{i}-{k}", meta={"pair": i}, messages=(
                     ("system", REJECTION_PROMPT),
-                    ("user", f"Character: {card.name}\nQuestion: {pair.question}\n"
-                             f"Reply: {pair.answer}\n\nANSWERED or DECLINED?"))))
+                    ("user", f"The following is a conversation between the user and the role "
+                             f"{card.name}.\n\n[Instruction]\n{pair.question}\n\n[Response]\n"
+                             f"{pair.answer}\n\nANSWERED or DECLINED?"))))
         return out
 
     def parse(self, call: JudgeCall, text: str) -> str:
         return parse_rejection(text)
 
     def score(self, conversation: ConversationState, verdicts: dict[str, Any]) -> Score | None:
-        pairs = self.pairs(conversation)
-        votes: dict[int, list[str]] = {}
-        for key, verdict in verdicts.items():
-            if verdict is not None:
-                votes.setdefault(int(key.split("-")[1]), []).append(verdict)
-        return rejection_score(pairs, votes)
+        return rejection_score(self.pairs(conversation), _votes_by_pair(verdicts))
 
 
 def rejection_score(pairs: list[QAPair], votes: Mapping[int, list[str]]) -> dict[str, Any]:
-    """Accuracy of the majority verdicts against the labels, overall and per label;
-    pairs with no majority (no votes, or a tie) are left out and counted."""
-    correct: dict[str, list[int]] = {IN_KNOWLEDGE: [], OUT_OF_KNOWLEDGE: []}
-    undecided = 0
+    """Accuracy of the per-question verdicts against the labels, read two ways:
+    `accuracy` (and per label `answer_accuracy`, `decline_accuracy`) as Ditto reads
+    votes (a tie goes to the first vote; questions with no parsed vote, which end
+    Ditto's run for that dialogue, are left out and counted as `no_votes`), and
+    `accuracy_no_ties`, which also leaves ties out (`undecided`)."""
+    ditto: dict[str, list[int]] = {IN_KNOWLEDGE: [], OUT_OF_KNOWLEDGE: []}
+    strict: list[int] = []
+    no_votes = undecided = 0
     for i, pair in enumerate(pairs):
-        verdict = majority(votes.get(i, []))
-        if verdict is None:
+        got = votes.get(i, [])
+        expected = "declined" if pair.label == OUT_OF_KNOWLEDGE else "answered"
+        first = ditto_majority(got)
+        if first is None:
+            no_votes += 1
             undecided += 1
             continue
-        expected = "declined" if pair.label == OUT_OF_KNOWLEDGE else "answered"
-        correct[pair.label].append(int(verdict == expected))
-    judged = correct[IN_KNOWLEDGE] + correct[OUT_OF_KNOWLEDGE]
-    out: dict[str, Any] = {"judged": len(judged), "undecided": undecided}
+        ditto[pair.label].append(int(first == expected))
+        verdict = majority(got)
+        if verdict is None:
+            undecided += 1
+        else:
+            strict.append(int(verdict == expected))
+    judged = ditto[IN_KNOWLEDGE] + ditto[OUT_OF_KNOWLEDGE]
+    out: dict[str, Any] = {"judged": len(judged), "no_votes": no_votes, "undecided": undecided}
     if judged:
         out["accuracy"] = sum(judged) / len(judged)
+    if strict:
+        out["accuracy_no_ties"] = sum(strict) / len(strict)
     for label, key in ((IN_KNOWLEDGE, "answer_accuracy"), (OUT_OF_KNOWLEDGE, "decline_accuracy")):
-        if correct[label]:
-            out[key] = sum(correct[label]) / len(correct[label])
+        if ditto[label]:
+            out[key] = sum(ditto[label]) / len(ditto[label])
     return out

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import msgspec
 
 from turnloom.agents import Reply
+from turnloom.items import check_order, item_index
 from turnloom.records import ConversationState
 from turnloom_roleplay.cards import (PROMPT_FIELDS, card_fields, fill_template, load_cards,
                                      parse_card, to_dict)
@@ -61,10 +62,13 @@ class Persona:
 class CardSamplerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     cards: str | None = None  # JSON file of cards (default: the shipped set)
     names: tuple[str, ...] = ()  # only these characters (default: all)
+    order: str = "by-index"  # "by-index": card i mod n; "random": seeded draws
 
 
 class CardSampler:
-    """`persona-cards`: one character card per conversation, drawn uniformly (seeded)."""
+    """`persona-cards`: one character card per conversation: conversation i plays
+    card i mod n (``order = "by-index"``, the default), or a seeded uniform draw
+    (``order = "random"``)."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         try:
@@ -80,6 +84,9 @@ class CardSampler:
                                  f"{missing}; known: {sorted(known)}")
             cards = [c for c in cards if c.name in s.names]
         self.cards = cards
+        self.order = check_order(s.order, "invalid persona-cards settings: order")
 
     def sample(self, rng: random.Random, index: int) -> dict[str, Any]:
-        return to_dict(self.cards[rng.randrange(len(self.cards))])
+        # `rng` is seeded from the conversation: its first draw is the random order's seed.
+        seed = rng.getrandbits(63) if self.order == "random" else 0
+        return to_dict(self.cards[item_index(len(self.cards), index, seed, self.order)])
