@@ -10,9 +10,13 @@ and its parameters, and parsed with `parse_instruction` (bad input raises
 - ``sample(rng, prompt)``: a random instance, for simulated users that add
   instructions (``prompt`` is the request it is attached to).
 
-The checks follow the definitions of the IFEval paper (Zhou et al., 2023).
-Where IFEval used nltk, words are runs of word characters and sentences are
-split by `turnloom_scorers.textutil.split_sentences`.
+The checks follow the reference code of IFEval (Zhou et al., 2023; Google's
+``instruction_following_eval``). ``reading="multi-if"`` applies the changes of
+Multi-IF's official code (He et al., 2024): words and sentences counted per the
+language langdetect finds (one word per CJK character, Hindi sentences ended by
+'।', Thai through pythainlp) and curly or corner quotes accepted by
+``startend:quotation``. `Instruction.reference_note` names the few parameters for
+which a check departs from the reference on purpose.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import msgspec
 from turnloom_scorers import language, textutil
 
 Relation = Literal["less than", "at least"]
+Reading = Literal["ifeval", "multi-if"]
+READINGS: tuple[Reading, ...] = ("ifeval", "multi-if")
 RELATIONS: tuple[Relation, ...] = ("less than", "at least")
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -43,6 +49,19 @@ def _compare(count: int, relation: str, n: int) -> bool:
     return count < n if relation == "less than" else count >= n
 
 
+_REGEX_SPECIAL = frozenset(".^$*+?{}[]\\|()")
+
+
+def _literal_note(field: str, values: tuple[str, ...]) -> str | None:
+    """The reference code uses these strings as regular expressions; here they match
+    literally. The two agree unless a string holds a regex metacharacter."""
+    special = [v for v in values if _REGEX_SPECIAL & set(v)]
+    if not special:
+        return None
+    return (f"{field} {special} matched literally; the reference code reads them as regular "
+            f"expressions")
+
+
 class Instruction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
                   tag_field="type"):
     """Base of every instruction type; the ``type`` tag names the type."""
@@ -53,11 +72,15 @@ class Instruction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     def type(self) -> str:
         return str(type(self).__struct_config__.tag)
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         raise NotImplementedError
 
     def description(self) -> str:
         raise NotImplementedError
+
+    def reference_note(self) -> str | None:
+        """How this instance's check departs from the reference code, if it does."""
+        return None
 
     @classmethod
     def sample(cls, rng: random.Random, prompt: str) -> Instruction:
@@ -76,7 +99,10 @@ _FORBIDDEN = ("very", "really", "thing", "stuff", "basically", "actually", "just
 _END_PHRASES = ("Is there anything else I can help with?", "Let me know if you have additional "
                 "questions.", "Any other questions?")
 _OPTIONS = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
-_LANGUAGES = ("es", "fr", "de", "it", "pt", "nl", "ru", "zh", "ja", "ko", "hi", "ar")
+# Languages a user may ask for: those of IFEval's and Multi-IF's data that langdetect
+# tells apart reliably.
+_LANGUAGES = ("es", "fr", "de", "it", "pt", "nl", "ru", "ja", "ko", "hi", "ar", "vi", "th",
+              "fi", "pl", "uk", "bn", "fa", "he", "ta")
 _LANGUAGE_NAMES = {
     "en": "English", "es": "Spanish", "fr": "French", "de": "German", "it": "Italian",
     "pt": "Portuguese", "nl": "Dutch", "sv": "Swedish", "da": "Danish", "fi": "Finnish",
@@ -84,7 +110,9 @@ _LANGUAGE_NAMES = {
     "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "hi": "Hindi", "ar": "Arabic",
     "fa": "Persian", "he": "Hebrew", "el": "Greek", "bn": "Bengali", "th": "Thai",
     "ta": "Tamil", "te": "Telugu", "gu": "Gujarati", "kn": "Kannada", "ml": "Malayalam",
-    "pa": "Punjabi",
+    "pa": "Punjabi", "zh-cn": "Chinese (simplified)", "zh-tw": "Chinese (traditional)",
+    "ur": "Urdu", "vi": "Vietnamese", "bg": "Bulgarian", "ne": "Nepali", "sw": "Swahili",
+    "mr": "Marathi",
 }
 
 
@@ -98,8 +126,11 @@ class KeywordsExistence(Instruction, frozen=True, tag="keywords:existence"):
         if not self.keywords:
             raise ValueError("`keywords` must not be empty")
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         return all(re.search(re.escape(k), response, re.IGNORECASE) for k in self.keywords)
+
+    def reference_note(self) -> str | None:
+        return _literal_note("keywords", self.keywords)
 
     def description(self) -> str:
         return f"Include keywords {', '.join(self.keywords)} in the response."
@@ -114,9 +145,12 @@ class KeywordsFrequency(Instruction, frozen=True, tag="keywords:frequency"):
     frequency: Positive
     relation: Relation
 
-    def check(self, response: str) -> bool:
-        count = len(re.findall(re.escape(self.keyword), response, re.IGNORECASE))
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
+        count = len(re.findall(re.escape(self.keyword.strip()), response, re.IGNORECASE))
         return _compare(count, self.relation, self.frequency)
+
+    def reference_note(self) -> str | None:
+        return _literal_note("keyword", (self.keyword.strip(),))
 
     def description(self) -> str:
         return (f"In your response, the word {self.keyword} should appear {self.relation} "
@@ -135,9 +169,12 @@ class KeywordsForbiddenWords(Instruction, frozen=True, tag="keywords:forbidden_w
         if not self.forbidden_words:
             raise ValueError("`forbidden_words` must not be empty")
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         return not any(re.search(rf"\b{re.escape(w)}\b", response, re.IGNORECASE)
                        for w in self.forbidden_words)
+
+    def reference_note(self) -> str | None:
+        return _literal_note("forbidden_words", self.forbidden_words)
 
     def description(self) -> str:
         return f"Do not include keywords {', '.join(self.forbidden_words)} in the response."
@@ -156,7 +193,7 @@ class KeywordsLetterFrequency(Instruction, frozen=True, tag="keywords:letter_fre
         if not self.letter.isalpha():
             raise ValueError(f"`letter` must be a letter, got {self.letter!r}")
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         count = Counter(response.lower())[self.letter.lower()]
         return _compare(count, self.let_relation, self.let_frequency)
 
@@ -178,11 +215,19 @@ class ResponseLanguage(Instruction, frozen=True, tag="language:response_language
 
     def __post_init__(self) -> None:
         if self.language not in language.SUPPORTED:
-            raise ValueError(f"`language` {self.language!r} is not one the detector knows; "
+            raise ValueError(f"`language` {self.language!r} is not a code langdetect returns; "
                              f"choose one of {sorted(language.SUPPORTED)}")
 
-    def check(self, response: str) -> bool:
-        return language.detect(response) == self.language
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
+        detected = language.detect(response)
+        # An undetectable language counts as followed, as in the reference.
+        return detected is None or language.is_language(detected, self.language)
+
+    def reference_note(self) -> str | None:
+        if self.language == "zh":
+            return ("language 'zh' accepted as zh-cn or zh-tw; the reference compares "
+                    "langdetect's code literally, so 'zh' never matches there")
+        return None
 
     def description(self) -> str:
         name = _LANGUAGE_NAMES.get(self.language, self.language)
@@ -197,12 +242,39 @@ class ResponseLanguage(Instruction, frozen=True, tag="language:response_language
 # -- length --------------------------------------------------------------------------------
 
 
+def _detect_or_english(text: str) -> str:
+    # Multi-IF's counting falls back to English rules when the language is undetectable.
+    return language.detect(text) or "en"
+
+
+def _multi_if_sentences(text: str) -> int:
+    lang = _detect_or_english(text)
+    if lang == "th":
+        return textutil.count_thai_sentences(text)
+    if lang == "hi":
+        return textutil.count_hindi_sentences(text)
+    if lang in ("zh-cn", "zh-tw", "ja"):
+        return len(textutil.split_cjk_sentences(text))
+    return textutil.count_sentences(text)
+
+
+def _multi_if_words(text: str) -> int:
+    lang = _detect_or_english(text)
+    if lang == "th":
+        return textutil.count_thai_words(text)
+    if lang in ("zh-cn", "zh-tw", "ja"):
+        return textutil.count_cjk_words(text)
+    return textutil.count_words(text)
+
+
 class NumberSentences(Instruction, frozen=True, tag="length_constraints:number_sentences"):
     num_sentences: Positive
     relation: Relation
 
-    def check(self, response: str) -> bool:
-        return _compare(textutil.count_sentences(response), self.relation, self.num_sentences)
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
+        count = (_multi_if_sentences(response) if reading == "multi-if"
+                 else textutil.count_sentences(response))
+        return _compare(count, self.relation, self.num_sentences)
 
     def description(self) -> str:
         return f"Your response should contain {self.relation} {self.num_sentences} sentences."
@@ -228,7 +300,7 @@ def _star_paragraphs(response: str) -> int | None:
 class NumberParagraphs(Instruction, frozen=True, tag="length_constraints:number_paragraphs"):
     num_paragraphs: Positive
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         return _star_paragraphs(response) == self.num_paragraphs
 
     def description(self) -> str:
@@ -244,8 +316,10 @@ class NumberWords(Instruction, frozen=True, tag="length_constraints:number_words
     num_words: Positive
     relation: Relation
 
-    def check(self, response: str) -> bool:
-        return _compare(textutil.count_words(response), self.relation, self.num_words)
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
+        count = (_multi_if_words(response) if reading == "multi-if"
+                 else textutil.count_words(response))
+        return _compare(count, self.relation, self.num_words)
 
     def description(self) -> str:
         return f"Answer with {self.relation} {self.num_words} words."
@@ -265,7 +339,7 @@ class NthParagraphFirstWord(Instruction, frozen=True, tag="length_constraints:nt
             raise ValueError(f"`nth_paragraph` ({self.nth_paragraph}) must not exceed "
                              f"`num_paragraphs` ({self.num_paragraphs})")
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         paragraphs = re.split(r"\n\n", response)
         count = sum(1 for p in paragraphs if p.strip())
         if self.nth_paragraph > count:
@@ -299,7 +373,7 @@ class NthParagraphFirstWord(Instruction, frozen=True, tag="length_constraints:nt
 class NumberPlaceholders(Instruction, frozen=True, tag="detectable_content:number_placeholders"):
     num_placeholders: Positive
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         return len(re.findall(r"\[.*?\]", response)) >= self.num_placeholders
 
     def description(self) -> str:
@@ -314,7 +388,7 @@ class NumberPlaceholders(Instruction, frozen=True, tag="detectable_content:numbe
 class Postscript(Instruction, frozen=True, tag="detectable_content:postscript"):
     postscript_marker: NonEmpty
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         marker = self.postscript_marker.strip()
         if marker == "P.P.S":
             pattern = r"\s*p\.\s?p\.\s?s.*$"
@@ -323,6 +397,11 @@ class Postscript(Instruction, frozen=True, tag="detectable_content:postscript"):
         else:
             pattern = r"\s*" + re.escape(marker.lower()) + r".*$"
         return bool(re.findall(pattern, response.lower(), flags=re.MULTILINE))
+
+    def reference_note(self) -> str | None:
+        if self.postscript_marker.strip() in ("P.S.", "P.P.S"):
+            return None
+        return _literal_note("postscript_marker", (self.postscript_marker.strip(),))
 
     def description(self) -> str:
         return (f"At the end of your response, please explicitly add a postscript starting "
@@ -339,7 +418,7 @@ class Postscript(Instruction, frozen=True, tag="detectable_content:postscript"):
 class NumberBulletLists(Instruction, frozen=True, tag="detectable_format:number_bullet_lists"):
     num_bullets: Positive
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         stars = re.findall(r"^\s*\*[^\*].*$", response, flags=re.MULTILINE)
         dashes = re.findall(r"^\s*-.*$", response, flags=re.MULTILINE)
         return len(stars) + len(dashes) == self.num_bullets
@@ -356,7 +435,7 @@ class NumberBulletLists(Instruction, frozen=True, tag="detectable_format:number_
 class ConstrainedResponse(Instruction, frozen=True, tag="detectable_format:constrained_response"):
     options: tuple[NonEmpty, ...] = _OPTIONS
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         text = response.strip()
         return any(option in text for option in self.options)
 
@@ -372,7 +451,7 @@ class ConstrainedResponse(Instruction, frozen=True, tag="detectable_format:const
 class NumberHighlightedSections(Instruction, frozen=True, tag="detectable_format:number_highlighted_sections"):
     num_highlights: Positive
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         single = re.findall(r"\*[^\n\*]*\*", response)
         double = re.findall(r"\*\*[^\n\*]*\*\*", response)
         count = sum(1 for h in single if h.strip("*").strip())
@@ -392,9 +471,12 @@ class MultipleSections(Instruction, frozen=True, tag="detectable_format:multiple
     section_spliter: NonEmpty
     num_sections: Positive
 
-    def check(self, response: str) -> bool:
-        pattern = r"\s?" + re.escape(self.section_spliter) + r"\s?\d+\s?"
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
+        pattern = r"\s?" + re.escape(self.section_spliter.strip()) + r"\s?\d+\s?"
         return len(re.split(pattern, response)) - 1 >= self.num_sections
+
+    def reference_note(self) -> str | None:
+        return _literal_note("section_spliter", (self.section_spliter.strip(),))
 
     def description(self) -> str:
         s = self.section_spliter
@@ -409,12 +491,11 @@ class MultipleSections(Instruction, frozen=True, tag="detectable_format:multiple
 
 
 class JsonFormat(Instruction, frozen=True, tag="detectable_format:json_format"):
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
+        # Each fence is removed in turn, as the reference chains removeprefix calls.
         text = response.strip()
         for fence in ("```json", "```Json", "```JSON", "```"):
-            if text.startswith(fence):
-                text = text[len(fence):]
-                break
+            text = text.removeprefix(fence)
         text = text.removesuffix("```").strip()
         try:
             json.loads(text)
@@ -432,7 +513,7 @@ class JsonFormat(Instruction, frozen=True, tag="detectable_format:json_format"):
 
 
 class Title(Instruction, frozen=True, tag="detectable_format:title"):
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         return any(t.lstrip("<").rstrip(">").strip()
                    for t in re.findall(r"<<[^\n]+>>", response))
 
@@ -449,7 +530,7 @@ class Title(Instruction, frozen=True, tag="detectable_format:title"):
 
 
 class TwoResponses(Instruction, frozen=True, tag="combination:two_responses"):
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         parts = response.split("******")
         kept = []
         for i, part in enumerate(parts):
@@ -472,7 +553,7 @@ class TwoResponses(Instruction, frozen=True, tag="combination:two_responses"):
 class RepeatPrompt(Instruction, frozen=True, tag="combination:repeat_prompt"):
     prompt_to_repeat: NonEmpty
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         return response.strip().lower().startswith(self.prompt_to_repeat.strip().lower())
 
     def description(self) -> str:
@@ -491,7 +572,7 @@ class RepeatPrompt(Instruction, frozen=True, tag="combination:repeat_prompt"):
 class EndChecker(Instruction, frozen=True, tag="startend:end_checker"):
     end_phrase: NonEmpty
 
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         return response.strip().strip('"').lower().endswith(self.end_phrase.strip().lower())
 
     def description(self) -> str:
@@ -503,10 +584,15 @@ class EndChecker(Instruction, frozen=True, tag="startend:end_checker"):
         return cls(end_phrase=rng.choice(_END_PHRASES))
 
 
+# Straight quotes; Multi-IF also takes Chinese curly quotes and Japanese corner brackets.
+_QUOTE_PAIRS = (('"', '"'), ("\u201c", "\u201d"), ("\u300c", "\u300d"))
+
+
 class Quotation(Instruction, frozen=True, tag="startend:quotation"):
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         text = response.strip()
-        return len(text) > 1 and text[0] == '"' and text[-1] == '"'
+        pairs = _QUOTE_PAIRS if reading == "multi-if" else _QUOTE_PAIRS[:1]
+        return len(text) > 1 and any(text[0] == a and text[-1] == b for a, b in pairs)
 
     def description(self) -> str:
         return "Wrap your entire response with double quotation marks."
@@ -523,8 +609,8 @@ class CapitalWordFrequency(Instruction, frozen=True, tag="change_case:capital_wo
     capital_frequency: Positive
     capital_relation: Relation
 
-    def check(self, response: str) -> bool:
-        capitals = sum(1 for w in textutil.words(response) if w.isupper())
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
+        capitals = sum(1 for w in textutil.word_tokenize(response) if w.isupper())
         return _compare(capitals, self.capital_relation, self.capital_frequency)
 
     def description(self) -> str:
@@ -536,9 +622,14 @@ class CapitalWordFrequency(Instruction, frozen=True, tag="change_case:capital_wo
         return cls(capital_frequency=rng.randint(1, 8), capital_relation=rng.choice(RELATIONS))
 
 
+def _english_or_undetectable(text: str) -> bool:
+    detected = language.detect(text)
+    return detected is None or detected == "en"
+
+
 class EnglishCapital(Instruction, frozen=True, tag="change_case:english_capital"):
-    def check(self, response: str) -> bool:
-        return response.isupper() and language.detect(response.lower()) == "en"
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
+        return response.isupper() and _english_or_undetectable(response)
 
     def description(self) -> str:
         return "Your entire response should be in English, and in all capital letters."
@@ -549,8 +640,8 @@ class EnglishCapital(Instruction, frozen=True, tag="change_case:english_capital"
 
 
 class EnglishLowercase(Instruction, frozen=True, tag="change_case:english_lowercase"):
-    def check(self, response: str) -> bool:
-        return response.islower() and language.detect(response) == "en"
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
+        return response.islower() and _english_or_undetectable(response)
 
     def description(self) -> str:
         return ("Your entire response should be in English, and in all lowercase letters. No "
@@ -565,7 +656,7 @@ class EnglishLowercase(Instruction, frozen=True, tag="change_case:english_lowerc
 
 
 class NoComma(Instruction, frozen=True, tag="punctuation:no_comma"):
-    def check(self, response: str) -> bool:
+    def check(self, response: str, reading: Reading = "ifeval") -> bool:
         return "," not in response
 
     def description(self) -> str:

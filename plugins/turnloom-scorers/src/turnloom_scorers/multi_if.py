@@ -10,7 +10,9 @@ state, and each user turn's ``meta["multi_if"]`` records what it added.
 
 The ``multi-if`` scorer checks each answer against the instructions in force
 (strict and loose, prompt- and instruction-level) and reports per-turn curves
-per conversation; `accuracy_curve` averages them over a run's records.
+per conversation; `accuracy_curve` averages them over a run's records. Its checks
+take Multi-IF's reading by default (``reading = "multi-if"``): word and sentence
+counts follow the language of the answer, as in Multi-IF's official code.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from turnloom.agents import Reply
 from turnloom.records import ConversationState, TurnRecord
 
 from turnloom_scorers import ifeval
-from turnloom_scorers.instructions import (TYPES, Instruction, InstructionError, conflicts,
-                                           parse_instruction)
+from turnloom_scorers.instructions import (TYPES, Instruction, InstructionError, Reading,
+                                           conflicts, parse_instruction)
 from turnloom_scorers.settings import Settings, decode, load_data
 
 META_KEY = "multi_if"
@@ -109,6 +111,7 @@ class MultiIfUser:
 
 class ScorerSettings(Settings, frozen=True):
     participant: str = "assistant"
+    reading: Reading = "multi-if"  # or "ifeval": Google's English-only counts
 
 
 class MultiIfScorer:
@@ -116,7 +119,9 @@ class MultiIfScorer:
     the same per user turn (``turn1.prompt_strict``, ...) and their means."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.participant = decode(ScorerSettings, settings, "multi-if").participant
+        s = decode(ScorerSettings, settings, "multi-if")
+        self.participant = s.participant
+        self.reading: Reading = s.reading
 
     def _evaluate(self, conversation: ConversationState,
                   turn: TurnRecord) -> tuple[int, ifeval.Evaluation] | None:
@@ -126,7 +131,7 @@ class MultiIfScorer:
         instructions = instructions_in_force(conversation, upto)
         if not instructions:
             return None
-        return upto, ifeval.evaluate(instructions, turn.text)
+        return upto, ifeval.evaluate(instructions, turn.text, self.reading)
 
     def score_turn(self, conversation: ConversationState, turn: TurnRecord) -> dict[str, Any] | None:
         if turn.participant != self.participant:
@@ -135,23 +140,30 @@ class MultiIfScorer:
         if found is None:
             return None
         upto, ev = found
-        return {"turn": upto, "instructions": len(ev.strict), **ev.scores()}
+        out: dict[str, Any] = {"turn": upto, "instructions": len(ev.strict), **ev.scores()}
+        if ev.notes:
+            out["reference_notes"] = list(ev.notes)
+        return out
 
     def score_conversation(self, conversation: ConversationState) -> dict[str, Any] | None:
         out: dict[str, Any] = {}
         evaluations = []
+        notes: dict[str, None] = {}
         for turn in conversation.turns_of(self.participant):
             found = self._evaluate(conversation, turn)
             if found is None:
                 continue
             upto, ev = found
             evaluations.append(ev)
+            notes.update(dict.fromkeys(ev.notes))
             for metric, value in ev.scores().items():
                 out[f"turn{upto}.{metric}"] = value
         if not evaluations:
             return None
         out.update(ifeval.accuracy(evaluations))
         out["turns_scored"] = len(evaluations)
+        if notes:
+            out["reference_notes"] = list(notes)
         return out
 
 
