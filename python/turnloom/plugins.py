@@ -54,6 +54,7 @@ ENTRY_POINT_GROUP = "turnloom"
 DEFAULT_PLUGINS = (
     "turnloom.builtin.backends",
     "turnloom.builtin.agents",
+    "turnloom.builtin.replay_user",
     "turnloom.builtin.scorers",
     "turnloom.builtin.exporters",
     "turnloom.tools.plugin",
