@@ -7,7 +7,16 @@ the `turnloom` entry-point group.
 
 Registration hooks receive a `register` callable: call it once per component,
 ``register(name, factory)``. Factories are called with the component's
-settings from the scenario (a dict) and return the component.
+settings from the scenario (a dict) and return the component. A component that names
+other participants in its settings may define ``check_participants(names)``: it is
+called with the scenario's participant names when the component is built (by
+``turnloom validate`` as by a run) and raises ValueError for a name not among them.
+
+Lifecycle hooks (``on_conversation_start``, ``on_turn_end``, ``should_stop``,
+``on_conversation_end``) of an installed plugin apply to a run only when its scenario
+lists the plugin in ``plugins = [...]`` or uses one of its components; built-in plugins
+and plugins registered by the caller's own code always apply. The run's manifest and
+``turnloom show`` name the plugins whose hooks applied.
 """
 
 from __future__ import annotations
