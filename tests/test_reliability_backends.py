@@ -203,6 +203,32 @@ def test_openai_breaker_fails_fast_then_probes() -> None:
         asyncio.run(main())
 
 
+def test_openai_errors_after_the_breaker_opens_name_the_real_cause() -> None:
+    """Requests refused by an open breaker never sent anything themselves: their
+    error must still carry the failure that opened it, not "none"."""
+    with OpenAITestServer() as server:
+        server.inject("status", times=10_000, status=500)
+
+        async def main() -> None:
+            backend = OpenAIBackend(server.url + "/v1", "m", retries=2, breaker_threshold=2,
+                                    breaker_cooldown=1.0, **FAST)
+            await backend.start()
+            try:
+                results = await backend.generate([req(f"a{k}") for k in range(8)])
+                assert backend.breaker.state == "open"
+                errors = [r.error or "" for r in results]
+                assert all(r.finish_reason == "error" for r in results)
+                assert all("HTTP 500" in e for e in errors), errors
+                assert not any("none" in e for e in errors), errors
+                backend.retries = 0  # one attempt, refused by the open breaker
+                (late,) = await backend.generate([req("late")])
+                assert "circuit open" in (late.error or "") and "HTTP 500" in (late.error or "")
+            finally:
+                await backend.close()
+
+        asyncio.run(main())
+
+
 def test_openai_busy_replies_do_not_open_the_breaker() -> None:
     with OpenAITestServer() as server:
         server.inject("status", times=6, status=429)

@@ -1,48 +1,60 @@
-"""OpenAI-compatible HTTP APIs: vLLM, SGLang's OpenAI routes, llama.cpp server,
-hosted APIs.
+"""OpenAI-compatible HTTP APIs: vLLM, SGLang's OpenAI routes, llama.cpp's
+servers, hosted APIs.
 
 Two endpoints:
 
-- ``completions`` (``POST {base_url}/completions``): the prompt goes out as
-  token ids (``"prompt": [ids]``), which vLLM, SGLang and llama.cpp accept, so
-  history is never re-rendered. Preferred.
-- ``chat`` (``POST {base_url}/chat/completions``): the server applies its own
-  chat template, so the token-id prompt has to become messages again. The
-  backend decodes it with the `tokenizer` given to the constructor and reads
-  ChatML turns (what turnloom's ChatMLFormat renders); a prompt that is not
-  ChatML goes out as one user message. Pass `messages_from_ids` to handle
-  another template.
+- ``completions`` (``POST {base_url}/completions``): a token backend. The
+  prompt goes out as token ids (``"prompt": [ids]``), which vLLM, SGLang and
+  llama.cpp's C++ server accept, so history is never re-rendered.
+  llama-cpp-python's server does not take them (HTTP 500): the backend
+  refuses that pairing at start.
+- ``chat`` (``POST {base_url}/chat/completions``): a message backend
+  (`takes = "messages"`). The speaker's view goes out as the request's
+  `messages` and `tools`, as they are: no local tokenizer, no re-rendering,
+  and a user text that looks like a chat-template marker stays one user
+  message. Replies' ``tool_calls`` come back structured, reasoning text
+  (``reasoning_content``) separately.
 
-Output ids: a reply's ``choices[i].token_ids`` when the server sends them
-(vLLM with ``return_token_ids``, enable with the setting of that name);
-otherwise the reply text re-encoded with `tokenizer`; otherwise empty.
-``usage.prompt_tokens_details.cached_tokens`` is read when present.
+Token counts: ``usage.prompt_tokens`` and
+``usage.prompt_tokens_details.cached_tokens`` are the server's, recorded per
+request (the local prompt length is used only when the server sends no usage).
+Output ids: ``choices[i].token_ids`` when the server sends them (vLLM with
+``return_token_ids``, enable with the setting of that name); else the reply
+text re-encoded with a known tokenizer; else empty.
+
+Knowing the server: at start the backend asks ``GET /models`` what the server
+is (`turnloom.probe.identify`, no generation) and then sends explicit values
+for the sampling fields that server would otherwise fill with its own defaults
+(top_k off, min_p 0, the repetition penalty 1 under the server's name for it:
+``repeat_penalty`` on llama.cpp), warns when seeds will not be honoured, and
+refuses a mode the server does not support. ``probe = false`` skips this (plain
+OpenAI fields only).
 
 Rate limits: requests and tokens per minute (token buckets; a request costs
-its prompt plus max_new_tokens). 429, 408, 409 and 5xx replies and transport
-faults are retried with exponential backoff and jitter, honouring
-Retry-After / retry-after-ms; a 429 also pauses every request. A circuit
-breaker (`CircuitBreaker`) guards the endpoint: `breaker_threshold`
-consecutive failures (transport faults, 5xx, malformed replies; not 408/409/429,
-which mean busy) open it, and attempts then fail fast without a request for
-`breaker_cooldown` seconds; then one probe request goes out, and its success
-closes the breaker, its failure re-opens it. The API key
-is read from the environment variable named by ``api_key_env``
-(OPENAI_API_KEY by default); without it no Authorization header is sent.
-
-Parameters: max_new_tokens -> max_tokens, temperature, top_p, stop, seed;
-top_k, repetition_penalty and stop_token_ids only when set (hosted APIs
-reject them; vLLM and SGLang accept them).
+its prompt plus max_new_tokens). 429, 408, 409, 503 (busy) and other 5xx
+replies and transport faults are retried with exponential backoff and jitter,
+honouring Retry-After / retry-after-ms; a busy reply with a Retry-After also
+pauses every request. A circuit breaker (`CircuitBreaker`) guards the
+endpoint: `breaker_threshold` consecutive failures (transport faults, 5xx
+other than 503, malformed replies; not busy replies) open it, and attempts
+then fail fast without a request for `breaker_cooldown` seconds; then one
+probe request goes out, and its success closes the breaker, its failure
+re-opens it. A request that gives up names the failure that opened the
+breaker. The API key is read from the environment variable named by
+``api_key_env`` (OPENAI_API_KEY by default); without it no Authorization
+header is sent. ``proxy``, ``tls_verify`` and ``ca_bundle`` set the
+connection; HTTP(S)_PROXY / NO_PROXY apply otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import random
-import re
 import time
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import msgspec
 
@@ -50,17 +62,22 @@ from turnloom.backends._http import (
     CircuitBreaker,
     HTTPClient,
     MalformedReply,
-    Response,
     TransportError,
+    busy,
     error_message,
+    retry_after,
+    retryable,
     split_url,
 )
 from turnloom.backends._ratelimit import per_minute
 from turnloom.backends._sglang_common import error_result, trim_stop_string
 from turnloom.backends.base import Backend, BackendError, BackendInfo, GenRequest, GenResult
+from turnloom.probe import ServerInfo, identify, sampling_fields
 
-Messages = list[dict[str, str]]
-RETRY_STATUSES = frozenset({408, 409, 429})
+log = logging.getLogger(__name__)
+
+#: finish_reason values that mean the server stopped the request itself.
+_ABORTED = frozenset({"abort", "error", "cancelled"})
 
 
 class OpenAISettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -84,6 +101,10 @@ class OpenAISettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     extra_body: dict[str, Any] = {}
     breaker_threshold: int = 10
     breaker_cooldown: float = 10.0
+    probe: bool = True
+    proxy: str | None = None
+    tls_verify: bool = True
+    ca_bundle: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -125,7 +146,6 @@ class OpenAIBackend(Backend):
     def __init__(self, base_url: str, model: str, *,
                  endpoint: Literal["completions", "chat"] = "completions",
                  api_key: str | None = None, tokenizer: Any = None,
-                 messages_from_ids: Callable[[Sequence[int]], Messages] | None = None,
                  timeout: float = 600.0, connect_timeout: float = 10.0, retries: int = 5,
                  backoff: float = 1.0, backoff_max: float = 60.0,
                  requests_per_minute: float | None = None,
@@ -134,7 +154,8 @@ class OpenAIBackend(Backend):
                  cache_capacity_tokens: int | None = None,
                  extra_body: Mapping[str, Any] | None = None,
                  breaker_threshold: int = 10, breaker_cooldown: float = 10.0,
-                 rng: random.Random | None = None) -> None:
+                 probe: bool = True, proxy: str | None = None, tls_verify: bool = True,
+                 ca_bundle: str | None = None, rng: random.Random | None = None) -> None:
         if endpoint not in ("completions", "chat"):
             raise BackendError(f"openai: endpoint must be 'completions' or 'chat', not {endpoint!r}")
         try:
@@ -144,10 +165,11 @@ class OpenAIBackend(Backend):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.endpoint = endpoint
-        self.reads_token_ids = endpoint == "completions"  # chat decodes prompts to messages
+        self.takes = "messages" if endpoint == "chat" else "tokens"
+        self.reads_token_ids = endpoint == "completions"
+        self.url = self.base_url + ("/chat/completions" if endpoint == "chat" else "/completions")
         self.api_key = api_key
         self.tokenizer = tokenizer
-        self._custom_messages = messages_from_ids
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retries = retries
@@ -158,19 +180,28 @@ class OpenAIBackend(Backend):
         self.return_token_ids = return_token_ids
         self.cache_capacity_tokens = cache_capacity_tokens
         self.extra_body = dict(extra_body or {})
+        self.probe = probe
+        self.proxy = proxy
+        self.tls_verify = tls_verify
+        self.ca_bundle = ca_bundle
+        self.server: ServerInfo | None = None
+        """What `identify` found at start (None with probe off)."""
+        self._sampling: dict[str, Any] = {}
+        self._stop_token_ids = True
         self._rpm = per_minute(requests_per_minute)
         self._tpm = per_minute(tokens_per_minute)
         self._rng = rng or random.Random()
         self._client: HTTPClient | None = None
         self._gate: asyncio.Semaphore | None = None
         self._paused_until = 0.0
+        self._last_failure = ""
         self.breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | OpenAISettings,
                       **kwargs: Any) -> "OpenAIBackend":
         """Build from a settings table; an unknown or bad field raises BackendError naming it.
-        `tokenizer` / `messages_from_ids` go in as keyword arguments."""
+        `tokenizer` goes in as a keyword argument."""
         if not isinstance(settings, OpenAISettings):
             try:
                 settings = msgspec.convert(dict(settings), OpenAISettings)
@@ -188,26 +219,45 @@ class OpenAIBackend(Backend):
                    cache_capacity_tokens=settings.cache_capacity_tokens,
                    extra_body=settings.extra_body,
                    breaker_threshold=settings.breaker_threshold,
-                   breaker_cooldown=settings.breaker_cooldown, **kwargs)
+                   breaker_cooldown=settings.breaker_cooldown, probe=settings.probe,
+                   proxy=settings.proxy, tls_verify=settings.tls_verify,
+                   ca_bundle=settings.ca_bundle, **kwargs)
 
     def use_chat_format(self, fmt: Any) -> None:
-        """The engine's chat format: its tokenizer decodes prompts and encodes replies."""
+        """The engine's chat format: its tokenizer re-encodes reply text into ids."""
         self.tokenizer = fmt.tokenizer
 
-    def messages_from_ids(self, ids: Sequence[int]) -> Messages:
-        if self._custom_messages is not None:
-            return self._custom_messages(ids)
-        assert self.tokenizer is not None
-        return chatml_messages(self.tokenizer.decode(ids))
-
     async def start(self) -> None:
-        if self.endpoint == "chat" and self.tokenizer is None and self._custom_messages is None:
-            raise BackendError("openai: the chat endpoint needs a tokenizer (or messages_from_ids) "
-                               "to turn token-id prompts back into messages")
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        # One connection per request in flight: a smaller pool churns connections.
         self._client = HTTPClient(timeout=self.timeout, connect_timeout=self.connect_timeout,
-                                  headers=headers)
+                                  headers=headers, max_connections=self.max_concurrency,
+                                  proxy=self.proxy, verify=self.tls_verify,
+                                  ca_bundle=self.ca_bundle)
         self._gate = asyncio.Semaphore(self.max_concurrency)
+        if self.probe:
+            await self._know_server()
+
+    async def _know_server(self) -> None:
+        assert self._client is not None
+        info = await identify(self._client, self.base_url,
+                              timeout=min(self.timeout, 2 * self.connect_timeout))
+        self.server = info
+        for note in info.notes:
+            log.warning("openai: %s: %s", self.base_url, note)
+        dialect = info.dialect
+        if self.endpoint == "completions" and dialect.token_id_prompts is False \
+                and info.kind != "openai":
+            await self.close()
+            raise BackendError(
+                f"openai: {self.base_url} is {info.kind}, which does not take token-id prompts "
+                f"on /completions; use endpoint = \"chat\"")
+        self._sampling = sampling_fields(info)
+        self._stop_token_ids = dialect.stop_token_ids or info.kind == "openai"
+        if dialect.seeds != "honoured":
+            log.warning("openai: %s is %s: seeds are honoured %s, so seeded requests may "
+                        "not reproduce (`turnloom probe %s` tests it)", self.base_url,
+                        info.kind, dialect.seeds, self.base_url)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -234,21 +284,23 @@ class OpenAIBackend(Backend):
             body = self._body(req)
         except _Fail as e:
             return error_result(req, str(e))
-        url = self.base_url + ("/chat/completions" if self.endpoint == "chat" else "/completions")
-        last = ""
+        url = self.url
+        own = ""  # this request's own latest failure
         breaker = self.breaker
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(max(self._delay(attempt - 1, None), breaker.retry_in()))
             if not breaker.allow():
-                state = "open" if breaker.state == "open" else "half-open, probe in flight"
-                last = f"{url}: circuit {state} (last error: {last or 'none'})"
                 continue
             try:
                 result = await self._exchange(req, url, body, started)
             except _Retry as e:
-                last = str(e)
-                breaker.success() if e.busy else breaker.failure()
+                own = str(e)
+                if e.busy:
+                    breaker.success()
+                else:
+                    self._last_failure = own
+                    breaker.failure()
                 if e.after is not None:
                     self._paused_until = max(self._paused_until, time.monotonic() + e.after)
                 continue
@@ -256,11 +308,18 @@ class OpenAIBackend(Backend):
                 breaker.success()  # the endpoint works; this request is wrong
                 return error_result(req, str(e), time.monotonic() - started)
             except Exception as e:  # never let one request sink the batch
+                self._last_failure = f"{type(e).__name__}: {e}"
                 breaker.failure()
-                return error_result(req, f"{type(e).__name__}: {e}", time.monotonic() - started)
+                return error_result(req, self._last_failure, time.monotonic() - started)
             breaker.success()
             return result
-        return error_result(req, f"{last} (gave up after {self.retries + 1} attempts)",
+        if breaker.state != "closed":
+            state = "open" if breaker.state == "open" else "half-open, probe in flight"
+            cause = own or self._last_failure or "none recorded"
+            msg = f"{url}: circuit {state}; last failure: {cause}"
+        else:
+            msg = own
+        return error_result(req, f"{msg} (gave up after {self.retries + 1} attempts)",
                             time.monotonic() - started)
 
     async def _exchange(self, req: GenRequest, url: str, body: dict[str, Any],
@@ -273,16 +332,16 @@ class OpenAIBackend(Backend):
             if self._rpm is not None:
                 await self._rpm.acquire(1)
             if self._tpm is not None:
-                await self._tpm.acquire(len(req.input_ids) + req.params.max_new_tokens)
+                await self._tpm.acquire(_prompt_cost(req) + req.params.max_new_tokens)
             try:
                 response = await self._client.post_json(url, body)
             except TransportError as e:
-                raise _Retry(f"{url}: {e}") from None
+                raise _Retry(str(e)) from None
         status = response.status
         if status != 200:
             msg = f"{url}: HTTP {status}: {error_message(response)}"
-            if status in RETRY_STATUSES or status >= 500:
-                raise _Retry(msg, _retry_after(response), busy=status in RETRY_STATUSES)
+            if retryable(status):
+                raise _Retry(msg, retry_after(response), busy=busy(status))
             raise _Fail(msg)
         try:
             data = response.json()
@@ -290,11 +349,11 @@ class OpenAIBackend(Backend):
         except (MalformedReply, KeyError, IndexError, TypeError, ValueError) as e:
             raise _Retry(f"{url}: malformed reply: {type(e).__name__}: {e}") from None
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
+    def _delay(self, attempt: int, retry_after_s: float | None) -> float:
         cap = min(self.backoff_max, self.backoff * (2 ** attempt))
         delay = cap / 2 + self._rng.uniform(0, cap / 2)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
+        if retry_after_s is not None:
+            delay = max(delay, retry_after_s)
         return delay
 
     def _body(self, req: GenRequest) -> dict[str, Any]:
@@ -303,21 +362,34 @@ class OpenAIBackend(Backend):
                                 "temperature": p.temperature, "top_p": p.top_p, "n": 1,
                                 "stream": False}
         if self.endpoint == "chat":
-            try:
-                body["messages"] = self.messages_from_ids(req.input_ids)
-            except ValueError as e:
-                raise _Fail(f"cannot turn the prompt into chat messages: {e}") from None
+            if not req.messages:
+                raise _Fail("the chat endpoint sends GenRequest.messages (the speaker's view), "
+                            "and this request has none")
+            body["messages"] = req.messages
+            if req.tools:
+                body["tools"] = req.tools
         else:
             body["prompt"] = list(req.input_ids)
         if p.stop:
             body["stop"] = list(p.stop)
         if p.seed is not None:
             body["seed"] = p.seed
-        if p.top_k != -1:
-            body["top_k"] = p.top_k
-        if p.repetition_penalty != 1.0:
-            body["repetition_penalty"] = p.repetition_penalty
+        if self._sampling:
+            # The server's own defaults (top_k 40, min_p 0.05, ...) would apply otherwise.
+            body.update(self._sampling)
+            if p.top_k > 0:
+                body["top_k"] = p.top_k
+            penalty = next(k for k in self._sampling if k.endswith("penalty"))
+            body[penalty] = p.repetition_penalty
+        else:
+            if p.top_k != -1:
+                body["top_k"] = p.top_k
+            if p.repetition_penalty != 1.0:
+                body["repetition_penalty"] = p.repetition_penalty
         if p.stop_token_ids:
+            if not self._stop_token_ids:
+                raise _Fail(f"{self.url}: this server ({self.server.kind if self.server else '?'})"
+                            " ignores stop_token_ids; use stop strings")
             body["stop_token_ids"] = list(p.stop_token_ids)
         if self.return_token_ids:
             body["return_token_ids"] = True
@@ -326,13 +398,21 @@ class OpenAIBackend(Backend):
 
     def _read(self, req: GenRequest, data: Any, elapsed: float) -> GenResult:
         choice = data["choices"][0]
+        tool_calls = reasoning = None
         if self.endpoint == "chat":
-            text = choice["message"].get("content") or ""
+            message = choice["message"]
+            text = message.get("content") or ""
+            tool_calls = _tool_calls(message.get("tool_calls"))
+            reasoning = message.get("reasoning_content") or message.get("reasoning") or None
         else:
             text = choice["text"]
         if not isinstance(text, str):
             raise TypeError("reply text is not a string")
-        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        reason = choice.get("finish_reason")
+        if reason in _ABORTED:
+            raise _Retry(f"{self.url}: the server ended the request with finish_reason "
+                         f"{reason!r}")
+        finish = "length" if reason == "length" else "stop"
         ids = choice.get("token_ids")
         decode = self.tokenizer.decode if self.tokenizer is not None else None
         if isinstance(ids, list) and all(isinstance(t, int) for t in ids):
@@ -347,55 +427,45 @@ class OpenAIBackend(Backend):
             # Re-encoded text can take more ids than were generated.
             ids = ids[: req.params.max_new_tokens]
         usage = data.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens")
+        if not isinstance(prompt_tokens, int) or prompt_tokens < 0:
+            prompt_tokens = len(req.input_ids)
         details = usage.get("prompt_tokens_details") or {}
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        prompt_tokens = len(req.input_ids)
         cached = min(max(cached, 0), prompt_tokens) if isinstance(cached, int) else 0
         return GenResult(rid=req.rid, output_ids=list(ids), text=text, finish_reason=finish,
-                         prompt_tokens=prompt_tokens, cached_tokens=cached, latency_s=elapsed)
+                         prompt_tokens=prompt_tokens, cached_tokens=cached, latency_s=elapsed,
+                         tool_calls=tool_calls,
+                         reasoning=reasoning if isinstance(reasoning, str) else None)
 
 
-_CHATML_TURN = re.compile(r"<\|im_start\|>([^\n]*)\n(.*?)(?:<\|im_end\|>\n?|$)", re.S)
-
-
-def chatml_messages(text: str) -> Messages:
-    """Messages of a ChatML prompt that ends with an open assistant turn.
-
-    Text outside ChatML markers is sent as one user message; an open final
-    turn with text in it cannot be continued through a chat API.
-    """
-    if "<|im_start|>" not in text:
-        return [{"role": "user", "content": text}]
-    messages: Messages = []
-    pos = text.index("<|im_start|>")
-    if text[:pos].strip():
-        raise ValueError("text before the first <|im_start|>")
-    for m in _CHATML_TURN.finditer(text, pos):
-        closed = text[m.start():m.end()].rstrip("\n").endswith("<|im_end|>")
-        role, content = m.group(1).strip(), m.group(2)
-        if not closed:
-            if content.strip():
-                raise ValueError(f"the prompt ends inside a {role} message with text in it")
-            continue  # the generation prefix
-        messages.append({"role": role, "content": content})
-    if not messages:
-        raise ValueError("no complete ChatML message")
-    return messages
-
-
-
-
-def _retry_after(response: Response) -> float | None:
-    ms = response.headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = response.headers.get("retry-after")
-    if value is None:
+def _tool_calls(raw: Any) -> list[dict[str, Any]] | None:
+    """A reply's tool calls in OpenAI's shape; arguments always a JSON string
+    (some servers send an object)."""
+    if not raw:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+    if not isinstance(raw, list):
+        raise TypeError("tool_calls is not a list")
+    calls = []
+    for i, call in enumerate(raw):
+        fn = call["function"]
+        name = fn["name"]
+        if not isinstance(name, str):
+            raise TypeError("a tool call's function name is not a string")
+        args = fn.get("arguments")
+        if args is None:
+            args = "{}"
+        elif not isinstance(args, str):
+            args = json.dumps(args)
+        calls.append({"id": str(call.get("id") or f"call_{i}"), "type": "function",
+                      "function": {"name": name, "arguments": args}})
+    return calls
+
+
+def _prompt_cost(req: GenRequest) -> int:
+    """Prompt tokens for the token bucket: the rendered ids, else about 4
+    characters a token of the messages."""
+    if req.input_ids:
+        return len(req.input_ids)
+    chars = sum(len(str(m.get("content") or "")) for m in req.messages or ())
+    return max(1, chars // 4)

@@ -76,6 +76,8 @@ class LoopbackServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.errors: list[str] = []
         """Exceptions raised by handle(), answered with HTTP 500."""
+        self.connections = 0
+        """TCP connections accepted so far (tests check client pooling with it)."""
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -177,6 +179,7 @@ class LoopbackServer:
         assert task is not None
         self._tasks.add(task)
         self._writers.add(writer)
+        self.connections += 1
         try:
             while True:
                 request = await _read_request(reader)

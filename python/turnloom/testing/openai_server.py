@@ -5,12 +5,27 @@
   ``top_p``, ``stop``, ``seed``, plus vLLM's ``top_k``, ``repetition_penalty``,
   ``stop_token_ids``, ``ignore_eos`` and ``return_token_ids`` (which adds
   ``token_ids`` to each choice and ``prompt_token_ids``).
-- ``POST /v1/chat/completions``: ``messages`` rendered as ChatML with the
-  server's tokenizer, then generated the same way.
-- ``GET /v1/models``.
+- ``POST /v1/chat/completions``: ``messages`` (with ``tool_calls`` and
+  ``tool`` results) and ``tools`` rendered as ChatML with the server's
+  tokenizer, then generated the same way. With ``tools`` given, a last user
+  message ``CALL name {json}`` is answered with that structured tool call
+  (the hash model cannot choose tools; tests need a reply they can predict).
+- ``GET /v1/models`` (vLLM's ``max_model_len``), ``POST /tokenize`` (vLLM) or
+  ``POST /extras/tokenize`` (llama-cpp-python).
 
-Replies carry ``usage`` with ``prompt_tokens_details.cached_tokens`` from the
-same radix-cache model as the SGLang test server. Errors use OpenAI's shape
+Replies carry ``usage``; ``prompt_tokens_details.cached_tokens`` (from the
+same radix-cache model as the SGLang test server) only with
+`report_cached_tokens`, as vLLM does with ``--enable-prompt-tokens-details``.
+A prompt plus ``max_tokens`` over `context_length` is a 400 naming the length.
+
+``flavor="llama-cpp-python"`` reproduces llama.cpp's Python server: string
+prompts only (token ids are an HTTP 500), its sampling defaults for absent
+fields (temperature 0.8, top_p 0.95, top_k 40, min_p 0.05, repeat_penalty
+1.1), ``repeat_penalty`` as the penalty's name (``repetition_penalty`` and
+``stop_token_ids`` are ignored), no cached-token reporting, ``owned_by: "me"``.
+`sampling` records what each request was sampled with, after defaults.
+`honour_seed=False` makes seeds ignored (each request draws its own), as
+SGLang does outside its deterministic mode. Errors use OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``. Rate limiting: a
 `requests_per_minute` limit answers 429 with Retry-After when exceeded, and
 `FaultSchedule` faults (route "/v1/completions" or "/v1/chat/completions")
@@ -25,8 +40,11 @@ import argparse
 import asyncio
 import time
 import uuid
+import json
+import random
+import re
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import msgspec
 
@@ -43,12 +61,21 @@ from turnloom.testing.faults import Fault, FaultSchedule
 from turnloom.tokenizer import ByteTokenizer
 
 ROUTES = ("/v1/completions", "/v1/chat/completions")
+LLAMA_CPP_DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05,
+                      "repeat_penalty": 1.1}
+VLLM_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "min_p": 0.0,
+                 "repetition_penalty": 1.0}
+_CALL = re.compile(r"CALL (\w+) (\{.*\})\s*$", re.S)
 
 
 class InvalidRequest(ValueError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class ServerFault(Exception):
+    """Answered with a bare HTTP 500, as a server framework does on a handler crash."""
 
 
 class OpenAITestServer(LoopbackServer):
@@ -59,8 +86,23 @@ class OpenAITestServer(LoopbackServer):
                  tokenizer: Any = None, detokenizer: Detokenizer | None = None,
                  cache_capacity: int = 1 << 16, cache: Any = None,
                  faults: FaultSchedule | None = None, api_key: str | None = None,
-                 requests_per_minute: float | None = None, latency: float = 0.0) -> None:
+                 requests_per_minute: float | None = None, latency: float = 0.0,
+                 flavor: Literal["vllm", "llama-cpp-python"] = "vllm",
+                 context_length: int = 32768, report_cached_tokens: bool = True,
+                 honour_seed: bool = True) -> None:
         super().__init__(host, port)
+        if flavor not in ("vllm", "llama-cpp-python"):
+            raise ValueError(f"flavor must be 'vllm' or 'llama-cpp-python', not {flavor!r}")
+        self.flavor = flavor
+        self.llama = flavor == "llama-cpp-python"
+        self.context_length = context_length
+        self.report_cached_tokens = report_cached_tokens and not self.llama
+        self.honour_seed = honour_seed
+        self._seeds = random.Random()
+        self.prompt_tokens: deque[int] = deque(maxlen=10_000)
+        """The rendered prompt length of each generation request."""
+        self.sampling: deque[dict[str, Any]] = deque(maxlen=10_000)
+        """The sampling values of each generation request, server defaults filled in."""
         self.model_name = model_name
         self.tokenizer = tokenizer or ByteTokenizer()
         self.detok = detokenizer or (Detokenizer.bytes() if tokenizer is None
@@ -89,9 +131,14 @@ class OpenAITestServer(LoopbackServer):
             return _error(401, "Incorrect API key provided.", "invalid_request_error",
                           code="invalid_api_key")
         if request.path == "/v1/models":
-            return Reply.json({"object": "list", "data": [{
-                "id": self.model_name, "object": "model", "created": int(time.time()),
-                "owned_by": "turnloom"}]})
+            model: dict[str, Any] = {"id": self.model_name, "object": "model",
+                                     "created": int(time.time()),
+                                     "owned_by": "me" if self.llama else "vllm"}
+            if not self.llama:
+                model["max_model_len"] = self.context_length
+            return Reply.json({"object": "list", "data": [model]})
+        if request.path == ("/extras/tokenize" if self.llama else "/tokenize"):
+            return self._tokenize(request)
         if request.path not in ROUTES:
             return _error(404, f"Unknown route {request.path}", "invalid_request_error")
         if request.method != "POST":
@@ -116,6 +163,8 @@ class OpenAITestServer(LoopbackServer):
             self.requests.append(body)
             chat = request.path == "/v1/chat/completions"
             reply = await (self._chat(body) if chat else self._completions(body))
+        except ServerFault as e:
+            return Reply.text(str(e), status=500)
         except msgspec.DecodeError as e:
             return _error(400, f"We could not parse the JSON body of your request: {e}",
                           "invalid_request_error")
@@ -126,6 +175,21 @@ class OpenAITestServer(LoopbackServer):
         if fault is not None and fault.kind == "truncate":
             return Reply(status=200, body=reply.body, truncate=max(1, len(reply.body) // 2))
         return reply
+
+    def _tokenize(self, request: Request) -> Reply:
+        try:
+            body = request.json()
+            text = body["input" if self.llama else "prompt"]
+        except (msgspec.DecodeError, KeyError, TypeError):
+            return _error(400, "a JSON body with the text to tokenize is required",
+                          "invalid_request_error")
+        if not isinstance(text, str):
+            return _error(400, "the text to tokenize must be a string", "invalid_request_error")
+        tokens = self.tokenizer.encode(text)
+        if self.llama:
+            return Reply.json({"tokens": tokens})
+        return Reply.json({"tokens": tokens, "count": len(tokens),
+                           "max_model_len": self.context_length})
 
     def _fault_status(self, fault: Fault) -> Reply:
         headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
@@ -160,6 +224,10 @@ class OpenAITestServer(LoopbackServer):
                                  "prompt")
         ids_list = []
         for p in prompts:
+            if self.llama and not isinstance(p, str):
+                # llama-cpp-python's request model takes strings only; its
+                # handler fails on ids with a plain 500, not a 4xx.
+                raise ServerFault("Internal Server Error")
             if isinstance(p, str):
                 ids_list.append(self.tokenizer.encode(p))
             elif isinstance(p, list) and p and all(isinstance(t, int) for t in p):
@@ -168,6 +236,8 @@ class OpenAITestServer(LoopbackServer):
                 raise InvalidRequest("each prompt must be a non-empty string or list of token ids",
                                      "prompt")
         params = self._params(body)
+        for ids in ids_list:
+            self._check_context(ids, params)
         gens, cached = await self._generate_all(ids_list, params)
         choices = []
         for i, gen in enumerate(gens):
@@ -180,27 +250,50 @@ class OpenAITestServer(LoopbackServer):
         return Reply.json({
             "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": self.model_name, "choices": choices,
-            "usage": _usage(ids_list, gens, cached)})
+            "usage": self._usage(ids_list, gens, cached)})
 
     async def _chat(self, body: dict[str, Any]) -> Reply:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise InvalidRequest("messages must be a non-empty list", "messages")
-        rendered = ""
-        for m in messages:
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
-                    or not isinstance(m.get("content"), str):
-                raise InvalidRequest("each message needs a string role and content", "messages")
-            rendered += f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
-        ids = self.tokenizer.encode(rendered + "<|im_start|>assistant\n")
+        tools = body.get("tools")
+        if tools is not None and not (isinstance(tools, list)
+                                      and all(isinstance(t, dict) for t in tools)):
+            raise InvalidRequest("tools must be a list of objects", "tools")
+        ids = self.tokenizer.encode(_render(messages, tools) + "<|im_start|>assistant\n")
         params = self._params(body)
+        self._check_context(ids, params)
+        call = _requested_call(messages, tools)
         (gen,), cached = await self._generate_all([ids], params)
+        message: dict[str, Any] = {"role": "assistant", "content": self._text(gen, params)}
+        finish = _finish(gen)
+        if call is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            finish = "tool_calls"
         return Reply.json({
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
             "created": int(time.time()), "model": self.model_name,
-            "choices": [{"index": 0, "finish_reason": _finish(gen),
-                         "message": {"role": "assistant", "content": self._text(gen, params)}}],
-            "usage": _usage([ids], [gen], cached)})
+            "choices": [{"index": 0, "finish_reason": finish, "message": message}],
+            "usage": self._usage([ids], [gen], cached)})
+
+    def _check_context(self, ids: list[int], params: dict[str, Any]) -> None:
+        wanted = len(ids) + params["max_new_tokens"]
+        if wanted <= self.context_length:
+            return
+        if self.llama:
+            raise InvalidRequest(f"Requested tokens ({wanted}) exceed context window of "
+                                 f"{self.context_length}", "messages")
+        raise InvalidRequest(
+            f"This model's maximum context length is {self.context_length} tokens. However, "
+            f"you requested {wanted} tokens ({len(ids)} in the messages, "
+            f"{params['max_new_tokens']} in the completion).", "max_tokens")
+
+    def _usage(self, prompts: list[list[int]], gens: list[Generation],
+               cached: list[int]) -> dict[str, Any]:
+        usage = _usage(prompts, gens, cached)
+        if not self.report_cached_tokens:
+            del usage["prompt_tokens_details"]
+        return usage
 
     def _params(self, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("stream"):
@@ -216,17 +309,24 @@ class OpenAITestServer(LoopbackServer):
         stop = body.get("stop")
         if isinstance(stop, str):
             stop = [stop]
+        defaults = LLAMA_CPP_DEFAULTS if self.llama else VLLM_DEFAULTS
+        # Fields the flavor does not know are ignored, as a pydantic model does.
+        sampled = {k: body[k] if body.get(k) is not None else v for k, v in defaults.items()}
+        self.sampling.append(sampled)
+        temperature = sampled["temperature"]
+        seed = body.get("seed") if self.honour_seed else self._seeds.getrandbits(32)
         return {
             "max_new_tokens": 16 if max_tokens is None else max_tokens,
-            "temperature": 1.0 if temperature is None else temperature,
-            "seed": body.get("seed"),
+            "temperature": temperature,
+            "seed": seed,
             "stop": stop or [],
-            "stop_token_ids": body.get("stop_token_ids") or [],
+            "stop_token_ids": [] if self.llama else body.get("stop_token_ids") or [],
             "ignore_eos": bool(body.get("ignore_eos", False)),
         }
 
     async def _generate_all(self, prompts: list[list[int]],
                    params: dict[str, Any]) -> tuple[list[Generation], list[int]]:
+        self.prompt_tokens.extend(len(p) for p in prompts)
         cached = [self.cache.match_len(p[:-1]) for p in prompts]
         gens = [decode_loop(self.model, p, params, self.detok, self.eos_token_ids)
                 for p in prompts]
@@ -238,6 +338,41 @@ class OpenAITestServer(LoopbackServer):
 
     def _text(self, gen: Generation, params: dict[str, Any]) -> str:
         return output_text(gen, self.detok)
+
+
+def _render(messages: list[Any], tools: list[dict[str, Any]] | None) -> str:
+    """ChatML, as SmolLM2's template renders it (tools as a system preamble)."""
+    out = ""
+    if tools:
+        out += "<|im_start|>system\nTools: " + json.dumps(tools, sort_keys=True) + "<|im_end|>\n"
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InvalidRequest("each message needs a string role", "messages")
+        content = m.get("content")
+        calls = m.get("tool_calls")
+        if content is None and not calls:
+            raise InvalidRequest("a message needs content or tool_calls", "messages")
+        if content is not None and not isinstance(content, str):
+            raise InvalidRequest("message content must be a string", "messages")
+        if m["role"] == "tool" and not isinstance(m.get("tool_call_id"), str):
+            raise InvalidRequest("a tool message needs its tool_call_id", "messages")
+        text = content or ""
+        if calls:
+            text += json.dumps(calls, sort_keys=True)
+        out += f"<|im_start|>{m['role']}\n{text}<|im_end|>\n"
+    return out
+
+
+def _requested_call(messages: list[Any], tools: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The tool call a last user message `CALL name {json}` asks for, when that tool exists."""
+    if not tools or messages[-1].get("role") != "user":
+        return None
+    m = _CALL.match(messages[-1].get("content") or "")
+    names = {t.get("function", {}).get("name") for t in tools}
+    if m is None or m.group(1) not in names:
+        return None
+    return {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+            "function": {"name": m.group(1), "arguments": m.group(2)}}
 
 
 def _finish(gen: Generation) -> str:
@@ -269,11 +404,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--requests-per-minute", type=float, default=None)
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--fault-status", type=int, default=429)
+    parser.add_argument("--flavor", choices=("vllm", "llama-cpp-python"), default="vllm")
     args = parser.parse_args(argv)
     faults = FaultSchedule(rate=args.fault_rate, routes=ROUTES, status=args.fault_status)
     OpenAITestServer(host=args.host, port=args.port, model_name=args.model_name,
                      api_key=args.api_key, requests_per_minute=args.requests_per_minute,
-                     faults=faults).serve_forever()
+                     faults=faults, flavor=args.flavor).serve_forever()
 
 
 if __name__ == "__main__":
