@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from math import comb
 
+import msgspec
 import pytest
 
 pytest.importorskip("turnloom_tau")
@@ -86,14 +87,13 @@ def test_pass_hat_k_from_exported_records():
         pass_hat_k_from_records([{"conversation_id": "c9", "scores": {}}])
 
 
-class Finished(ConversationState):
-    """A finished conversation as the engine hands it to scorers: messages and the
-    environment's final state (`state`, which the engine sets on ConversationState)."""
-
-    def __init__(self, index: int, state: object, messages: list[tuple[str, str, str]]) -> None:
-        super().__init__(f"c{index}", index, seed=0)
-        self.messages = messages
-        self.state = state
+def Finished(index: int, state: object, messages: list[tuple[str, str, str]]) -> ConversationState:
+    """A finished conversation as scorers see it: its messages and the environment's
+    final state."""
+    conversation = ConversationState(f"c{index}", index, seed=0)
+    conversation.messages = messages
+    conversation.state_json = msgspec.json.encode(state)
+    return conversation
 
 
 def test_reward_scorer_on_hand_made_final_states():

@@ -220,3 +220,34 @@ def test_agent_prompt_is_the_policy():
     assert "Authenticate the customer first" in prompt
     with pytest.raises(ValueError, match="unknown tool-call parser 'qwen'"):
         ShopAgent({"parser": "qwen"})
+
+
+def turn(i, participant, text, **extra):
+    from turnloom.records import TurnRecord
+
+    return TurnRecord("c", 0, i, participant, "assistant", text, i, **extra)
+
+
+def test_environment_answers_one_pending_call_per_turn_with_its_id_and_new_state(db):
+    import msgspec
+
+    env, agent = ShopEnvironment(), ShopAgent()
+    conversation = ConversationState("c", index=0, seed=0)
+    text = HermesParser().render("Cancelling now.", [
+        ("cancel_order", {"order_id": "#L1001", "reason": "no longer needed"}),
+        ("get_order", {"order_id": "#L9"})])
+    reply = agent.on_output(conversation, "agent", text, "stop")
+    assert reply.text == "Cancelling now." and [c.name for c in reply.tool_calls] == [
+        "cancel_order", "get_order"]
+    conversation.turns.append(turn(0, "agent", reply.text, tool_calls=reply.tool_calls))
+    first = env.respond(conversation, "shop", random.Random(0))
+    assert first.tool_call_id == reply.tool_calls[0].id and first.meta == {}
+    assert first.state["orders"]["#L1001"]["status"] == "cancelled"
+    conversation.turns.append(turn(1, "shop", first.text, tool_call_id=first.tool_call_id))
+    conversation.state_json = msgspec.json.encode(first.state)
+    second = env.respond(conversation, "shop", random.Random(0))
+    assert second.tool_call_id == reply.tool_calls[1].id
+    assert second.meta == {"tool_error": "tool_failed"} and "not found" in second.text
+    assert second.state["orders"]["#L1001"]["status"] == "cancelled"  # kept across the error
+    conversation.turns.append(turn(2, "shop", second.text, tool_call_id=second.tool_call_id))
+    assert conversation.pending_tool_calls() == []

@@ -75,7 +75,7 @@ def task_of(conversation: ConversationState) -> tuple[Task, int]:
 
 def current_state(conversation: ConversationState) -> Any:
     """The conversation's database: its state, or the initial one before any write."""
-    state = getattr(conversation, "state", None)
+    state = conversation.state
     return load_database() if state is None else state
 
 
@@ -95,14 +95,14 @@ class ShopEnvironment:
         return TOOLKIT.call(call, state)
 
     def respond(self, conversation: ConversationState, me: str, rng: random.Random) -> Reply:
-        pending = conversation.pending_tool_calls()  # type: ignore[attr-defined]
+        pending = conversation.pending_tool_calls()
         if not pending:
             return Reply(text="Error: no tool call is waiting for an answer",
                          meta={"tool_error": "no_pending_call"})
         call = pending[0]
         result = self.answer(call, current_state(conversation))
         meta = {"tool_error": result.error.kind} if result.error else {}
-        return Reply(text=result.text, meta=meta, tool_call_id=call.id,  # type: ignore[call-arg]
+        return Reply(text=result.text, meta=meta, tool_call_id=call.id,
                      state=result.state)
 
 
@@ -161,7 +161,7 @@ class ShopAgent:
         parsed = self.parser.parse(text, random.Random(f"{conversation.conversation_id}/"
                                                        f"{conversation.branch}/"
                                                        f"{len(conversation.turns)}"))
-        return Reply(text=parsed.content, tool_calls=tuple(parsed.calls))  # type: ignore[call-arg]
+        return Reply(text=parsed.content, tool_calls=tuple(parsed.calls))
 
 
 # --- scorer ---------------------------------------------------------------------------
