@@ -147,6 +147,15 @@ def _parser() -> argparse.ArgumentParser:
                          help="pair by conversation (default when the runs share a scenario)")
     pairing.add_argument("--unpaired", dest="paired", action="store_false")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("probe", help="ask an OpenAI-compatible server what it is and "
+                       "what it supports; print a table")
+    p.add_argument("url", help="the API's base URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", default=None, help="model name (default: the server's first)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.set_defaults(func=_cmd_probe)
     return parser
 
 
@@ -447,6 +456,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise BadInput(f"{args.run_dir} is not a directory")
     print(write_report(args.run_dir, args.out, sample=args.sample))
     return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from turnloom.probe import run
+
+    return run(args)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

@@ -23,7 +23,14 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from turnloom.backends._http import HTTPClient, MalformedReply, Response, TransportError, error_message
+from turnloom.backends._http import (
+    HTTPClient,
+    MalformedReply,
+    Response,
+    TransportError,
+    error_message,
+    split_url,
+)
 
 
 @dataclass(frozen=True)
@@ -360,6 +367,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
+    try:
+        split_url(args.url)
+    except ValueError as e:
+        print(f"turnloom probe: error: {e}", file=sys.stderr)
+        return 2
     key = os.environ.get(args.api_key_env)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
 
