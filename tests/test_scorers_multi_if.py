@@ -187,3 +187,29 @@ def test_multi_if_example_runs_on_smollm2(tmp_path: Path, embedded_model: None) 
         for ev, info in zip(_rescore(record), answers):
             assert info["scores"]["multi-if"]["prompt_strict"] == ev.scores()["prompt_strict"]
     json.dumps(multi_if.accuracy_curve(records))
+
+
+def test_multi_if_reading_counts_a_word_per_chinese_character() -> None:
+    # 35 Han characters in 5 space-separated runs: Multi-IF's code counts 35 words.
+    answer = "我们今天去公园 散步因为天气很 好而且阳光明媚 大家都很开心地 玩了一整个下午"
+    assert sum(ch.strip() != "" for ch in answer) == 35
+    at_least_30 = parse_instruction({"type": "length_constraints:number_words",
+                                     "num_words": 30, "relation": "at least"})
+    assert ifeval.evaluate([at_least_30], answer, "multi-if").strict == (True,)
+    # Google's IFEval counts runs of word characters: 5.
+    assert ifeval.evaluate([at_least_30], answer, "ifeval").strict == (False,)
+    assert multi_if.MultiIfScorer({}).reading == "multi-if"
+
+
+def test_multi_if_reading_splits_hindi_sentences_on_danda() -> None:
+    answer = "मैं आज बाजार गया। मैंने फल खरीदे। फिर मैं घर लौट आया।"
+    three = parse_instruction({"type": "length_constraints:number_sentences",
+                               "num_sentences": 3, "relation": "at least"})
+    assert ifeval.evaluate([three], answer, "multi-if").strict == (True,)
+    # nltk's English Punkt model does not know the danda: one sentence.
+    assert ifeval.evaluate([three], answer, "ifeval").strict == (False,)
+
+
+def test_multi_if_scorer_rejects_an_unknown_reading() -> None:
+    with pytest.raises(ValueError, match="invalid multi-if settings"):
+        multi_if.MultiIfScorer({"reading": "xx"})
