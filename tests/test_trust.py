@@ -514,3 +514,12 @@ def test_show_in_a_terminal_uses_rich(shown_run: Path) -> None:
     assert "╭" in text  # panels
     assert "assistant · assistant" in text and "weather · tool → call_ab12" in text
     assert 'tool call get_weather({"city": "Paris"})' in text
+
+
+def test_judges_may_label_but_not_give_nan() -> None:
+    assert checked_score("pref", {"a": "concise", "keys": ["q1"], "wins": np.int64(1)},
+                         labels=True) == {"a": "concise", "keys": ["q1"], "wins": 1}
+    with pytest.raises(ScoreError, match="metric 'rating' is nan"):
+        checked_score("pref", {"rating": float("nan")}, labels=True)
+    with pytest.raises(ScoreError, match="metric 'keys' is a list"):
+        checked_score("pref", {"keys": [1.0, "x"]}, labels=True)

@@ -260,8 +260,9 @@ def build_all(scenario: Scenario, registry: Any) -> dict[str, int]:
 
 
 class CheckedJudge:
-    """A judge whose scores pass `checked_score` and whose faults in `score` go to the
-    run's error log; everything else is the judge's own."""
+    """A judge whose scores pass `checked_score` (strings and lists of strings kept as
+    labels) and whose faults go to the run's error log; everything else is the judge's
+    own."""
 
     def __init__(self, name: str, judge: Judge) -> None:
         self._name = name
@@ -277,8 +278,8 @@ class CheckedJudge:
         return self._guard("parse", self._judge.parse, call, text)
 
     def score(self, conversation: Any, verdicts: Any) -> Any:
-        return self._guard("score", lambda c, v: checked_score(self._name, self._judge.score(c, v)),
-                           conversation, verdicts)
+        return self._guard("score", lambda c, v: checked_score(
+            self._name, self._judge.score(c, v), labels=True), conversation, verdicts)
 
     def _guard(self, method: str, call: Any, conversation: Any, *args: Any) -> Any:
         try:

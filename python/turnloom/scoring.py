@@ -28,33 +28,45 @@ class ScoreError(ValueError):
     and the metric."""
 
 
-def checked_score(scorer: str, score: Any) -> Score | None:
+def checked_score(scorer: str, score: Any, labels: bool = False) -> Score | None:
     """`score` as it will be stored, or ScoreError naming `scorer`.
 
     A score is None (nothing to say) or a dict of metric name -> value, where a value is
     a finite number (bool, int, float, or a numpy scalar, stored as the Python number),
     None (no value), or a dict of the same (sub-metrics). Means are taken over numbers,
     so anything else (NaN, infinities, strings, lists, sets) is refused here rather than
-    written as non-standard JSON or left out of the means without a word."""
+    written as non-standard JSON or left out of the means without a word.
+
+    With `labels` (judges: a pairwise judge names the participants it compared), strings
+    and lists of strings are kept too, as labels that no mean includes."""
     if score is None:
         return None
     if not isinstance(score, dict):
         raise ScoreError(f"scorer {scorer!r} returned {type(score).__name__}, "
                          "expected a dict of metric -> number, or None")
-    return _checked_metrics(scorer, score, ())
+    return _checked_metrics(scorer, score, (), labels)
 
 
-def _checked_metrics(scorer: str, values: dict[Any, Any], path: tuple[str, ...]) -> Score:
+def _checked_metrics(scorer: str, values: dict[Any, Any], path: tuple[str, ...],
+                     labels: bool) -> Score:
     out: Score = {}
     for key, value in values.items():
         where = ".".join((*path, str(key)))
         if not isinstance(key, str):
             raise ScoreError(f"scorer {scorer!r}: metric name {key!r} is not a string")
         if isinstance(value, dict):
-            out[key] = _checked_metrics(scorer, value, (*path, key))
+            out[key] = _checked_metrics(scorer, value, (*path, key), labels)
+        elif labels and _is_label(value):
+            out[key] = list(value) if isinstance(value, (list, tuple)) else value
         else:
             out[key] = _checked_number(scorer, where, value)
     return out
+
+
+def _is_label(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
 
 
 def _checked_number(scorer: str, metric: str, value: Any) -> bool | int | float | None:
