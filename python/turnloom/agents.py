@@ -13,16 +13,27 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
+from turnloom.messages import ToolCall
 from turnloom.records import ConversationState
 
 
 class Reply(msgspec.Struct, frozen=True):
     """What a participant says this turn. `stop` ends the conversation after it
-    (with `text` kept unless empty); `meta` is kept with the turn (JSON-serialisable)."""
+    (with `text` kept unless empty); `meta` is kept with the turn (JSON-serialisable).
+
+    Structure beyond text: `tool_calls` the calls this message makes (an agent's);
+    `tool_call_id` marks the message as the result of that call (an environment's);
+    `reasoning` is reasoning kept apart from `text`; `state`, when given, replaces
+    the conversation's environment state (a JSON value) from this turn on.
+    """
 
     text: str
     stop: str | None = None
     meta: dict[str, Any] = {}
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    reasoning: str | None = None
+    state: Any = msgspec.UNSET
 
 
 @runtime_checkable

@@ -1,12 +1,16 @@
 """Any Jinja chat template (tokenizer_config's `chat_template`) as a ChatFormat.
 
-The engine builds a view's prompt by concatenating per-message segments, which
-is only right when the template is *append-only*: rendering a conversation one
-message at a time gives the same tokens as rendering it whole, and the
-generation prompt is a pure suffix that the assistant's message then extends.
-`TemplateChatFormat` checks that at construction on probe conversations and
-sets `append_only`; when it is False the engine must render full histories
-with `render_full` instead (e.g. templates that drop earlier reasoning blocks).
+`render_ids` is the reference: token for token what transformers'
+`apply_chat_template(messages, tools=..., add_generation_prompt=...)` gives,
+except that special-token strings inside contents stay plain text (see
+markup.py). The engine grows most prompts faster, by concatenating
+per-message segments, which is only right when the template is
+*append-only*: rendering a conversation one message at a time gives the same
+tokens as rendering it whole, and the generation prompt is a pure suffix that
+the assistant's message then extends. `TemplateChatFormat` checks that at
+construction on probe conversations and sets `append_only`; where it is False
+(e.g. templates that drop earlier reasoning blocks) the engine renders each
+prompt in full with `render_ids`.
 """
 
 from __future__ import annotations
@@ -14,14 +18,17 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from turnloom.hf_tokenizer import read_json
-from turnloom.tokenizer import Tokenizer
+from turnloom.markup import MarkupEncoder
+
+if TYPE_CHECKING:
+    from turnloom.tokenizer import Tokenizer
 
 Message = Mapping[str, Any] | tuple[str, str]
 
@@ -50,6 +57,10 @@ _PROBES: tuple[tuple[tuple[str, str], ...], ...] = (
         ("system", ""),
         ("user", "Empty system prompt."),
         ("assistant", "Noted."),
+    ),
+    (
+        ("assistant", "I open the conversation."),
+        ("user", "Fine."),
     ),
 )
 
@@ -106,6 +117,8 @@ class TemplateChatFormat:
     `segment(role, text, first=True)` renders the conversation's opening
     message, which may carry text the template adds only there (SmolLM2 adds a
     default system prompt when the conversation does not start with one).
+    Contents are always encoded as plain text; only the wrapping's special
+    tokens are special.
     """
 
     def __init__(self, tokenizer: Tokenizer, template: str, special_tokens: Mapping[str, str] | None = None) -> None:
@@ -115,25 +128,45 @@ class TemplateChatFormat:
         if special_tokens is None:
             special_tokens = getattr(tokenizer, "special_tokens", {})
         self._specials = dict(special_tokens)
+        self.markup = MarkupEncoder(tokenizer)
         # (role, first) -> (context messages, (before, after) or None for content-dependent)
         self._wraps: dict[tuple[str, bool], tuple[list[dict[str, Any]], tuple[str, str] | None]] = {}
+        # (role, first) -> (ids before the text's chunk, chunk head, chunk tail, ids after)
+        self._wrap_ids: dict[tuple[str, bool], tuple[list[int], str, str, list[int]] | None] = {}
         self._prefix_cache: dict[str, list[int]] = {}
+        self.opens_with_assistant = True
         self.append_only, self.reason = self._check_append_only()
         close = self._wrap("assistant", False)[1]
-        self._close_ids = tokenizer.encode(close[1]) if close else []
+        self._close_ids = self.markup.encode(close[1]) if close else []
 
     # -- rendering ---------------------------------------------------------------
 
-    def render_text(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
+    def render_text(self, messages: Sequence[Message], add_generation_prompt: bool = False,
+                    tools: Sequence[Mapping[str, Any]] | None = None) -> str:
         return self._compiled.render(
             messages=[_as_dict(m) for m in messages],
+            tools=list(tools) if tools else None,
             add_generation_prompt=add_generation_prompt,
             **self._specials,
         )
 
+    def render_ids(self, messages: Sequence[Message], add_generation_prompt: bool = False,
+                   tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
+        """Token ids of the whole conversation, as `apply_chat_template` gives them,
+        with special-token strings in contents encoded as plain text."""
+        escaped = [self.markup.escape_message(_as_dict(m)) for m in messages]
+        return self.markup.encode(self.render_text(escaped, add_generation_prompt, tools))
+
     def render_full(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[int]:
-        """Token ids of the whole conversation, as `apply_chat_template` would give them."""
-        return self.tokenizer.encode(self.render_text(messages, add_generation_prompt))
+        return self.render_ids(messages, add_generation_prompt)
+
+    def prompt_ids(self, messages: Sequence[Message], role: str = "assistant",
+                   tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
+        """The prompt that opens a `role` message after `messages`, rendered whole:
+        the template's generation prompt for "assistant", else the role's opening."""
+        if role == "assistant":
+            return self.render_ids(messages, True, tools)
+        return self.render_ids(messages, False, tools) + self.generation_prefix(role)
 
     # -- ChatFormat ----------------------------------------------------------------
 
@@ -148,16 +181,35 @@ class TemplateChatFormat:
         return full[len(base):]
 
     def segment(self, role: str, text: str, first: bool = False) -> list[int]:
-        return self.tokenizer.encode(self.segment_text(role, text, first))
+        return self.segments([role], [text], first)[0]
 
-    def segments(self, roles: Sequence[str], texts: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer.encode_batch([self.segment_text(r, t) for r, t in zip(roles, texts)])
+    def segments(self, roles: Sequence[str], texts: Sequence[str], first: bool = False) -> list[list[int]]:
+        wraps = [self._wrap_split(r, first) for r in roles]
+        if all(w is not None for w in wraps):
+            chunks = self.tokenizer.encode_text_batch(
+                [w[1] + t + w[2] for w, t in zip(wraps, texts)])  # type: ignore[index]
+            return [[*w[0], *c, *w[3]] for w, c in zip(wraps, chunks)]  # type: ignore[index]
+        escaped = [self.segment_text(r, self.markup.escape(t), first) for r, t in zip(roles, texts)]
+        return self.markup.encode_many(escaped)
 
     def generation_prefix(self, role: str = "assistant") -> list[int]:
         cached = self._prefix_cache.get(role)
         if cached is None:
-            cached = self._prefix_cache[role] = self.tokenizer.encode(self._prefix_text(role))
+            cached = self._prefix_cache[role] = self.markup.encode(self._prefix_text(role))
         return list(cached)
+
+    def first_extra(self, role: str = "assistant") -> list[int] | None:
+        """What a render puts before the generation prefix when a `role` message
+        opens the conversation (a default system prompt), or None when the opening
+        message is not the generation prefix plus more."""
+        if not self.opens_with_assistant and role == "assistant":
+            return None
+        prefix = self._prefix_text(role)
+        opened = self.segment_text(role, _SENTINELS[0], first=True)
+        at = opened.find(prefix + _SENTINELS[0])
+        if at < 0:
+            return None
+        return self.markup.encode(opened[:at])
 
     def close_generated(self, output_ids: Sequence[int], finish_reason: str) -> list[int]:
         """The generated ids plus what closes the assistant message in a full render.
@@ -177,6 +229,24 @@ class TemplateChatFormat:
         else:
             ids.extend(close)
         return ids
+
+    def _wrap_split(self, role: str, first: bool) -> tuple[list[int], str, str, list[int]] | None:
+        """A fixed wrapping as ids before the text's chunk, the chunk's markup head
+        and tail, and ids after it; None when the wrapping depends on the content."""
+        key = (role, first)
+        if key in self._wrap_ids:
+            return self._wrap_ids[key]
+        wrap = self._wrap(role, first)[1]
+        split = None
+        if wrap is not None:
+            b_head, b_ids, b_tail = self.markup.split_markup(wrap[0])
+            a_head, a_ids, a_tail = self.markup.split_markup(wrap[1])
+            before = (self.tokenizer.encode_text(b_head) + b_ids) if b_ids else []
+            head = b_tail if b_ids else b_head
+            after = (a_ids + (self.tokenizer.encode_text(a_tail) if a_tail else [])) if a_ids else []
+            split = (before, head, a_head, after)
+        self._wrap_ids[key] = split
+        return split
 
     # -- template analysis ---------------------------------------------------------
 
@@ -229,7 +299,7 @@ class TemplateChatFormat:
     def _check_append_only(self) -> tuple[bool, str | None]:
         """Render each probe whole and message by message; compare texts and tokens."""
         try:
-            for probe in _PROBES:
+            for probe in _PROBES[:-1]:
                 reason = self._check_probe(probe)
                 if reason is not None:
                     return False, reason
@@ -237,6 +307,15 @@ class TemplateChatFormat:
             raise
         except (jinja2.exceptions.TemplateError, ValueError) as e:
             return False, f"probe failed to render: {e}"
+        try:
+            reason = self._check_probe(_PROBES[-1])
+        except (jinja2.exceptions.TemplateError, ValueError):
+            # The template refuses a conversation that an assistant opens: views that
+            # open so are rendered whole (and fail there, naming the template's error).
+            self.opens_with_assistant = False
+            return True, None
+        if reason is not None:
+            return False, reason
         return True, None
 
     def _check_probe(self, probe: Sequence[tuple[str, str]]) -> str | None:
@@ -245,7 +324,12 @@ class TemplateChatFormat:
             prefix_text = self.render_text(probe[:k])
             if "".join(pieces) != prefix_text:
                 return f"rendering {k} messages one at a time differs from rendering them whole"
-            if role == "assistant":
+            if role == "assistant" and k == 0:
+                # Opening the conversation: the prompt was the bare generation prefix,
+                # the render puts the template's opening text (if any) before it.
+                if self.first_extra(role) is None:
+                    return "an opening assistant message is not the generation prefix plus its content"
+            elif role == "assistant":
                 prompt = self.render_text(probe[:k], add_generation_prompt=True)
                 if not prompt.startswith(prefix_text):
                     return "the generation prompt is not a pure suffix of the conversation"
@@ -255,10 +339,32 @@ class TemplateChatFormat:
             pieces.append(self.segment_text(role, text, first=k == 0))
         if "".join(pieces) != self.render_text(probe):
             return "rendering the probe one message at a time differs from rendering it whole"
-        segment_ids = [i for p in pieces for i in self.tokenizer.encode(p)]
-        if segment_ids != self.tokenizer.encode(self.render_text(probe)):
+        segment_ids = [i for k, (role, text) in enumerate(probe)
+                       for i in self.segment(role, text, first=k == 0)]
+        if segment_ids != self.render_ids(probe):
             return "segments tokenize differently from the whole render (tokens merge across messages)"
         prompt_ids = segment_ids + self.generation_prefix()
-        if prompt_ids != self.tokenizer.encode(self.render_text(probe, add_generation_prompt=True)):
+        if prompt_ids != self.render_ids(probe, add_generation_prompt=True):
             return "the generation prompt tokenizes differently after the conversation"
         return None
+
+
+def chatml_template(end_token: str = "<|im_end|>") -> str:
+    """ChatML as a Jinja chat template: no default system prompt."""
+    return ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+            f"message['content'] + '{end_token}' + '\\n' }}}}{{% endfor %}}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+class ChatMLFormat(TemplateChatFormat):
+    """ChatML (`<|im_start|>role\\ntext<|im_end|>\\n`), the format of the byte tokenizer
+    and the scripted backend; models ship their own templates (SmolLM2's adds a
+    default system prompt)."""
+
+    def __init__(self, tokenizer: Tokenizer, end_token: str = "<|im_end|>") -> None:
+        end_ids = tokenizer.encode(end_token)
+        if len(end_ids) != 1:
+            raise ValueError(f"{end_token!r} is not a single special token in {tokenizer.name}")
+        self.end_token = end_token
+        self.end_id = end_ids[0]
+        super().__init__(tokenizer, chatml_template(end_token), {})

@@ -53,6 +53,12 @@ class HFTokenizer:
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         # encode_batch_fast skips offset tracking; older tokenizers lack it.
         self._batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        added = tokenizer.get_added_tokens_decoder().values()
+        self.specials: tuple[str, ...] = tuple(t.content for t in added if t.special)
+        # A twin that reads special-token strings as plain text: contents are data.
+        self._text_tok = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+        self._text_tok.encode_special_tokens = True
+        self._text_batch = getattr(self._text_tok, "encode_batch_fast", self._text_tok.encode_batch)
 
     @classmethod
     def from_dir(cls, path: str | Path, name: str | None = None) -> HFTokenizer:
@@ -81,6 +87,14 @@ class HFTokenizer:
         if not texts:
             return []
         return [e.ids for e in self._batch(list(texts), add_special_tokens=False)]
+
+    def encode_text(self, text: str) -> list[int]:
+        return self._text_tok.encode(text, add_special_tokens=False).ids
+
+    def encode_text_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [e.ids for e in self._text_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)

@@ -6,6 +6,9 @@ from typing import Any
 
 import msgspec
 
+from turnloom.messages import ToolCall
+
+_decode_json = msgspec.json.decode
 
 class TurnRecord(msgspec.Struct, frozen=True):
     """One completed turn, as shown to hooks and scorers (positional arguments are
@@ -26,20 +29,28 @@ class TurnRecord(msgspec.Struct, frozen=True):
     finish_reason: str = "stop"
     seed: int | None = None
     meta: dict[str, Any] = {}
+    tool_calls: tuple[ToolCall, ...] = ()  # calls this message makes
+    tool_call_id: str | None = None  # on a tool result: the call it answers
+    reasoning: str | None = None  # reasoning kept apart from `text`
 
 
 class ConversationState:
     """A conversation in progress, as hooks, agents and scorers see it.
 
-    `messages` are (participant name, role, text) in order; `meta` is free-form
+    `messages` are (participant name, role, text) in order; `turns` the same as
+    structured records (tool calls, tool results, reasoning); `meta` is free-form
     and JSON-serialisable (plugins put their state there so a resumed run sees it);
+    `state` is the environment state (a JSON value that tool environments replace
+    through `Reply.state`; each read is a fresh copy, so changing it in place
+    changes nothing, and branches never share it);
     `profiles` holds what samplers drew for each participant; `system_prompts`
     each participant's rendered system prompt; `turn_scores[i]` the scores of
     `turns[i]` by scorer name; `errors` what went wrong (plugin or backend faults).
     """
 
     __slots__ = ("conversation_id", "index", "branch", "seed", "messages", "turns", "meta",
-                 "profiles", "system_prompts", "stop_reason", "scores", "turn_scores", "errors")
+                 "profiles", "system_prompts", "stop_reason", "scores", "turn_scores", "errors",
+                 "state_json")
 
     def __init__(self, conversation_id: str, index: int, seed: int, branch: int = 0) -> None:
         self.conversation_id = conversation_id
@@ -55,6 +66,23 @@ class ConversationState:
         self.scores: dict[str, Any] = {}
         self.turn_scores: list[dict[str, Any]] = []
         self.errors: list[str] = []
+        self.state_json: bytes = b"null"  # the environment state, encoded (immutable)
+
+    @property
+    def state(self) -> Any:
+        return _decode_json(self.state_json)
+
+    def pending_tool_calls(self) -> list[ToolCall]:
+        """The tool calls of the latest message that made calls, not answered yet."""
+        answered: set[str] = set()
+        for rec in reversed(self.turns):
+            if rec.tool_call_id is not None:
+                answered.add(rec.tool_call_id)
+            elif rec.tool_calls:
+                return [c for c in rec.tool_calls if c.id not in answered]
+            else:
+                return []
+        return []
 
     @property
     def last(self) -> TurnRecord | None:
@@ -70,7 +98,10 @@ class ConversationState:
         other.messages = self.messages[:k]
         other.turns = self.turns[:k]
         other.turn_scores = [dict(s) for s in self.turn_scores[:k]]
-        other.meta = dict(self.meta)
+        # A deep copy: a plugin that changes nested meta in place must not reach
+        # into a sibling branch (meta is checked to be JSON after every hook).
+        other.meta = _decode_json(msgspec.json.encode(self.meta)) if self.meta else {}
+        other.state_json = self.state_json
         other.profiles = self.profiles
         other.system_prompts = self.system_prompts
         other.errors = list(self.errors)
@@ -78,11 +109,17 @@ class ConversationState:
 
 
 class Message(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One message in OpenAI chat format (`name` is the participant)."""
+    """One message in OpenAI chat format (`name` is the participant): assistant
+    `tool_calls` (id, type "function", function name and JSON-string arguments),
+    `tool_call_id` on a "tool" result, `reasoning_content` when reasoning was
+    kept apart from the content."""
 
     role: str
     content: str
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
 
 
 class TurnInfo(msgspec.Struct, frozen=True):

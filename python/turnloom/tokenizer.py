@@ -10,18 +10,23 @@ rest of the speaker's own segment without re-tokenizing them.
 from __future__ import annotations
 
 import re
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    """Text <-> token ids. Special tokens written in text are parsed as such."""
+    """Text <-> token ids. `encode` parses special tokens written in the text as
+    such (for a template's markup); `encode_text` never does (for contents:
+    text from participants is data). `specials` lists the special-token strings."""
 
     name: str
     eos_token_ids: tuple[int, ...]
+    specials: tuple[str, ...]
 
     def encode(self, text: str) -> list[int]: ...
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+    def encode_text(self, text: str) -> list[int]: ...
+    def encode_text_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
@@ -36,6 +41,7 @@ class ByteTokenizer:
 
     def __init__(self) -> None:
         self.name = "bytes"
+        self.specials: tuple[str, ...] = self.SPECIALS
         self.special_ids = {s: 256 + i for i, s in enumerate(self.SPECIALS)}
         self.eos_token_ids: tuple[int, ...] = (self.special_ids["<|im_end|>"], self.special_ids["<|endoftext|>"])
         self.vocab_size = 256 + len(self.SPECIALS)
@@ -53,6 +59,12 @@ class ByteTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def encode_text(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_text_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(t.encode("utf-8")) for t in texts]
+
     def decode(self, ids: Sequence[int]) -> str:
         out = bytearray()
         for i in ids:
@@ -64,56 +76,26 @@ class ByteTokenizer:
 
 
 class ChatFormat(Protocol):
-    """Renders messages of one chat template as append-only token segments."""
+    """Renders messages of one chat template: whole (`render_ids`, `prompt_ids`:
+    the reference) and as append-only token segments (`segment`), which the
+    engine uses where `append_only` holds."""
 
     tokenizer: Tokenizer
+    append_only: bool
 
-    def segment(self, role: str, text: str) -> list[int]: ...
-    def segments(self, roles: Sequence[str], texts: Sequence[str]) -> list[list[int]]: ...
+    def segment(self, role: str, text: str, first: bool = False) -> list[int]: ...
+    def segments(self, roles: Sequence[str], texts: Sequence[str],
+                 first: bool = False) -> list[list[int]]: ...
     def generation_prefix(self, role: str = "assistant") -> list[int]: ...
+    def first_extra(self, role: str = "assistant") -> list[int] | None: ...
     def close_generated(self, output_ids: Sequence[int], finish_reason: str) -> list[int]: ...
+    def render_ids(self, messages: Sequence[Any], add_generation_prompt: bool = False,
+                   tools: Sequence[Any] | None = None) -> list[int]: ...
+    def prompt_ids(self, messages: Sequence[Any], role: str = "assistant",
+                   tools: Sequence[Any] | None = None) -> list[int]: ...
 
 
-class ChatMLFormat:
-    """ChatML (`<|im_start|>role\\ntext<|im_end|>\\n`), used by SmolLM2 and Qwen.
+# ChatML is a chat template like any other; it lives with them.
+from turnloom.chat_template import ChatMLFormat  # noqa: E402
 
-    ChatML is append-only: rendering a conversation message by message gives
-    the same tokens as rendering it whole (tested against the Jinja template).
-    """
-
-    def __init__(self, tokenizer: Tokenizer, end_token: str = "<|im_end|>") -> None:
-        self.tokenizer = tokenizer
-        self.end_token = end_token
-        end_ids = tokenizer.encode(end_token)
-        if len(end_ids) != 1:
-            raise ValueError(f"{end_token!r} is not a single special token in {tokenizer.name}")
-        self.end_id = end_ids[0]
-        self._newline = tokenizer.encode("\n")
-        self._prefix_cache: dict[str, list[int]] = {}
-
-    def _render(self, role: str, text: str) -> str:
-        return f"<|im_start|>{role}\n{text}{self.end_token}\n"
-
-    def segment(self, role: str, text: str) -> list[int]:
-        return self.tokenizer.encode(self._render(role, text))
-
-    def segments(self, roles: Sequence[str], texts: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer.encode_batch([self._render(r, t) for r, t in zip(roles, texts)])
-
-    def generation_prefix(self, role: str = "assistant") -> list[int]:
-        cached = self._prefix_cache.get(role)
-        if cached is None:
-            cached = self._prefix_cache[role] = self.tokenizer.encode(f"<|im_start|>{role}\n")
-        return list(cached)
-
-    def close_generated(self, output_ids: Sequence[int], finish_reason: str) -> list[int]:
-        """The generated ids plus what closes the message, as a full render would have it."""
-        if output_ids and output_ids[-1] == self.end_id:  # the model closed the message itself
-            return [*output_ids, *self._newline]
-        ids = list(output_ids)
-        while ids and ids[-1] in self.tokenizer.eos_token_ids and ids[-1] != self.end_id:
-            ids.pop()
-        if not ids or ids[-1] != self.end_id:
-            ids.append(self.end_id)
-        ids.extend(self._newline)
-        return ids
+__all__ = ["ByteTokenizer", "ChatFormat", "ChatMLFormat", "Tokenizer"]
