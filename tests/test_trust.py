@@ -79,6 +79,8 @@ def test_installed_goodbye_rule_does_not_touch_a_scenario_that_does_not_ask(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     example_only(monkeypatch)
     out = tmp_path / "run"
+    assert run_cli("validate", str(write(tmp_path))) == 0
+    assert "not applied: example (should_stop)" in capsys.readouterr().out
     assert run_cli("run", str(write(tmp_path)), "--out", str(out), "--no-progress") == 0
     recs = records(out)
     texts = [m["content"] for r in recs for m in r["messages"]]
