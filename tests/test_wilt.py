@@ -327,10 +327,10 @@ def test_wilt_example_runs_on_smollm2(tmp_path: Path, embedded_model: None) -> N
         score = record["scores"]["wilt"]
         assert score["difficulty_level"] in (1, 2)
         assert record["stop_reason"] in ("max_turns", "wilt_guess", "wilt_bad_format",
-                                         "wilt_no_guess")
+                                         "wilt_invalid_guess", "wilt_no_guess")
         game = [m["content"] for m in record["messages"] if m.get("name") == "game"]
         # Every answer of the game is one of its protocol messages.
         assert all(t.startswith(("I have a hidden rule", "True.", "False.", "Invalid turn",
-                                 "Your guess", "No tests")) for t in game)
+                                 "Invalid final guess", "Your guess", "No tests")) for t in game)
         assert score["tests_used"] == sum(t.startswith(("True.", "False.")) for t in game)
     assert os.path.exists(tmp_path / "wilt" / "summary.json")
