@@ -1,0 +1,209 @@
+"""Engine cost against an OpenAI-compatible server, next to a plain asyncio loop
+with the official `openai` SDK: same conversations, same concurrency.
+
+Both sides simulate N conversations of `--turns` messages between a simulated
+user and an assistant, each with its own system prompt and view (the user's
+view has the roles flipped), sampling with the same settings and seeds.
+
+  turnloom  a Scenario run through `turnloom.api.run` with the `openai`
+            backend (`--endpoint`: "completions" sends token ids, "chat"
+            sends the speaker's view as messages), writing its run directory.
+  openai    `AsyncOpenAI().chat.completions.create` per turn over the full
+            history, asyncio.gather over conversations behind a semaphore of
+            the same concurrency.
+
+Each side runs in a fresh subprocess and reports its own CPU time. Two uses:
+
+  (1) one fast loopback server (turnloom's OpenAI test server, in its own
+      process): CPU per turn is what the client side costs;
+      .venv/bin/python bench/bench_chat_api.py
+  (2) a real server serving the embedded model: turns per second, the
+      engine's overhead over the plain loop (aim: <= 5%);
+      scripts/servers.sh start   # prints its URL
+      .venv/bin/python bench/bench_chat_api.py --url URL --endpoint chat \\
+          --conversations 16 --turns 4 --concurrency 4 --tokenizer default
+
+`verifiers`' multi-turn environment is not measured here (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+USER_PROMPT = "You are a curious person asking an assistant about the sea. Write one line."
+ASSISTANT_PROMPT = "You are a helpful assistant. Answer in one short sentence."
+OPENER = "Hello!"
+
+
+def cpu_now() -> float:
+    """This process's CPU seconds plus its ended children's."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+# --- turnloom side ---------------------------------------------------------------------
+
+
+def run_turnloom(args: argparse.Namespace) -> dict[str, Any]:
+    from turnloom.api import run
+    from turnloom.config import BackendSpec, ParticipantSpec, RunSettings, Scenario
+
+    settings = {"base_url": args.url, "model": args.model, "endpoint": args.endpoint,
+                "max_concurrency": args.concurrency, "backoff": 0.05, "timeout": 600.0}
+    from turnloom.backends.base import SamplingParams
+
+    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0)
+    sc = Scenario(
+        run=RunSettings(name="bench-chat-api", conversations=args.conversations,
+                        max_turns=args.turns, seed=0),
+        backends={"api": BackendSpec(type="openai", tokenizer=args.tokenizer, settings=settings)},
+        participants=(
+            ParticipantSpec(name="user", agent="user-simulator", system_prompt=USER_PROMPT,
+                            sampling=sampling),
+            ParticipantSpec(name="assistant", agent="assistant", system_prompt=ASSISTANT_PROMPT,
+                            sampling=sampling),
+        ),
+    )
+    out = tempfile.mkdtemp(prefix="bench-chat-api-")
+    try:
+        c, t = cpu_now(), time.perf_counter()
+        result = run(sc, out=f"{out}/run", overwrite=True, progress=False)
+        seconds, cpu = time.perf_counter() - t, cpu_now() - c
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    summary = result.summary
+    return {"turns": summary["turns"], "seconds": seconds, "cpu": cpu,
+            "failed": summary["failed"]["conversations"]}
+
+
+# --- plain loop side -------------------------------------------------------------------
+
+
+async def plain_loop(args: argparse.Namespace) -> dict[str, Any]:
+    import openai
+
+    base = openai.DefaultAsyncHttpxClient.__mro__[1]
+    http_lib: Any = sys.modules[base.__module__.split(".")[0]]
+    limits = http_lib.Limits(max_connections=args.concurrency,
+                             max_keepalive_connections=args.concurrency)
+    client = openai.AsyncOpenAI(base_url=args.url, api_key=os.environ.get("OPENAI_API_KEY", "none"),
+                                max_retries=3, timeout=600.0,
+                                http_client=openai.DefaultAsyncHttpxClient(limits=limits))
+    gate = asyncio.Semaphore(args.concurrency)
+    turns = 0
+
+    async def conversation(index: int) -> None:
+        nonlocal turns
+        history: list[tuple[str, str]] = []  # (speaker, text)
+        for turn in range(args.turns):
+            speaker = "user" if turn % 2 == 0 else "assistant"
+            system = USER_PROMPT if speaker == "user" else ASSISTANT_PROMPT
+            view: list[dict[str, str]] = [{"role": "system", "content": system}]
+            for who, text in history:
+                mine = who == speaker
+                view.append({"role": "assistant" if mine else "user", "content": text})
+            if len(view) == 1:
+                view.append({"role": "user", "content": OPENER})
+            async with gate:
+                reply = await client.chat.completions.create(  # type: ignore[call-overload]
+                    model=args.model, messages=view, max_tokens=args.max_new_tokens,
+                    temperature=1.0, seed=index * 1000 + turn)
+            history.append((speaker, reply.choices[0].message.content or ""))
+            turns += 1
+
+    c, t = cpu_now(), time.perf_counter()
+    try:
+        await asyncio.gather(*(conversation(i) for i in range(args.conversations)))
+    finally:
+        await client.close()
+    return {"turns": turns, "seconds": time.perf_counter() - t, "cpu": cpu_now() - c,
+            "failed": 0}
+
+
+# --- driver ----------------------------------------------------------------------------
+
+
+def side_in_subprocess(side: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--side", side, "--url", args.url, "--model", args.model,
+           "--endpoint", args.endpoint, "--tokenizer", args.tokenizer,
+           "--conversations", str(args.conversations), "--turns", str(args.turns),
+           "--concurrency", str(args.concurrency), "--max-new-tokens", str(args.max_new_tokens)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{side} side failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def loopback_server() -> tuple[subprocess.Popen[str], str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "turnloom.testing.openai_server",
+                             "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    if "listening" not in proc.stdout.readline():
+        raise RuntimeError("the loopback server did not start")
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default=None, help="server base URL (default: a loopback fake)")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    parser.add_argument("--tokenizer", default="bytes",
+                        help="turnloom model spec whose ids the server speaks (bytes: the fake)")
+    parser.add_argument("--conversations", type=int, default=200)
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--side", choices=("turnloom", "openai"), default=None,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side == "turnloom":
+        print(json.dumps(run_turnloom(args)))
+        return
+    if args.side == "openai":
+        print(json.dumps(asyncio.run(plain_loop(args))))
+        return
+    server = None
+    if args.url is None:
+        server, args.url = loopback_server()
+    try:
+        rows = {side: side_in_subprocess(side, args) for side in ("turnloom", "openai")}
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+    where = "loopback fake" if server is not None else args.url
+    print(f"{args.conversations} conversations x {args.turns} turns, concurrency "
+          f"{args.concurrency}, {args.max_new_tokens} new tokens, server: {where}, "
+          f"turnloom endpoint: {args.endpoint}")
+    print(f"{'side':10} {'turns':>6} {'failed':>6} {'CPU ms/turn':>12} {'turns/s':>9}")
+    for side, r in rows.items():
+        print(f"{side:10} {r['turns']:6d} {r['failed']:6} {1000 * r['cpu'] / max(1, r['turns']):12.3f} "
+              f"{r['turns'] / r['seconds']:9.1f}")
+    t, o = rows["turnloom"], rows["openai"]
+    cpu_ratio = (o["cpu"] / max(1, o["turns"])) / max(1e-9, t["cpu"] / max(1, t["turns"]))
+    rate_ratio = (t["turns"] / t["seconds"]) / max(1e-9, o["turns"] / o["seconds"])
+    print(f"openai CPU per turn / turnloom CPU per turn: {cpu_ratio:.2f}x; "
+          f"turnloom turns/s / openai turns/s: {rate_ratio:.3f}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
