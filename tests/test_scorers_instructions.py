@@ -285,3 +285,12 @@ def test_multi_if_counts() -> None:
     assert textutil.count_cjk_words("我今天很高兴，因为天气很好。") == 12
     assert textutil.count_cjk_words("こんにちは、ジェイソンさん、Jason? Nice to meet you☺ ❤") == 19
     assert textutil.count_hindi_sentences("यह एक वाक्य है। यह दूसरा है।") == 2
+
+
+def test_literal_patterns_are_noted_where_the_reference_reads_a_regex() -> None:
+    plain = parse_instruction({"type": "keywords:existence", "keywords": ["sea"]})
+    regex = parse_instruction({"type": "keywords:existence", "keywords": ["C++"]})
+    assert ifeval.evaluate([plain], "the sea").notes == ()
+    ev = ifeval.evaluate([plain, regex], "I write C++.")
+    assert ev.strict == (False, True)
+    assert ev.notes and "C++" in ev.notes[0] and "regular expressions" in ev.notes[0]
