@@ -85,7 +85,7 @@ def run_turnloom(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(out, ignore_errors=True)
     summary = result.summary
     return {"turns": summary["turns"], "seconds": seconds, "cpu": cpu,
-            "failed": summary["failed"]["conversations"]}
+            "failed": (summary.get("failed") or {}).get("conversations", 0)}
 
 
 # --- plain loop side -------------------------------------------------------------------
