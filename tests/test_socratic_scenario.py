@@ -48,7 +48,7 @@ def scripted(script: list[dict], *, conversations: int = 4, problems: list[str] 
             {"name": "student", "agent": "socratic-scripted-student",
              "sampler": "socratic-problems", "sampler_settings": sampler,
              "settings": {"script": script}},
-            {"name": "verifier", "agent": "socratic-verifier",
+            {"name": "verifier", "agent": "socratic-keyword-verifier",
              "settings": {"machine": machine or {"fix_after": 2, "max_tutor_turns": 8}}},
             {"name": "tutor", "agent": "socratic-tutor"},
         ],
@@ -65,7 +65,8 @@ def test_plugin_registers_its_components() -> None:
     registry = Registry.from_plugin_manager(pm)
     assert registry.errors == []
     for kind, name in [("agents", "socratic-tutor"), ("agents", "socratic-student"),
-                       ("environments", "socratic-verifier"),
+                       ("agents", "socratic-verifier"),
+                       ("environments", "socratic-keyword-verifier"),
                        ("environments", "socratic-scripted-student"),
                        ("samplers", "socratic-problems"), ("scorers", "socratic-bugs-fixed"),
                        ("scorers", "socratic-tutor-turns"), ("scorers", "socratic-leakage"),
@@ -118,8 +119,10 @@ def test_bad_settings_name_the_component() -> None:
     registry = Registry.from_plugin_manager(get_plugin_manager(default_plugins=()))
     with pytest.raises(ValueError, match="socratic-problems.*unknown problems"):
         registry.get("samplers", "socratic-problems")({"problems": ["nope"]})
+    with pytest.raises(ValueError, match="socratic-keyword-verifier"):
+        registry.get("environments", "socratic-keyword-verifier")({"machin": {}})
     with pytest.raises(ValueError, match="socratic-verifier"):
-        registry.get("environments", "socratic-verifier")({"machin": {}})
+        registry.get("agents", "socratic-verifier")({"machin": {}})
     with pytest.raises(ValueError, match="socratic-scripted-student"):
         registry.get("environments", "socratic-scripted-student")({"script": [{"fix": "some"}]})
 
@@ -155,7 +158,7 @@ settings.script = [
 
 [[participants]]
 name = "verifier"
-agent = "socratic-verifier"
+agent = "socratic-keyword-verifier"
 settings.machine = { max_tutor_turns = 10, fix_after = 2 }
 
 [[participants]]

@@ -35,7 +35,7 @@ def bugs_fixed(code: str, problem: Problem, variant: Variant,
         return [True] * variant.n_bugs, result
     fixed = []
     for i in range(variant.n_bugs):
-        patched: str | None = code
+        patched: str = code
         for j, fix in enumerate(variant.fixes):
             if j != i:
                 patched = fix.apply(patched) or patched

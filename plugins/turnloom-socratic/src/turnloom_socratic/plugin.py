@@ -7,18 +7,19 @@ from turnloom.hookspecs import Register
 from turnloom_socratic.judge import QuestionRelevance
 from turnloom_socratic.participants import ProblemSampler, ScriptedStudent, Student, Tutor
 from turnloom_socratic.scorers import BugsFixed, Leakage, TutorTurns
-from turnloom_socratic.verifier import Verifier
+from turnloom_socratic.verifier import JudgeVerifier, Verifier
 
 
 @turnloom.hookimpl
 def register_agents(register: Register) -> None:
     register("socratic-tutor", Tutor)
     register("socratic-student", Student)
+    register("socratic-verifier", JudgeVerifier)
 
 
 @turnloom.hookimpl
 def register_environments(register: Register) -> None:
-    register("socratic-verifier", Verifier)
+    register("socratic-keyword-verifier", Verifier)
     register("socratic-scripted-student", ScriptedStudent)
 
 

@@ -41,11 +41,14 @@ class BugsFixed:
         state = load_state(conversation)
         problem, variant = problem_of(conversation)
         fixed, result = bugs_fixed(state.code, problem, variant, self.s.sandbox)
+        # Scores are numbers: the problem's id is in the student's profile, and the
+        # sandbox's status is reported as whether the final code ran cleanly.
         out: dict[str, Any] = {
-            "problem": problem.id, "bugs": variant.n_bugs, "bugs_fixed": sum(fixed),
+            "bugs": variant.n_bugs, "bugs_fixed": sum(fixed),
             "fraction_fixed": sum(fixed) / variant.n_bugs, "all_fixed": int(all(fixed)),
             "tests_passed": result.passed, "tests_total": result.total,
-            "code_changed": int(state.code != variant.code), "sandbox_status": result.status,
+            "code_changed": int(state.code != variant.code),
+            "sandbox_ok": int(result.status == "ok"),
         }
         for kind in ("conceptual", "syntactical"):
             mine = [f for f, bug in zip(fixed, variant.bugs) if bug.kind == kind]

@@ -63,7 +63,10 @@ class MachineSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_failures: int = 3  # wrong answers on one level before an explanation
     max_depth: int = 7  # a question at this depth is replaced by an explanation
     fix_after: int = 2  # correct answers on a target before the student is asked to fix it
-    max_tutor_turns: int = 8  # turn budget
+    # Turn budget. None (the default): none, as in TreeInstruct's protocol, where the
+    # dialogue goes on until every attribute is resolved; the run's max_turns still
+    # bounds it.
+    max_tutor_turns: int | None = None
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,7 +97,7 @@ def step(state: TutorState, correct: bool | None, settings: MachineSettings) -> 
         attr.resolved = state.fixed[attr.bug]
     if all(state.fixed):
         return _stop(state, "bugs_fixed", correct)
-    if state.tutor_turns >= settings.max_tutor_turns:
+    if settings.max_tutor_turns is not None and state.tutor_turns >= settings.max_tutor_turns:
         return _stop(state, "turn_budget", correct)
     judgement: Judgement = "none" if correct is None else ("correct" if correct else "wrong")
     target = state.target
