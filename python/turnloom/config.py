@@ -63,7 +63,14 @@ class RunSettings(msgspec.Struct, **_STRUCT):
     first_index: NonNegative = 0  # index of the first conversation (a shard of a larger run)
     # "ray": shards on a Ray cluster; "processes": shards in this machine's processes ([executor])
     executor: Literal["local", "ray", "processes"] = "local"
-    max_turns: Positive = 8  # messages per conversation, system prompts excluded
+    # Messages per conversation, system prompts excluded; tool calls and tool results
+    # are messages too, so a tool study sets it with its tool steps in mind.
+    max_turns: Positive = 8
+    # Tool-calling messages an agent may send in a row before it must reply in text
+    # (tau-bench's step limit); past it the conversation stops with "max_tool_steps".
+    max_tool_steps: Positive = 10
+    # Tool calls per conversation (None: no limit); past it: stop "max_tool_calls".
+    max_tool_calls: Positive | None = None
     seed: NonNegative = 0
     out: str | None = None  # run directory (the CLI's --out wins)
     batch_size: Positive | None = None  # requests per backend call (default: the backend's max_batch)

@@ -50,7 +50,7 @@ class ConversationState:
 
     __slots__ = ("conversation_id", "index", "branch", "seed", "messages", "turns", "meta",
                  "profiles", "system_prompts", "stop_reason", "scores", "turn_scores", "errors",
-                 "state_json")
+                 "state_json", "tools")
 
     def __init__(self, conversation_id: str, index: int, seed: int, branch: int = 0) -> None:
         self.conversation_id = conversation_id
@@ -67,6 +67,7 @@ class ConversationState:
         self.turn_scores: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.state_json: bytes = b"null"  # the environment state, encoded (immutable)
+        self.tools: dict[str, list[dict[str, Any]]] = {}  # participant -> its tool schemas
 
     @property
     def state(self) -> Any:
@@ -102,6 +103,7 @@ class ConversationState:
         # into a sibling branch (meta is checked to be JSON after every hook).
         other.meta = _decode_json(msgspec.json.encode(self.meta)) if self.meta else {}
         other.state_json = self.state_json
+        other.tools = self.tools
         other.profiles = self.profiles
         other.system_prompts = self.system_prompts
         other.errors = list(self.errors)

@@ -15,7 +15,10 @@ from __future__ import annotations
 from typing import Iterable
 
 from turnloom.engine import Branch, Engine, Tree
+from turnloom.engine.routing import replay_routing
+from turnloom.messages import ToolCall
 from turnloom.records import ConversationRecord, ConversationState, TurnRecord
+from turnloom.views import Said
 from turnloom.wal import EndEvent, Event, TurnEvent
 
 
@@ -74,17 +77,18 @@ def _rebuild(engine: Engine, index: int, events: list[TurnEvent], ends: dict[int
     tree, state = engine._new_tree(index)
     live = frontier is not None
     lens0: list[int] = []
+    full0 = engine._full_at_start(state)
     if live:
         seg = engine._root_segments([state])[0]
         tree.root = engine.forest.add_root(0, "system", "", seg)
         engine.trees[index] = tree
         lens0 = engine._lens(seg)
     by_key = {(ev.branch, ev.turn): ev for ev in events}
-    stack: list[tuple[int, int, ConversationState, int, int, list[int]]] = [
-        (0, 0, state, tree.root, -1, lens0)]
+    stack: list[tuple[int, int, ConversationState, int, int, list[int], int]] = [
+        (0, 0, state, tree.root, -1, lens0, full0)]
     unstarted: list[Branch] = []  # fork siblings that never spoke: their start hook reruns
     while stack:
-        owner, t, st, node, node_owner, lens = stack.pop()
+        owner, t, st, node, node_owner, lens, full = stack.pop()
         children = [owner]
         fork = tree.forks.get(t)
         if fork is not None:
@@ -100,18 +104,21 @@ def _rebuild(engine: Engine, index: int, events: list[TurnEvent], ends: dict[int
                     tree.records.append(_ended(engine, cst, ends[c]))
                 elif live:
                     tree.live += 1
-                    br = Branch(tree, cst, c, node, node_owner, t, list(lens))
+                    br = Branch(tree, cst, c, node, node_owner, t, list(lens), full)
+                    replay_routing(engine, br)
                     (frontier if c == owner else unstarted).append(br)  # type: ignore[union-attr]
                 continue
-            new, new_lens = _replay_turn(engine, cst, ev, node, lens, live)
+            new, new_lens, new_full = _replay_turn(engine, tree, cst, ev, node, lens, full, live)
             if ev.stop is not None:
                 if c in ends:
                     tree.records.append(_ended(engine, cst, ends[c]))
                 elif live:
                     tree.live += 1
-                    finishing.append((Branch(tree, cst, c, new, c, t + 1, new_lens), ev.stop))
+                    br = Branch(tree, cst, c, new, c, t + 1, new_lens, new_full)
+                    replay_routing(engine, br)
+                    finishing.append((br, ev.stop))
                 continue
-            stack.append((c, t + 1, cst, new, c, new_lens))
+            stack.append((c, t + 1, cst, new, c, new_lens, new_full))
     if not live:
         return tree
     # Only now that the tree's live count is complete may a failing hook finish a branch.
@@ -129,17 +136,18 @@ def _ended(engine: Engine, state: ConversationState, end: EndEvent) -> Conversat
     return engine._record(state)
 
 
-def _replay_turn(engine: Engine, state: ConversationState, ev: TurnEvent, parent: int,
-                 lens: list[int], live: bool) -> tuple[int, list[int]]:
+def _replay_turn(engine: Engine, tree: Tree, state: ConversationState, ev: TurnEvent,
+                 parent: int, lens: list[int], full: int,
+                 live: bool) -> tuple[int, list[int], int]:
     p = engine.participants[ev.speaker]
+    calls = tuple(ToolCall(*c) for c in ev.tool_calls or ())
     node = -1
     new_lens = lens
     if live:
-        seg: dict[int, list[int]] = {}
-        if ev.output_ids is not None and p.fmt is not None:
-            seg[p.index] = p.prefix + p.fmt.close_generated(ev.output_ids, ev.finish_reason)
-        for vi, fmt, role in engine.targets[p.index]:
-            seg[vi] = fmt.segment(role, ev.text)
+        # The same rules as the live run's (engine/prompts.py), on the logged ids.
+        said = Said(p.name, ev.text, calls, ev.tool_call_id, ev.reasoning)
+        probe = Branch(tree, state, ev.branch, parent, -1, ev.turn, lens, full)
+        seg, full = engine._segments_one(probe, p, said, ev.output_ids, ev.finish_reason, full)
         finish = ev.finish_reason if ev.output_ids is not None else ""
         node = engine.forest.append(parent, ev.speaker, ev.role, ev.text, seg, finish)
         new_lens = list(lens)
@@ -150,10 +158,13 @@ def _replay_turn(engine: Engine, state: ConversationState, ev: TurnEvent, parent
                      parent_turn=ev.turn - 1 if ev.turn else None,
                      prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens,
                      cached_tokens=ev.cached_tokens, latency_s=ev.latency_s,
-                     finish_reason=ev.finish_reason, seed=ev.seed, meta=ev.reply_meta or {})
+                     finish_reason=ev.finish_reason, seed=ev.seed, meta=ev.reply_meta or {},
+                     tool_calls=calls, tool_call_id=ev.tool_call_id, reasoning=ev.reasoning)
     state.messages.append((p.name, ev.role, ev.text))
     state.turns.append(rec)
     state.turn_scores.append(dict(ev.scores or {}))
     state.meta = dict(ev.conv_meta or {})
     state.errors.extend(ev.errors or ())
-    return node, new_lens
+    if ev.state is not None:
+        state.state_json = bytes(ev.state[0])
+    return node, new_lens, full

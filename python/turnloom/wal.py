@@ -54,6 +54,11 @@ class TurnEvent(msgspec.Struct, tag="turn", array_like=True, frozen=True):
     conv_meta: Union[dict[str, Any], None]
     errors: Union[list[str], None]
     stop: Union[str, None]
+    # The message's structure, when it has any (older logs end before these).
+    tool_calls: Union[list[list[str]], None] = None  # [id, name, arguments]
+    tool_call_id: Union[str, None] = None
+    reasoning: Union[str, None] = None
+    state: Union[list[msgspec.Raw], None] = None  # [new environment state], when replaced
 
 
 class EndEvent(msgspec.Struct, tag="end", array_like=True, frozen=True):

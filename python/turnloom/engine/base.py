@@ -54,3 +54,5 @@ class EngineBase:
     _prompts: Callable[..., list[list[int]]]
     _complete: Callable[..., None]
     _ask_judges: Callable[..., bool]
+    _segments_one: Callable[..., tuple[dict[int, list[int]], int]]
+    by_name: dict[str, ParticipantRT]

@@ -11,6 +11,7 @@ from turnloom import _core
 from turnloom.agents import Reply
 from turnloom.backends.base import GenRequest, GenResult
 from turnloom.engine.state import Branch
+from turnloom.messages import ToolCall
 from turnloom.records import (
     ConversationState,
 )
@@ -22,6 +23,14 @@ from turnloom.seeds import (
 )
 
 _json = msgspec.json.Encoder()
+
+
+def _json_encode(value: Any) -> bytes:
+    """A plugin's JSON value, encoded, or TypeError saying why it is not JSON."""
+    try:
+        return _json.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"not JSON-serialisable: {exc}") from None
 
 
 def _require_json(value: Any, what: str) -> None:
@@ -52,6 +61,19 @@ def _checked_reply(reply: Any) -> Reply:
         reply.text.encode()  # a lone surrogate fails here, not in a tokenizer
     if reply.meta:
         _require_json(reply.meta, "Reply.meta")
+    if reply.tool_calls:
+        if not isinstance(reply.tool_calls, tuple) or not all(
+                isinstance(c, ToolCall) and isinstance(c.id, str) and isinstance(c.name, str)
+                and isinstance(c.arguments, str) for c in reply.tool_calls):
+            raise TypeError("Reply.tool_calls must be a tuple of ToolCall(id, name, arguments: str)")
+        if len({c.id for c in reply.tool_calls}) != len(reply.tool_calls):
+            raise ValueError("two tool calls of one message share an id")
+    for name in ("tool_call_id", "reasoning"):
+        value = getattr(reply, name)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"Reply.{name} must be a string or None, not {type(value).__name__}")
+    if reply.state is not msgspec.UNSET:
+        _require_json(reply.state, "Reply.state")
     return reply
 
 

@@ -33,14 +33,17 @@ from turnloom.engine.checks import (
     _checked_reply,
     _checked_results,
     _impls,
+    _json_encode,
     _require_json,
     _turn_seeds,
     _view_role,
 )
 from turnloom.engine.judges import JudgeJob, JudgesMixin
+from turnloom.engine.prompts import PromptsMixin
 from turnloom.engine.state import Branch, IndexStack, Job, RunStalled, Tree
 from turnloom.engine.turns import TurnsMixin
-from turnloom.plugins import call_hook_safely
+from turnloom.messages import call_from_openai
+from turnloom.plugins import call_hook_safely, first_result_safely
 from turnloom.records import (
     ConversationState,
 )
@@ -65,9 +68,21 @@ _replace = msgspec.structs.replace
 _START_CHUNK = 1024
 _SYSTEM_SEGMENT_CACHE = 4096  # distinct (view, prompt) segments kept
 _GC_GEN0 = 200000
+_UNSET = msgspec.UNSET
 
 
-class Engine(TurnsMixin, JudgesMixin, AccountingMixin):
+def _with_structure(reply: Reply, res: GenResult) -> Reply:
+    """A chat API's structured reply: its tool calls (unless the agent made its own)
+    and its separated reasoning join the agent's reply."""
+    changes: dict[str, Any] = {}
+    if res.tool_calls and not reply.tool_calls:
+        changes["tool_calls"] = tuple(call_from_openai(c) for c in res.tool_calls)
+    if res.reasoning is not None and reply.reasoning is None:
+        changes["reasoning"] = res.reasoning
+    return _checked_reply(_replace(reply, **changes)) if changes else reply
+
+
+class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
     """The turn loop: starts conversations, schedules turns onto backends, dispatches
     batches and hands completions on to the turn steps."""
 
@@ -110,9 +125,13 @@ class Engine(TurnsMixin, JudgesMixin, AccountingMixin):
                              if callable(getattr(s, "score_conversation", None))]
         self.exporters = build_plugins(scenario, registry, "exporters", scenario.exporters)
         # Each participant's entry of a record before its profile and system prompt.
+        # An agent's view: the role each speaker's messages have in it (None: hidden),
+        # so exporters rebuild exactly what the model saw.
         self._participant_info = [
             (p.name, {"agent": p.spec.agent, "role": p.role,
-                      **({"backend": p.backend.name} if p.backend is not None else {})})
+                      **({"backend": p.backend.name} if p.backend is not None else {}),
+                      **({"view": {s.name: self.roles[p.index][s.index]
+                                   for s in self.participants}} if p.is_agent else {})})
             for p in self.participants]
         # Branch ids are mixed-radix numbers of the choices made at each fork,
         # so they do not depend on completion order.
@@ -131,6 +150,10 @@ class Engine(TurnsMixin, JudgesMixin, AccountingMixin):
         self.hook_turn_end = bool(_impls(pm, "on_turn_end"))
         self.hook_should_stop = bool(_impls(pm, "should_stop"))
         self.hook_end = bool(_impls(pm, "on_conversation_end"))
+        self.hook_next_speaker = bool(_impls(pm, "next_speaker"))
+        self.by_name = {p.name: p for p in self.participants}
+        self._init_prompts()
+        self.has_tools = any(callable(getattr(p.obj, "tools", None)) for p in self.participants)
         self.forest: Any = _core.Forest()
         # Job or JudgeJob by id; the per-turn paths tell them apart by `type(job) is`.
         self.jobs: dict[int, Any] = {}
@@ -292,7 +315,40 @@ class Engine(TurnsMixin, JudgesMixin, AccountingMixin):
                     continue
                 if sp is not None:
                     state.system_prompts[v.name] = sp
+        if not state.errors and self.has_tools:
+            self._start_tools(state)
         return tree, state
+
+    def _start_tools(self, state: ConversationState) -> None:
+        """Each participant's tools and the environment's initial state. An agent
+        that declares no tools of its own gets, in the assistant role, every tool
+        environment's tools."""
+        env_tools: list[dict[str, Any]] = []
+        for p in self.participants:
+            tools_of = getattr(p.obj, "tools", None)
+            if not callable(tools_of):
+                continue
+            try:
+                tools = tools_of(state, p.name)
+                if tools is not None:
+                    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+                        raise TypeError(f"returned {type(tools).__name__}, expected a list of "
+                                        "tool schemas (dicts)")
+                    _require_json(tools, "the tools")
+                    state.tools[p.name] = tools
+                    if not p.is_agent:
+                        env_tools += tools
+                init = getattr(p.obj, "initial_state", None)
+                if not p.is_agent and callable(init) and state.state_json == b"null":
+                    state.state_json = _json_encode(init(state))
+            except Exception as exc:
+                state.errors.append(f"{'agent' if p.is_agent else 'environment'} {p.spec.agent!r}"
+                                    f" of {p.name!r} failed in tools/initial_state: "
+                                    f"{type(exc).__name__}: {exc}")
+        if env_tools:
+            for v in self.views:
+                if v.name not in state.tools and v.role == "assistant":
+                    state.tools[v.name] = env_tools
 
     def _forks_of(self, seed: int) -> dict[int, tuple[int, int]]:
         """The forks of one conversation: the scenario's, or one drawn turn."""
@@ -312,7 +368,8 @@ class Engine(TurnsMixin, JudgesMixin, AccountingMixin):
             tree.root = self.forest.add_root(0, "system", "", seg)
             self.trees[tree.index] = tree
             tree.live = 1
-            br = Branch(tree, state, 0, tree.root, -1, 0, self._lens(seg))
+            br = Branch(tree, state, 0, tree.root, -1, 0, self._lens(seg),
+                        self._full_at_start(state))
             if state.errors:
                 self._finish(br, "error")
             elif self._branch_started(br):
@@ -333,13 +390,22 @@ class Engine(TurnsMixin, JudgesMixin, AccountingMixin):
                     missing[text] = None
             if missing:
                 texts = list(missing)
-                for text, ids in zip(texts, v.fmt.segments(["system"] * len(texts), texts)):
+                for text, ids in zip(texts, v.fmt.segments(["system"] * len(texts), texts,
+                                                           first=True)):
                     cache[(v.index, text)] = ids
             for k, st in enumerate(states):
                 text = st.system_prompts.get(v.name)
                 if text is not None:
                     segs[k][v.index] = cache[(v.index, text)]
         return segs
+
+    def _full_at_start(self, state: ConversationState) -> int:
+        full = self.full_from_start
+        if state.tools:  # tool schemas: rendered by the template, whole
+            for v in self.views:
+                if v.name in state.tools:
+                    full |= 1 << v.index
+        return full
 
     def _lens(self, seg: dict[int, list[int]]) -> list[int]:
         lens = [0] * len(self.participants)
@@ -363,14 +429,19 @@ class Engine(TurnsMixin, JudgesMixin, AccountingMixin):
                   forked: bool = False) -> list[tuple[Branch, ParticipantRT, int]]:
         order = self.order
         n_order = len(order)
+        participants = self.participants
+        routed = self.hook_next_speaker
         speakers = []
         if forked:
-            speakers = [order[br.turn % n_order] for br in branches]
+            speakers = [self._routed_speaker(br) if routed else
+                        order[br.rr % n_order] if br.route < 0 else participants[br.route]
+                        for br in branches]
         else:
             planned = []
             for br in branches:
                 t = br.turn
-                speaker = order[t % n_order]
+                speaker = (self._routed_speaker(br) if routed else
+                           order[br.rr % n_order] if br.route < 0 else participants[br.route])
                 planned.append(br)
                 speakers.append(speaker)
                 fork = br.tree.forks.get(t)
@@ -395,13 +466,30 @@ class Engine(TurnsMixin, JudgesMixin, AccountingMixin):
             self._push(jobs)
         return env_work
 
+    def _routed_speaker(self, br: Branch) -> ParticipantRT:
+        """The next speaker when a plugin routes turns: tool routing first, then the
+        `next_speaker` hook (first result wins), then the turn order."""
+        if br.route >= 0:
+            return self.participants[br.route]
+        default = self.order[br.rr % len(self.order)]
+        state = br.state
+        name = first_result_safely(self.pm, "next_speaker", state.errors, conversation=state,
+                                   default=default.name)
+        if name is None:
+            return default
+        chosen = self.by_name.get(str(name))
+        if chosen is None:
+            state.errors.append(f"next_speaker named {name!r}, who is not a participant "
+                                f"(participants: {', '.join(self.by_name)})")
+            return default
+        return chosen
+
     def _fork(self, br: Branch, n: int, mult: int) -> list[Branch]:
         """The extra siblings of a fork at `br`'s next turn (`br` itself is the first)."""
         out = []
         for c in range(1, n):
             bid = br.branch + c * mult
-            child = Branch(br.tree, br.state.fork(bid, br.turn), bid, br.node, br.node_owner,
-                           br.turn, list(br.lens))
+            child = br.sibling(br.state.fork(bid, br.turn), bid)
             br.tree.live += 1
             if self._branch_started(child):
                 out.append(child)
@@ -449,11 +537,6 @@ class Engine(TurnsMixin, JudgesMixin, AccountingMixin):
         else:
             be.sched.push_many(ids, trees, lens)
 
-    def _prompts(self, jobs: Sequence[Job]) -> list[list[int]]:
-        """Each job's prompt: its speaker's lane plus the generation prefix."""
-        return self.forest.lanes_for([j.br.node for j in jobs], [j.p.index for j in jobs],
-                                     self._prefixes)
-
     def _dispatch(self, be: BackendRT) -> None:
         sched = be.sched
         while be.inflight < be.max_inflight and len(sched):
@@ -464,11 +547,7 @@ class Engine(TurnsMixin, JudgesMixin, AccountingMixin):
             if self.judge_jobs:
                 reqs = self._requests_with_judges(jids, jobs)
             else:
-                prompts = self._prompts(jobs)
-                reqs = [GenRequest(rid=str(jid), input_ids=prompt,
-                                   params=_replace(job.p.params, seed=job.seed),
-                                   affinity=job.br.tree.root)
-                        for jid, job, prompt in zip(jids, jobs, prompts)]
+                reqs = self._turn_requests(be, jids, jobs)
             task = asyncio.ensure_future(be.backend.generate(reqs))
             self.tasks[task] = (be, jids, reqs, time.perf_counter())
             be.inflight += 1
@@ -528,8 +607,11 @@ class Engine(TurnsMixin, JudgesMixin, AccountingMixin):
             state = job.br.state
             try:
                 reply = p.obj.on_output(state, p.name, res.text, res.finish_reason)
-                if type(reply) is not Reply or reply.meta or not reply.text.isascii():
+                if (type(reply) is not Reply or reply.meta or reply.tool_calls
+                        or reply.state is not _UNSET or not reply.text.isascii()):
                     reply = _checked_reply(reply)  # the plain case needs no checks
+                if res.tool_calls or res.reasoning is not None:
+                    reply = _with_structure(reply, res)
             except Exception as exc:
                 state.errors.append(f"agent {p.spec.agent!r} of {p.name!r} failed in on_output: "
                                     f"{type(exc).__name__}: {exc}")

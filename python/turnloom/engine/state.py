@@ -34,10 +34,11 @@ class Tree:
 class Branch:
     """A root-to-leaf path being grown: one conversation as hooks see it."""
 
-    __slots__ = ("tree", "state", "branch", "node", "node_owner", "turn", "lens")
+    __slots__ = ("tree", "state", "branch", "node", "node_owner", "turn", "lens", "full",
+                 "rr", "route", "tool_steps", "tool_calls")
 
     def __init__(self, tree: Tree, state: ConversationState, branch: int, node: int,
-                 node_owner: int, turn: int, lens: list[int]) -> None:
+                 node_owner: int, turn: int, lens: list[int], full: int = 0) -> None:
         self.tree = tree
         self.state = state
         self.branch = branch
@@ -45,6 +46,23 @@ class Branch:
         self.node_owner = node_owner  # branch that created `node` (-1: the root)
         self.turn = turn  # index of the next message
         self.lens = lens  # lane length per view
+        # Bit v set: view v's prompts are rendered whole from its messages, not
+        # grown from its lane (the template is not append-only for what it holds).
+        self.full = full
+        self.rr = turn  # messages that ended a participant's turn (the turn order's clock)
+        self.route = -1  # participant that must speak next (tool routing), -1: the order's
+        self.tool_steps = 0  # tool-calling messages since the caller last replied in text
+        self.tool_calls = 0  # tool calls made in this branch
+
+    def sibling(self, state: ConversationState, branch: int) -> Branch:
+        """A fork's extra branch: the same position, its own state."""
+        other = Branch(self.tree, state, branch, self.node, self.node_owner, self.turn,
+                       list(self.lens), self.full)
+        other.rr = self.rr
+        other.route = self.route
+        other.tool_steps = self.tool_steps
+        other.tool_calls = self.tool_calls
+        return other
 
 
 class Job(msgspec.Struct):

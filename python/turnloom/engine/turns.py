@@ -6,8 +6,18 @@ import random
 from collections import Counter
 from typing import Any, Sequence
 
+import msgspec
+
+from turnloom.agents import Reply
 from turnloom.engine.base import EngineBase
-from turnloom.engine.checks import _check_meta, _checked_reply, _require_json
+from turnloom.engine.checks import (
+    _check_meta,
+    _checked_reply,
+    _json_encode,
+    _require_json,
+)
+from turnloom.engine.routing import route_after
+from turnloom.messages import call_to_openai
 from turnloom.engine.state import Branch, Tree
 from turnloom.plugins import call_hook_safely, first_result_safely
 from turnloom.records import (
@@ -20,9 +30,11 @@ from turnloom.records import (
 from turnloom.runtime import (
     ParticipantRT,
 )
+from turnloom.views import Said
 from turnloom.wal import EndEvent, TurnEvent
 
 _MEMO_SIZE = 4096
+_UNSET = msgspec.UNSET
 
 
 class TurnsMixin(EngineBase):
@@ -61,25 +73,42 @@ class TurnsMixin(EngineBase):
         for item in items:
             br, p, reply, res = item[0], item[1], item[2], item[3]
             text = reply.text
-            if not text and reply.stop:
+            plain = not reply.tool_calls and reply.tool_call_id is None and reply.reasoning is None
+            if not text and reply.stop and plain:
                 self._finish(br, reply.stop)
                 continue
             kept.append(item)
+            finishes.append(res.finish_reason if res is not None else "")
+            lens = br.lens
+            if not plain or (p.is_agent and (res is None or not lens[p.index])):
+                # Structure, an opening message or a message the speaker did not
+                # generate: the general rules (engine/prompts.py).
+                said = Said(p.name, text, reply.tool_calls, reply.tool_call_id, reply.reasoning)
+                seg, br.full = self._segments_one(
+                    br, p, said, res.output_ids if res is not None else None,
+                    res.finish_reason if res is not None else "", br.full)
+                segs.append(seg)
+                parents.append(br.node)
+                speakers.append(p.index)
+                roles.append(p.role)
+                texts.append(text)
+                continue
             if res is not None:
                 seg = {p.index: p.prefix + p.fmt.close_generated(res.output_ids,
                                                                  res.finish_reason)}
-                finishes.append(res.finish_reason)
             else:
                 seg = {}
-                finishes.append("")
             for vi, fmt, role, memo in targets[p.index]:
+                if not lens[vi]:  # the view's opening message: templates may add to it
+                    seg[vi] = fmt.segment(role, text, first=True)
+                    continue
                 ids = memo.get((role, text))
                 if ids is None:
                     miss = misses.get(id(fmt))
                     if miss is None:
                         miss = misses[id(fmt)] = (fmt, memo, [])
                     miss[2].append((seg, vi, role, text))
-                    seg[vi] = None  # filled below; keeps the views' order
+                    seg[vi] = None  # type: ignore[assignment]  # filled below; keeps the views' order
                 else:
                     seg[vi] = ids
             segs.append(seg)
@@ -132,13 +161,24 @@ class TurnsMixin(EngineBase):
                 prompt_tokens = completion = 0
                 finish = "stop"
                 output_ids = None
+            plain = not reply.tool_calls and reply.tool_call_id is None and reply.reasoning is None
             rec = TurnRecord(state.conversation_id, branch, t, p.name, p.role, text, node,
                              t - 1 if t else None, prompt_tokens, completion, cached, latency,
-                             finish, seed, meta)
+                             finish, seed, meta, reply.tool_calls, reply.tool_call_id,
+                             reply.reasoning)
             state.messages.append((p.name, p.role, text))
             state.turns.append(rec)
             errors = state.errors
             n_err = len(errors)
+            new_state = None
+            if reply.state is not _UNSET:
+                state.state_json = _json_encode(reply.state)
+                new_state = [msgspec.Raw(state.state_json)]
+            route_stop = None
+            if not plain or br.route >= 0:
+                route_stop = self._route_after(br, p, reply)
+            else:
+                br.rr += 1
             scores: dict[str, Any] = {}
             if turn_scorers:
                 self._score_turn(state, rec, t, scores)
@@ -157,16 +197,27 @@ class TurnsMixin(EngineBase):
             if len(errors) > n_hook:
                 stop = "error"
             if stop is None:
+                stop = route_stop
+            if stop is None:
                 if stop_phrases or max_tokens is not None:
                     stop = self._stop_condition(br, text, t)
                 elif t + 1 >= max_turns:
                     stop = "max_turns"
             # Positional, in TurnEvent's field order (this is the hottest line of a run).
-            wal_append(TurnEvent(
-                state.index, branch, parent_owner, t, p.index, p.role, text, output_ids,
-                finish, seed, prompt_tokens, completion, cached, latency, meta or None,
-                scores or None, state.meta or None,
-                errors[n_err:] if len(errors) > n_err else None, stop))
+            if plain and new_state is None:
+                wal_append(TurnEvent(
+                    state.index, branch, parent_owner, t, p.index, p.role, text, output_ids,
+                    finish, seed, prompt_tokens, completion, cached, latency, meta or None,
+                    scores or None, state.meta or None,
+                    errors[n_err:] if len(errors) > n_err else None, stop))
+            else:
+                wal_append(TurnEvent(
+                    state.index, branch, parent_owner, t, p.index, p.role, text, output_ids,
+                    finish, seed, prompt_tokens, completion, cached, latency, meta or None,
+                    scores or None, state.meta or None,
+                    errors[n_err:] if len(errors) > n_err else None, stop,
+                    [[c.id, c.name, c.arguments] for c in reply.tool_calls] or None,
+                    reply.tool_call_id, reply.reasoning, new_state))
             if stop is None:
                 go_on.append(br)
             else:
@@ -177,6 +228,13 @@ class TurnsMixin(EngineBase):
             if p.backend is not None:
                 p.backend.usage.turns += n
         return go_on
+
+    def _route_after(self, br: Branch, p: ParticipantRT, reply: Reply) -> str | None:
+        """Who speaks after a message that is part of a tool exchange (or ends one):
+        calls go to the environment that owns the tool, results back to the caller
+        once every call is answered, a text reply ends the caller's turn. Returns a
+        stop reason when a budget runs out or a call cannot be routed."""
+        return route_after(self, br, p, reply)
 
     def _score_turn(self, state: ConversationState, rec: TurnRecord, t: int,
                     scores: dict[str, Any]) -> None:
@@ -262,7 +320,7 @@ class TurnsMixin(EngineBase):
         recs = state.turns
         if len(state.turn_scores) < len(recs):
             recs = recs[:len(state.turn_scores)]
-        messages += [Message(rec.role, rec.text, rec.participant) for rec in recs]
+        messages += [_message(rec) for rec in recs]
         turns = [TurnInfo(rec.participant, rec.role, rec.seed, rec.prompt_tokens,
                           rec.completion_tokens, rec.finish_reason, scores, rec.meta)
                  for rec, scores in zip(recs, state.turn_scores)]
@@ -281,6 +339,8 @@ class TurnsMixin(EngineBase):
                 info["profile"] = profiles[name]
             if name in prompts:
                 info["system_prompt"] = prompts[name]
+            if name in state.tools:
+                info["tools"] = state.tools[name]
             participants[name] = info
         return ConversationRecord(
             conversation_id=state.conversation_id, index=state.index, branch=state.branch,
@@ -293,3 +353,14 @@ class TurnsMixin(EngineBase):
             if p.role == "assistant" and p.name in state.system_prompts:
                 return state.system_prompts[p.name]
         return None
+
+
+def _message(rec: TurnRecord) -> Message:
+    """A turn in OpenAI chat format: tool results as role "tool"."""
+    if rec.tool_call_id is not None:
+        return Message("tool", rec.text, rec.participant, tool_call_id=rec.tool_call_id)
+    if not rec.tool_calls and rec.reasoning is None:
+        return Message(rec.role, rec.text, rec.participant)
+    return Message(rec.role, rec.text, rec.participant,
+                   tool_calls=[call_to_openai(c) for c in rec.tool_calls] or None,
+                   reasoning_content=rec.reasoning)
