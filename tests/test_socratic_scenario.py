@@ -35,8 +35,8 @@ def only_this_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def scripted(script: list[dict], *, conversations: int = 4, problems: list[str] | None = None,
              bugs: list[int] | None = None, machine: dict | None = None,
-             max_turns: int = 40) -> turnloom.Scenario:
-    sampler: dict = {"bugs": bugs or [1, 2, 3]}
+             max_turns: int = 40, order: str = "by-index") -> turnloom.Scenario:
+    sampler: dict = {"bugs": bugs or [1, 2, 3], "order": order}
     if problems:
         sampler["problems"] = problems
     return turnloom.Scenario.from_dict({
@@ -104,21 +104,38 @@ def test_explanation_and_turn_budget_in_a_run(tmp_path: Path) -> None:
         assert r["scores"]["socratic-tutor-turns"]["tutor_turns"] == 5
 
 
-def test_problem_draws_are_seeded(tmp_path: Path) -> None:
-    def draws(name: str) -> list[tuple[str, int]]:
-        recs = turnloom.run(scripted([], conversations=12, machine={"max_tutor_turns": 1}),
-                            out=tmp_path / name, progress=False).conversations()
-        return [(r["participants"]["student"]["profile"]["socratic_problem"],
-                 r["participants"]["student"]["profile"]["n_bugs"]) for r in recs]
-    first = draws("a")
-    assert first == draws("b")
-    assert len(set(first)) > 6 and {n for _, n in first} == {1, 2, 3}
+def played(tmp_path: Path, name: str, conversations: int, order: str,
+           problems: list[str] | None = None) -> list[tuple[int, str]]:
+    recs = turnloom.run(scripted([], conversations=conversations, problems=problems,
+                                 machine={"max_tutor_turns": 1}, max_turns=3, order=order),
+                        out=tmp_path / name, progress=False).conversations()
+    return [(r["participants"]["student"]["profile"]["n_bugs"],
+             r["participants"]["student"]["profile"]["socratic_problem"]) for r in recs]
+
+
+def test_random_problem_draws_are_seeded(tmp_path: Path) -> None:
+    first = played(tmp_path, "a", 12, "random")
+    assert first == played(tmp_path, "b", 12, "random")
+    assert len(set(first)) > 6 and {n for n, _ in first} == {1, 2, 3}
+
+
+def test_by_index_plays_each_problem_and_bug_count_once(tmp_path: Path) -> None:
+    # 3 problems x 3 bug counts = 9 items; 9 conversations play each exactly once,
+    # bug count first, problems in the order given. Random draws with replacement
+    # leave some out (the seed here repeats items).
+    problems = ["sum_evens", "gcd", "count_vowels"]
+    by_index = played(tmp_path, "i", 9, "by-index", problems)
+    assert by_index == [(n, p) for n in (1, 2, 3) for p in problems]
+    drawn = played(tmp_path, "r", 9, "random", problems)
+    assert len(set(drawn)) < 9
 
 
 def test_bad_settings_name_the_component() -> None:
     registry = Registry.from_plugin_manager(get_plugin_manager(default_plugins=()))
     with pytest.raises(ValueError, match="socratic-problems.*unknown problems"):
         registry.get("samplers", "socratic-problems")({"problems": ["nope"]})
+    with pytest.raises(ValueError, match="socratic-problems.*order.*'shuffled'"):
+        registry.get("samplers", "socratic-problems")({"order": "shuffled"})
     with pytest.raises(ValueError, match="socratic-keyword-verifier"):
         registry.get("environments", "socratic-keyword-verifier")({"machin": {}})
     with pytest.raises(ValueError, match="socratic-verifier"):

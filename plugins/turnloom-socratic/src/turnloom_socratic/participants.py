@@ -9,6 +9,7 @@ from typing import Any, Literal, Mapping
 import msgspec
 
 from turnloom.agents import Reply
+from turnloom.items import check_order, item_index
 from turnloom.records import ConversationState
 from turnloom_socratic.checks import extract_code
 from turnloom_socratic.dataset import MAX_BUGS, load_problems
@@ -190,10 +191,17 @@ class ProblemSamplerSettings(msgspec.Struct, frozen=True, kw_only=True,
     problems: tuple[str, ...] = ()  # ids to draw from (empty: all)
     bugs: tuple[int, ...] = (1, 2, 3)  # bug counts to draw from
     dataset: str | None = None  # a problem file in the packaged format (default: packaged)
+    order: str = "by-index"  # "by-index": each (bug count, problem) once; "random": seeded draws
 
 
 class ProblemSampler:
-    """Sampler `socratic-problems`: draws a problem and a bug count per conversation."""
+    """Sampler `socratic-problems`: the problem and bug count of each conversation.
+
+    The items are every (bug count, problem) pair, bug count first, as the paper
+    runs its 1-, 2- and 3-bug settings over the whole problem set. `order =
+    "by-index"` (the default) gives conversation i item i mod the number of
+    items, so a run of len(bugs) x len(problems) conversations plays each once;
+    `"random"` draws one per conversation with replacement, from its seed."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         s = _convert(ProblemSamplerSettings, settings, "socratic-problems")
@@ -204,14 +212,18 @@ class ProblemSampler:
         bad = [b for b in s.bugs if not 1 <= b <= MAX_BUGS]
         if bad or not s.bugs:
             raise ValueError(f"invalid socratic-problems settings: bugs must be in 1..{MAX_BUGS}")
+        self.order = check_order(s.order, "invalid socratic-problems settings: `order`")
         self.ids = list(s.problems) or sorted(problems)
         self.bugs = s.bugs
         self.dataset = s.dataset
         self.problems = problems
+        self.items = [(n, pid) for n in self.bugs for pid in self.ids]
 
     def sample(self, rng: random.Random, index: int) -> dict[str, Any]:
-        problem = self.problems[self.ids[rng.randrange(len(self.ids))]]
-        n_bugs = self.bugs[rng.randrange(len(self.bugs))]
+        # The seed is drawn either way, so both orders leave the rng in the same state.
+        seed = rng.getrandbits(64)
+        n_bugs, pid = self.items[item_index(len(self.items), index, seed, self.order)]
+        problem = self.problems[pid]
         profile: dict[str, Any] = {ASSIGNMENT_KEY: problem.id, "n_bugs": n_bugs,
                                    "statement": problem.statement}
         if self.dataset is not None:
