@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
+import yarl
 
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
@@ -144,6 +145,7 @@ class HTTPClient:
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._proxies: dict[tuple[str, str], str | None] = {}
+        self._urls: dict[str, yarl.URL] = {}  # parsed once: a few routes, many requests
         self._closed = False
 
     def _open(self) -> aiohttp.ClientSession:
@@ -151,7 +153,10 @@ class HTTPClient:
                                          keepalive_timeout=KEEPALIVE_S, ssl=self._ssl)
         self._session = aiohttp.ClientSession(
             connector=connector, headers=self.headers, trust_env=False,
-            skip_auto_headers=("User-Agent",), raise_for_status=False)
+            # No cookies and no per-request tracing: model APIs use neither,
+            # and each costs CPU on every request.
+            cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",),
+            raise_for_status=False)
         return self._session
 
     def _proxy_for(self, url: str) -> str | None:
@@ -195,7 +200,12 @@ class HTTPClient:
         limit = self.timeout if timeout is None else timeout
         started = time.perf_counter()
         try:
-            async with session.request(method, url, data=body or None, headers=extra,
+            target = self._urls.get(url)
+            if target is None:
+                if len(self._urls) > 1024:
+                    self._urls.clear()
+                target = self._urls[url] = yarl.URL(url)
+            async with session.request(method, target, data=body or None, headers=extra,
                                        proxy=self._proxy_for(url),
                                        timeout=self._timeout(limit)) as r:
                 data = await r.read()
