@@ -283,8 +283,43 @@ def run_side(side: str, conversations: int, turns: int, tokenizer: str,
     return result
 
 
+BEFORE = "turnloom-before"
+
+
+def checkout_python(rev: str) -> str:
+    """`rev`'s Python package in a temporary folder, with this build's native core:
+    the engine as it was, for a before/after row (valid while the Rust core is
+    unchanged between the two)."""
+    import glob
+    import shutil
+    import tempfile
+
+    import turnloom
+
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
+                          text=True, check=True, cwd=os.path.dirname(__file__)).stdout.strip()
+    folder = tempfile.mkdtemp(prefix="turnloom-before-")
+    archive = subprocess.run(["git", "archive", rev, "python"], capture_output=True, check=True,
+                             cwd=root).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    for native in glob.glob(os.path.join(os.path.dirname(turnloom.__file__), "_core*.so")):
+        shutil.copy(native, os.path.join(folder, "python", "turnloom"))
+    return os.path.join(folder, "python")
+
+
 def spawn(side: str, conversations: int, args: argparse.Namespace, tokenizer: str,
           batch_size: int | None = None) -> dict[str, Any]:
+    env = {**os.environ}
+    if side == BEFORE:
+        env["PYTHONPATH"] = args.before_path
+        row = spawn_side("turnloom", conversations, args, tokenizer, batch_size, env)
+        row["side"] = BEFORE
+        return row
+    return spawn_side(side, conversations, args, tokenizer, batch_size, env)
+
+
+def spawn_side(side: str, conversations: int, args: argparse.Namespace, tokenizer: str,
+               batch_size: int | None, env: dict[str, str]) -> dict[str, Any]:
     command = [sys.executable, __file__, "--side", side, "--conversations", str(conversations),
                "--turns", str(args.turns), "--tokenizer", tokenizer]
     if batch_size:
@@ -294,7 +329,7 @@ def spawn(side: str, conversations: int, args: argparse.Namespace, tokenizer: st
     if args.plot:
         command.append("--trace")
     # The engine alone: third-party plugins installed in the environment stay out.
-    env = {**os.environ, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    env = {**env, "TURNLOOM_DISABLE_PLUGIN_AUTOLOAD": "1"}
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{side} run failed:\n{done.stderr}")
@@ -442,6 +477,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip the apply_chat_template baseline (the slowest row)")
     parser.add_argument("--plot", metavar="PNG",
                         help="also draw memory through each run and throughput (needs matplotlib)")
+    parser.add_argument("--before", metavar="REV",
+                        help="one more row: the turnloom engine of git revision REV (its Python "
+                             "code with this build's native core), for a before/after comparison "
+                             "in one run")
     parser.add_argument("--side", choices=("turnloom", PROCESSES, "baseline", "baseline-hf"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", help=argparse.SUPPRESS)
@@ -473,6 +512,9 @@ def main(argv: list[str] | None = None) -> None:
         configs.append(("turnloom", args.conversations, args.compare_batch_size))
     if args.processes > 1:
         configs.append((PROCESSES, args.conversations, args.batch_size))
+    if args.before:
+        args.before_path = checkout_python(args.before)
+        configs.append((BEFORE, args.conversations, args.batch_size))
     rounds = run_rounds(configs, args, tokenizer)
     rows = fastest_rows(rounds)
     if args.repeat > 1:
@@ -486,6 +528,10 @@ def main(argv: list[str] | None = None) -> None:
         if len(ratios) > 1:
             print(f"CPU x of turnloom {args.conversations:,} against {baseline}, round by round: "
                   f"{describe_ratios(ratios)}")
+    if args.before:
+        ratios = round_ratios(rounds, configs, target, BEFORE)
+        print(f"turns per CPU second of turnloom {args.conversations:,} against the engine at "
+              f"{args.before} ({BEFORE}), round by round: {describe_ratios(ratios)}")
     sharded = (PROCESSES, args.conversations, args.batch_size)
     for baseline in ("baseline", "baseline-hf"):
         ratios = round_ratios(rounds, configs, sharded, baseline, clock="seconds")

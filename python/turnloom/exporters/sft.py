@@ -22,6 +22,8 @@ from turnloom.exporters.views import (
     check_trainable,
     default_participant,
     view_messages,
+    view_tools,
+    view_with_owners,
 )
 from turnloom.records import ConversationRecord
 
@@ -107,7 +109,8 @@ class SFTTokens(StreamingExporter):
 
     def rows(self, record: ConversationRecord) -> Iterator[dict[str, Any]]:
         participant, renderer = self._setup(record)
-        tokens = renderer.render(view_messages(record, participant))
+        messages, own = view_with_owners(record, participant)
+        tokens = renderer.render(messages, own, view_tools(record, participant))
         if tokens.trained == 0:
             self.stats["skipped: no turns of the participant"] += 1
             return
