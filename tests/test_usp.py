@@ -201,7 +201,7 @@ def test_judges_record_a_failed_extraction_instead_of_raising() -> None:
     assert ProfileExtractor({}).score(conv, {"profile": None}) == {"extracted": 0}
     assert ProfileConsistency({}).score(conv, {"profile": None}) == {"extracted": 0}
     assert ProfileConsistency({}).calls(conversation(("user", "hello"))) == []  # no target
-    with pytest.raises(ValueError, match="invalid usp-consistency settings"):
+    with pytest.raises(ValueError, match="invalid usp-consistency-lexical settings"):
         ProfileConsistency({"participnt": "user"})
 
 
@@ -423,7 +423,8 @@ def test_entry_point_registers_every_component(monkeypatch: pytest.MonkeyPatch) 
     assert "usp-user" in registry.names("agents")
     assert "usp-profiles" in registry.names("samplers")
     assert {"usp-loops", "usp-faults"} <= set(registry.names("scorers"))
-    assert {"usp-extract", "usp-consistency"} <= set(registry.names("judges"))
+    assert {"usp-extract", "usp-consistency", "usp-consistency-lexical"} <= set(
+        registry.names("judges"))
 
 
 def scripted_study(judge_lines: list[str]) -> Scenario:
@@ -438,7 +439,7 @@ def scripted_study(judge_lines: list[str]) -> Scenario:
              "sampler_settings": {"virtual": 0.5}},
             {"name": "assistant", "agent": "assistant", "backend": "sim"}],
         "scorers": ["usp-loops", "usp-faults"],
-        "judges": [{"name": "consistency", "judge": "usp-consistency", "backend": "judge"},
+        "judges": [{"name": "consistency", "judge": "usp-consistency-lexical", "backend": "judge"},
                    {"name": "extracted", "judge": "usp-extract", "backend": "judge"}],
     })
 
@@ -453,7 +454,7 @@ def run(tmp_path: Path, scenario: Scenario, name: str) -> list[dict[str, Any]]:
     return result.conversations()
 
 
-def test_a_study_runs_with_judged_consistency(tmp_path: Path) -> None:
+def test_a_study_runs_with_lexical_consistency(tmp_path: Path) -> None:
     extracted = {"facts": {"occupation": "nurse", "goal": "plan dinners"}}
     records = run(tmp_path, scripted_study([json.dumps(extracted)]), "good")
     assert len(records) == 4

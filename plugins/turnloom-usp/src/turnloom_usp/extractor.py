@@ -119,10 +119,12 @@ class ProfileExtractor:
 
 
 class ProfileConsistency(ProfileExtractor):
-    """`usp-consistency`: re-extract the simulated user's profile and compare it
-    with the profile it was given (`conversation.profiles[participant]`)."""
+    """`usp-consistency-lexical`: a cheap stand-in for USP's consistency. Re-extract
+    the simulated user's profile and compare it with the profile it was given
+    (`conversation.profiles[participant]`) field by field by word overlap: a
+    faithful paraphrase scores low. `usp-consistency` is the paper's measure."""
 
-    name = "usp-consistency"
+    name = "usp-consistency-lexical"
 
     def calls(self, conversation: ConversationState) -> list[JudgeCall]:
         if self.s.participant not in conversation.profiles:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import turnloom
 from turnloom.hookspecs import Register
 from turnloom_usp.extractor import ProfileConsistency, ProfileExtractor
+from turnloom_usp.judged_consistency import JudgedConsistency
 from turnloom_usp.metrics import FaultScorer, LoopScorer
 from turnloom_usp.sampler import DiverseProfileSampler
 from turnloom_usp.simulator import UspUser
@@ -30,4 +31,5 @@ def register_scorers(register: Register) -> None:
 @turnloom.hookimpl(optionalhook=True)
 def register_judges(register: Register) -> None:
     register("usp-extract", ProfileExtractor)
-    register("usp-consistency", ProfileConsistency)
+    register("usp-consistency", JudgedConsistency)
+    register("usp-consistency-lexical", ProfileConsistency)

@@ -29,12 +29,18 @@ class UspUserSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     end_marker: str = DEFAULT_END_MARKER
     stop_reason: str = "user_done"
     min_turns: Annotated[int, msgspec.Meta(ge=1)] = 1  # own messages before the end marker counts
+    # True: in its own view its messages are "assistant" turns and the others' "user"
+    # turns, so any chat model can play the user. False: its messages stay "user" turns
+    # and it generates as the user, as USP's released checkpoint was trained to.
+    role_flip: bool = True
 
 
 class UspUser:
-    """Plays the user side. In its own view the roles are flipped: its messages
-    are "assistant" turns and the assistant's are "user" turns, so any chat model
-    can play it. It ends the conversation by writing the end marker."""
+    """Plays the user side. By default the roles are flipped in its own view: its
+    messages are "assistant" turns and the assistant's are "user" turns, so any
+    chat model can play it. With `role_flip = false` they are not: it writes the
+    "user" turns of an ordinary chat, which is what USP's released checkpoint
+    was trained to do. It ends the conversation by writing the end marker."""
 
     role = "user"
 
@@ -61,7 +67,8 @@ class UspUser:
                              where="usp-user system_prompt")
 
     def role_in_view(self, speaker: str, me: str) -> str:
-        return "assistant" if speaker == me else "user"
+        mine, theirs = ("assistant", "user") if self.s.role_flip else ("user", "assistant")
+        return mine if speaker == me else theirs
 
     def on_output(self, conversation: ConversationState, me: str, text: str,
                   finish_reason: str) -> Reply:
