@@ -319,6 +319,21 @@ def test_requests_go_through_the_configured_proxy() -> None:
 
         assert asyncio.run(main()).error is None
         assert len(proxy.requests) == 1
+
+
+def test_proxy_from_the_environment_and_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    with OpenAITestServer() as proxy, OpenAITestServer() as direct:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+
+        async def main(base_url: str) -> Any:
+            b = OpenAIBackend(base_url, "m", probe=False, **FAST)
+            async with started(b) as backend:
+                return (await backend.generate([req("a")]))[0]
+
+        assert asyncio.run(main("http://api.example.invalid/v1")).error is None
+        assert asyncio.run(main(direct.url + "/v1")).error is None  # NO_PROXY: straight there
+        assert (len(proxy.requests), len(direct.requests)) == (1, 1)
 def test_429_honours_retry_after(server: OpenAITestServer) -> None:
     server.inject("status", status=429, retry_after=0.3)
 
