@@ -89,7 +89,8 @@ class ScriptedBackend(Backend):
         self.chat_format = chat_format
         tok = chat_format.tokenizer
         eos = [getattr(chat_format, "end_id", tok.eos_token_ids[0])] if self.eos else []
-        encoded = tok.encode_batch(list(self.lines))
+        # A line is what a model writes: text, whatever special-token strings it spells.
+        encoded = tok.encode_text_batch(list(self.lines))
         self._eos_ids = frozenset(tok.eos_token_ids)
         self._replies = [(ids + eos, text) for ids, text in zip(encoded, self.lines)]
 
