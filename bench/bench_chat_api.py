@@ -110,14 +110,14 @@ async def plain_loop(args: argparse.Namespace) -> dict[str, Any]:
         for turn in range(args.turns):
             speaker = "user" if turn % 2 == 0 else "assistant"
             system = USER_PROMPT if speaker == "user" else ASSISTANT_PROMPT
-            view: list[dict[str, str]] = [{"role": "system", "content": system}]
+            view: list[Any] = [{"role": "system", "content": system}]
             for who, text in history:
                 mine = who == speaker
                 view.append({"role": "assistant" if mine else "user", "content": text})
             if len(view) == 1:
                 view.append({"role": "user", "content": OPENER})
             async with gate:
-                reply = await client.chat.completions.create(  # type: ignore[call-overload]
+                reply = await client.chat.completions.create(
                     model=args.model, messages=view, max_tokens=args.max_new_tokens,
                     temperature=1.0, seed=index * 1000 + turn)
             history.append((speaker, reply.choices[0].message.content or ""))

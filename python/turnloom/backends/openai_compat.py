@@ -187,6 +187,7 @@ class OpenAIBackend(Backend):
         self.server: ServerInfo | None = None
         """What `identify` found at start (None with probe off)."""
         self._sampling: dict[str, Any] = {}
+        self._penalty_name = "repetition_penalty"
         self._stop_token_ids = True
         self._rpm = per_minute(requests_per_minute)
         self._tpm = per_minute(tokens_per_minute)
@@ -253,6 +254,7 @@ class OpenAIBackend(Backend):
                 f"openai: {self.base_url} is {info.kind}, which does not take token-id prompts "
                 f"on /completions; use endpoint = \"chat\"")
         self._sampling = sampling_fields(info)
+        self._penalty_name = dialect.penalty_name
         self._stop_token_ids = dialect.stop_token_ids or info.kind == "openai"
         if dialect.seeds != "honoured":
             log.warning("openai: %s is %s: seeds are honoured %s, so seeded requests may "
@@ -379,8 +381,7 @@ class OpenAIBackend(Backend):
             body.update(self._sampling)
             if p.top_k > 0:
                 body["top_k"] = p.top_k
-            penalty = next(k for k in self._sampling if k.endswith("penalty"))
-            body[penalty] = p.repetition_penalty
+            body[self._penalty_name] = p.repetition_penalty
         else:
             if p.top_k != -1:
                 body["top_k"] = p.top_k
