@@ -74,7 +74,7 @@ def test_bad_settings_and_files_are_named(tmp_path: Path) -> None:
         load_replay(bad, "sharegpt")
 
 
-def test_gold_history_is_replayed_or_refused_without_engine_prefill(tmp_path: Path) -> None:
+def test_gold_history_is_replayed_or_prefilled(tmp_path: Path) -> None:
     data = tmp_path / "gold.jsonl"
     data.write_text(json.dumps({"id": "g", "turns": ["Now the real question?"], "history": [
         {"role": "user", "content": "Earlier question."},
@@ -83,14 +83,14 @@ def test_gold_history_is_replayed_or_refused_without_engine_prefill(tmp_path: Pa
     said = [m["content"] for m in replayed[0]["messages"] if m.get("name") == "user"]
     assert said == ["Earlier question.", "Now the real question?"]
     assert "A gold answer." not in json.dumps(replayed[0]["messages"])
-    refused = run(scenario({"path": str(data)}, 1), tmp_path / "prefill")
-    if refused[0]["stop_reason"] == "error":  # this engine does not place gold history
-        assert "did not prefill" in refused[0]["errors"][0]
-    else:  # an engine that does: the gold messages are the conversation's first turns
-        msgs = [m for m in refused[0]["messages"] if m["role"] != "system"]
-        assert [m["content"] for m in msgs[:3]] == ["Earlier question.", "A gold answer.",
-                                                    "Now the real question?"]
-        assert msgs[1]["name"] == "assistant"
+    prefilled = run(scenario({"path": str(data)}, 1), tmp_path / "prefill")
+    # The engine places gold history: the gold messages are the conversation's first turns.
+    assert prefilled[0]["stop_reason"] != "error", prefilled[0]["errors"]
+    msgs = [m for m in prefilled[0]["messages"] if m["role"] != "system"]
+    assert [m["content"] for m in msgs[:3]] == ["Earlier question.", "A gold answer.",
+                                                "Now the real question?"]
+    assert msgs[1]["name"] == "assistant"
+    assert [t["meta"].get("prefilled") for t in prefilled[0]["turns"][:3]] == [True, True, None]
 
 
 def test_prefill_messages_follow_the_speaking_order() -> None:

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import msgspec
 
-from turnloom import _core
+from turnloom import _core, errorlog
 from turnloom.agents import Reply
 from turnloom.backends.base import GenRequest, GenResult
 from turnloom.engine.state import Branch
@@ -75,6 +75,14 @@ def _checked_reply(reply: Any) -> Reply:
     if reply.state is not msgspec.UNSET:
         _require_json(reply.state, "Reply.state")
     return reply
+
+
+def _fault(state: ConversationState, what: str, exc: BaseException) -> None:
+    """A plugin fault: recorded with the conversation, and with its traceback in the
+    run's error log (raised at once when debugging)."""
+    message = f"{what}: {type(exc).__name__}: {exc}"
+    state.errors.append(message)
+    errorlog.record(message, exc, errorlog.conversation_of(state))
 
 
 def _check_meta(state: ConversationState) -> None:

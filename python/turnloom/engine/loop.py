@@ -32,6 +32,7 @@ from turnloom.engine.checks import (
     _check_meta,
     _checked_reply,
     _checked_results,
+    _fault,
     _impls,
     _json_encode,
     _require_json,
@@ -44,6 +45,7 @@ from turnloom.engine.state import Branch, IndexStack, Job, RunStalled, Tree
 from turnloom.engine.turns import TurnsMixin
 from turnloom.messages import call_from_openai
 from turnloom.plugins import call_hook_safely, first_result_safely
+from turnloom.prefill import PREFILLED_META, prefill_messages
 from turnloom.records import (
     ConversationState,
 )
@@ -153,6 +155,7 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
         self.hook_next_speaker = bool(_impls(pm, "next_speaker"))
         self.by_name = {p.name: p for p in self.participants}
         self._init_prompts()
+        self.has_prefill = any(callable(getattr(p.obj, "prefill", None)) for p in self.participants)
         self.has_tools = any(callable(getattr(p.obj, "tools", None)) for p in self.participants)
         self.forest: Any = _core.Forest()
         # Job or JudgeJob by id; the per-turn paths tell them apart by `type(job) is`.
@@ -301,8 +304,7 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
                 _require_json(profile, "the profile")
                 state.profiles[p.name] = profile
             except Exception as exc:
-                state.errors.append(f"sampler {p.spec.sampler!r} of {p.name!r} failed: "
-                                    f"{type(exc).__name__}: {exc}")
+                _fault(state, f"sampler {p.spec.sampler!r} of {p.name!r} failed", exc)
         if not state.errors:
             for v in self.views:
                 try:
@@ -310,8 +312,8 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
                     if sp is not None and not isinstance(sp, str):
                         raise TypeError(f"returned {type(sp).__name__}, expected str or None")
                 except Exception as exc:
-                    state.errors.append(f"agent {v.spec.agent!r} of {v.name!r} failed in "
-                                        f"system_prompt: {type(exc).__name__}: {exc}")
+                    _fault(state, f"agent {v.spec.agent!r} of {v.name!r} failed in system_prompt",
+                           exc)
                     continue
                 if sp is not None:
                     state.system_prompts[v.name] = sp
@@ -342,9 +344,8 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
                 if not p.is_agent and callable(init) and state.state_json == b"null":
                     state.state_json = _json_encode(init(state))
             except Exception as exc:
-                state.errors.append(f"{'agent' if p.is_agent else 'environment'} {p.spec.agent!r}"
-                                    f" of {p.name!r} failed in tools/initial_state: "
-                                    f"{type(exc).__name__}: {exc}")
+                _fault(state, f"{'agent' if p.is_agent else 'environment'} {p.spec.agent!r} "
+                              f"of {p.name!r} failed in tools/initial_state", exc)
         if env_tools:
             for v in self.views:
                 if v.name not in state.tools and v.role == "assistant":
@@ -374,7 +375,40 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
                 self._finish(br, "error")
             elif self._branch_started(br):
                 out.append(br)
+        if self.has_prefill:
+            out = self._prefill(out)
         return out
+
+    def _prefill(self, branches: list[Branch]) -> list[Branch]:
+        """Gold history (turnloom.prefill): each branch's prefilled messages become
+        real turns, one message of every branch at a time, before any generation."""
+        names = [(p.name, p.obj) for p in self.participants]
+        order = [p.name for p in self.order]
+        pending: list[tuple[Branch, list[Any]]] = []
+        ready = []
+        for br in branches:
+            try:
+                history = prefill_messages(br.state, names, order)
+            except Exception as exc:
+                _fault(br.state, "gold history could not be prefilled", exc)
+                self._finish(br, "error")
+                continue
+            (pending.append((br, history)) if history else ready.append(br))
+        k = 0
+        while pending:
+            seeds = _turn_seeds([br for br, _ in pending])
+            items = [(br, self.by_name[history[k].participant],
+                      Reply(history[k].text, meta=dict(PREFILLED_META)), None, seed, 0.0, 0)
+                     for (br, history), seed in zip(pending, seeds)]
+            going = {id(br) for br in self._apply(items)}
+            k += 1
+            still = []
+            for br, history in pending:
+                if id(br) not in going:
+                    continue
+                (still.append((br, history)) if k < len(history) else ready.append(br))
+            pending = still
+        return ready
 
     def _root_segments(self, states: Sequence[ConversationState]) -> list[dict[int, list[int]]]:
         # Most runs share a handful of system prompts: tokenize each distinct one once.
@@ -613,8 +647,7 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
                 if res.tool_calls or res.reasoning is not None:
                     reply = _with_structure(reply, res)
             except Exception as exc:
-                state.errors.append(f"agent {p.spec.agent!r} of {p.name!r} failed in on_output: "
-                                    f"{type(exc).__name__}: {exc}")
+                _fault(state, f"agent {p.spec.agent!r} of {p.name!r} failed in on_output", exc)
                 self._finish(job.br, "error")
                 continue
             items.append((job.br, p, reply, res, job.seed, latency, cached))

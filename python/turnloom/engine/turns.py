@@ -13,12 +13,13 @@ from turnloom.engine.base import EngineBase
 from turnloom.engine.checks import (
     _check_meta,
     _checked_reply,
+    _fault,
     _json_encode,
     _require_json,
 )
 from turnloom.engine.routing import route_after
-from turnloom.messages import call_to_openai
 from turnloom.engine.state import Branch, Tree
+from turnloom.messages import call_to_openai
 from turnloom.plugins import call_hook_safely, first_result_safely
 from turnloom.records import (
     ConversationRecord,
@@ -47,8 +48,7 @@ class TurnsMixin(EngineBase):
             try:
                 reply = _checked_reply(p.obj.respond(state, p.name, random.Random(seed)))
             except Exception as exc:
-                state.errors.append(f"environment {p.spec.agent!r} of {p.name!r} failed in "
-                                    f"respond: {type(exc).__name__}: {exc}")
+                _fault(state, f"environment {p.spec.agent!r} of {p.name!r} failed in respond", exc)
                 self._finish(br, "error")
                 continue
             items.append((br, p, reply, None, seed, 0.0, 0))
