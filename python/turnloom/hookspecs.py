@@ -140,3 +140,15 @@ def should_stop(conversation: ConversationState, turn: TurnRecord) -> str | None
 @hookspec
 def on_conversation_end(conversation: ConversationState) -> None:
     """Called once when a conversation ends, after its scores are computed."""
+
+
+@hookspec(firstresult=True)
+def next_speaker(conversation: ConversationState, default: str) -> str | None:
+    """Choose who speaks next in `conversation`, or return None to keep `default`.
+
+    Called before every turn that tool routing does not decide (a pending tool call
+    goes to the environment owning its tool, a tool result back to its caller).
+    `default` is the participant the turn order names. Return a participant name;
+    a name that is not a participant is a conversation error. Read-only: the
+    conversation must not be changed. Stops at the first non-None result.
+    """

@@ -9,7 +9,7 @@
 - agent ``tau-agent``: the service agent, whose system prompt is the policy; its output is
   split into content and tool calls by the configured parser (default ``hermes``);
 - scorer ``tau-reward``: tau-bench's reward from the final ``conversation.state`` and the
-  agent's messages, with the task id and trial for pass^k (`turnloom_tau.reward`).
+  agent's messages, with the task's index and the trial for pass^k (`turnloom_tau.reward`).
 
 Conversation index i plays task i mod T in trial i // T (`tasks.task_for_index`).
 """
@@ -183,14 +183,16 @@ class TauReward:
         return None
 
     def score_conversation(self, conversation: ConversationState) -> dict[str, Any]:
-        task, trial = task_of(conversation)
+        tasks = load_tasks()
+        task_index, trial = task_for_index(conversation.index, len(tasks))
+        task = tasks[task_index]
         rng = random.Random(0)
         said = [self.parser.parse(text, rng).content
                 for speaker, _, text in conversation.messages if speaker == self.agent]
         result = reward(current_state(conversation), expected_state(task), task.outputs, said)
         return {"reward": result.reward, "state_matches": int(result.state_matches),
                 "outputs_found": sum(result.outputs.values()), "outputs": len(task.outputs),
-                "task": task.id, "trial": trial}
+                "task": task_index, "trial": trial}  # scores are numbers: the task's index
 
 
 @hookimpl

@@ -96,5 +96,5 @@ def pass_hat_k_from_records(records: Iterable[Mapping[str, Any]],
         if not score:
             raise ValueError(f"conversation {record.get('conversation_id')!r} has no "
                              f"{scorer!r} score")
-        triples.append((score["task"], int(score["trial"]), float(score["reward"])))
+        triples.append((str(score["task"]), int(score["trial"]), float(score["reward"])))
     return pass_hat_k(triples)
