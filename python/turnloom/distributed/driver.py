@@ -217,7 +217,7 @@ def _execute(run_dir: Path, scenario: Scenario, plan: Sequence[Shard], launch: L
     merged, left = merge_outputs(run_dir, shard_dirs)
     summaries = [st.summary for st in statuses if st.summary is not None]
     summary = combine_summaries(scenario.run.name, summaries, run_dir / rundir.SCORES,
-                                time.monotonic() - started)
+                                time.monotonic() - started, scenario.run.score_failed)
     summary[SHARDING] = {
         "shards": len(plan), "merged": merged, "left_in_shards": left,
         "merge_s": round(time.monotonic() - merge_started, 3),

@@ -68,7 +68,7 @@ def _concatenate(target: Path, parts: Iterable[Path], header: bool) -> None:
 
 
 def combine_summaries(name: str, summaries: Sequence[dict[str, Any]], scores_file: Path,
-                      wall_s: float) -> dict[str, Any]:
+                      wall_s: float, score_failed: bool = False) -> dict[str, Any]:
     """One summary for the whole run from the shards' summaries (in shard order)
     and the merged scores file (mean scores are recomputed from it, exactly)."""
     def total(key: str) -> int:
@@ -103,7 +103,11 @@ def combine_summaries(name: str, summaries: Sequence[dict[str, Any]], scores_fil
         "backends": backends,
         "cache": {"prompt_tokens": prompt, "cached_tokens": cached,
                   "hit_rate": round(cached / prompt, 6) if prompt else 0.0},
-        "scores": mean_scores(scores_file),
+        "scores": mean_scores(scores_file, None if score_failed else False),
+        "failed": {"conversations": total("failures"),
+                   "ids": [i for s in summaries for i in s.get("failed", {}).get("ids", [])],
+                   "in_score_means": score_failed,
+                   "scores": mean_scores(scores_file, True)},
         "timing": {"wall_s": round(wall_s, 3), "turns_this_session": new_turns,
                    "replayed_turns": sum(t.get("replayed_turns", 0) for t in timing),
                    "turns_per_s": round(new_turns / wall, 1),
@@ -141,11 +145,14 @@ def _merge_usage(tables: Iterable[dict[str, dict[str, Any]]]) -> dict[str, dict[
 class _ScoreLine(msgspec.Struct):
     scores: dict[str, Any] = {}
     turn_scores: list[dict[str, Any]] = []
+    stop_reason: str = ""
 
 
-def mean_scores(scores_file: Path) -> dict[str, float]:
+def mean_scores(scores_file: Path, failed: bool | None = False) -> dict[str, float]:
     """Mean of every numeric metric in a scores.jsonl, keyed as a run's summary
-    keys them (``scorer.metric``, ``turn:scorer.metric``)."""
+    keys them (``scorer.metric``, ``turn:scorer.metric``): over the conversations
+    that did not fail (`failed` False, as a single-process run's summary), those
+    that did (True), or all (None)."""
     sums: dict[str, list[float]] = {}
 
     def add(prefix: str, scores: dict[str, Any]) -> None:
@@ -164,6 +171,8 @@ def mean_scores(scores_file: Path) -> dict[str, float]:
     with open(scores_file, "rb") as f:
         for line in f:
             row = decode(line)
+            if failed is not None and (row.stop_reason == "error") != failed:
+                continue
             add("", row.scores)
             for turn in row.turn_scores:
                 add("turn:", turn)
