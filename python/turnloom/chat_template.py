@@ -108,6 +108,22 @@ def _as_dict(message: Message) -> dict[str, Any]:
     return dict(message)
 
 
+# The names a message's reasoning goes by; templates read the first (gpt-oss's read "thinking").
+_REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _template_message(message: Message) -> dict[str, Any]:
+    """A message as transformers hands it to a template: keys whose value is None
+    dropped (APIs send `tool_calls: null`, templates test for the key), and
+    reasoning given under any of its names also under `reasoning_content` and
+    `thinking`."""
+    out = {k: v for k, v in _as_dict(message).items() if v is not None}
+    reasoning = next((out[k] for k in _REASONING_KEYS if k in out), None)
+    if reasoning is not None:
+        out = {"thinking": reasoning, **out, "reasoning_content": reasoning}
+    return out
+
+
 class TemplateChatFormat:
     """ChatFormat over a Jinja chat template.
 
@@ -143,9 +159,12 @@ class TemplateChatFormat:
 
     def render_text(self, messages: Sequence[Message], add_generation_prompt: bool = False,
                     tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        # The variables apply_chat_template passes: an empty tool list stays a list,
+        # and `documents` is defined (None) for templates that test it.
         return self._compiled.render(
-            messages=[_as_dict(m) for m in messages],
-            tools=list(tools) if tools else None,
+            messages=[_template_message(m) for m in messages],
+            tools=list(tools) if tools is not None else None,
+            documents=None,
             add_generation_prompt=add_generation_prompt,
             **self._specials,
         )
