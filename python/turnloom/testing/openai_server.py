@@ -75,7 +75,8 @@ class InvalidRequest(ValueError):
 
 
 class ServerFault(Exception):
-    """Answered with a bare HTTP 500, as a server framework does on a handler crash."""
+    """Answered with HTTP 500 and an ``internal_server_error`` body, as
+    llama-cpp-python answers any exception in a route."""
 
 
 class OpenAITestServer(LoopbackServer):
@@ -164,7 +165,7 @@ class OpenAITestServer(LoopbackServer):
             chat = request.path == "/v1/chat/completions"
             reply = await (self._chat(body) if chat else self._completions(body))
         except ServerFault as e:
-            return Reply.text(str(e), status=500)
+            return _error(500, str(e), "internal_server_error")
         except msgspec.DecodeError as e:
             return _error(400, f"We could not parse the JSON body of your request: {e}",
                           "invalid_request_error")
@@ -225,9 +226,10 @@ class OpenAITestServer(LoopbackServer):
         ids_list = []
         for p in prompts:
             if self.llama and not isinstance(p, str):
-                # llama-cpp-python's request model takes strings only; its
-                # handler fails on ids with a plain 500, not a 4xx.
-                raise ServerFault("Internal Server Error")
+                # llama-cpp-python's request model takes strings only, and its
+                # route handler turns the validation error into a 500.
+                raise ServerFault("1 validation error for CreateCompletionRequest\nprompt\n"
+                                  "  Input should be a valid string")
             if isinstance(p, str):
                 ids_list.append(self.tokenizer.encode(p))
             elif isinstance(p, list) and p and all(isinstance(t, int) for t in p):
@@ -237,7 +239,7 @@ class OpenAITestServer(LoopbackServer):
                                      "prompt")
         params = self._params(body)
         for ids in ids_list:
-            self._check_context(ids, params)
+            self._check_context(ids, params, chat=False)
         gens, cached = await self._generate_all(ids_list, params)
         choices = []
         for i, gen in enumerate(gens):
@@ -276,13 +278,26 @@ class OpenAITestServer(LoopbackServer):
             "choices": [{"index": 0, "finish_reason": finish, "message": message}],
             "usage": self._usage([ids], [gen], cached)})
 
-    def _check_context(self, ids: list[int], params: dict[str, Any]) -> None:
+    def _check_context(self, ids: list[int], params: dict[str, Any], chat: bool = True) -> None:
         wanted = len(ids) + params["max_new_tokens"]
+        if self.llama:
+            # llama-cpp-python refuses only a prompt that fills the window (it cuts
+            # max_tokens to fit), in the wording of its error formatter.
+            if len(ids) < self.context_length:
+                return
+            if chat:
+                msg = (f"This model's maximum context length is {self.context_length} tokens. "
+                       f"However, you requested {wanted} tokens ({len(ids)} in the messages, "
+                       f"{params['max_new_tokens']} in the completion). Please reduce the "
+                       f"length of the messages or completion.")
+            else:
+                msg = (f"This model's maximum context length is {self.context_length} tokens, "
+                       f"however you requested {wanted} tokens ({len(ids)} in your prompt; "
+                       f"{params['max_new_tokens']} for the completion). Please reduce your "
+                       f"prompt; or completion length.")
+            raise InvalidRequest(msg, "messages")
         if wanted <= self.context_length:
             return
-        if self.llama:
-            raise InvalidRequest(f"Requested tokens ({wanted}) exceed context window of "
-                                 f"{self.context_length}", "messages")
         raise InvalidRequest(
             f"This model's maximum context length is {self.context_length} tokens. However, "
             f"you requested {wanted} tokens ({len(ids)} in the messages, "
