@@ -166,3 +166,19 @@ def test_a_study_with_the_judged_consistency(tmp_path: Path) -> None:
         assert score["facts_contradicted"] == pytest.approx(0.3)
         assert score["extracted"] == 1 and score["unparseable"] == 0
         assert 0.0 <= score["facts_similarity"] <= 1.0
+
+
+def test_by_index_plays_each_bank_profile_once() -> None:
+    import random
+
+    from turnloom_usp.bank import load_bank
+    from turnloom_usp.sampler import DiverseProfileSampler
+
+    bank = load_bank()
+    sampler = DiverseProfileSampler({"strategy": "by-index"})
+    ids = [sampler.sample(random.Random(i), i)["id"] for i in range(len(bank) + 2)]
+    assert ids[:len(bank)] == [p.id for p in bank]  # each once, in bank order
+    assert ids[len(bank):] == [bank[0].id, bank[1].id]  # then a second pass
+    density = DiverseProfileSampler({})
+    drawn = {density.sample(random.Random(i), i)["id"] for i in range(len(bank))}
+    assert len(drawn) < len(bank)  # seeded draws repeat some and skip others

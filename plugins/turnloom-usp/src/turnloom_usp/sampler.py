@@ -5,7 +5,8 @@ out, reduced by SVD); its density is estimated from the distance to its k
 nearest neighbours, and profiles are drawn with weight proportional to
 (1 / density) ** alpha, so sparse regions of the bank are not drowned out by
 crowded ones. A fraction of draws are "virtual" profiles: the facts of the drawn
-profile with the traits of its nearest neighbour.
+profile with the traits of its nearest neighbour. Strategy "by-index" instead
+plays the bank in order, each profile once per pass (a replay of a fixed set).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Literal, Mapping
 import msgspec
 import numpy as np
 
+from turnloom.items import item_index
 from turnloom_usp.bank import load_bank
 from turnloom_usp.embed import reduce_dimension, tfidf_embed
 from turnloom_usp.profile import Profile, to_dict
@@ -24,7 +26,10 @@ from turnloom_usp.render import render_profile
 
 class ProfileSamplerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     bank: str | None = None  # JSON file of profiles (default: the shipped bank)
-    strategy: Literal["density", "uniform"] = "density"
+    # "density" and "uniform" draw (seeded, with replacement); "by-index" plays bank
+    # profile i mod len(bank) in conversation i, each once per pass, as they are
+    # (no virtual profiles), through turnloom.items
+    strategy: Literal["density", "uniform", "by-index"] = "density"
     neighbours: int = 10  # k of the kNN density estimate
     dims: int = 32  # SVD dimensions the density is measured in
     alpha: float = 2.0  # weight = (1 / density) ** alpha; 0 is uniform
@@ -88,4 +93,6 @@ class DiverseProfileSampler:
             id=f"{base.id}+{other.id}" if base.id and other.id else None)
 
     def sample(self, rng: random.Random, index: int) -> dict[str, Any]:
+        if self.s.strategy == "by-index":
+            return to_dict(self.bank[item_index(len(self.bank), index, 0, "by-index")])
         return to_dict(self.draw(rng))
