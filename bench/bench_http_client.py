@@ -112,16 +112,18 @@ async def run_httpx(url: str, requests: int, concurrency: int) -> None:
 
 
 async def run_openai(url: str, requests: int, concurrency: int) -> None:
-    import httpx
     import openai
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # The SDK's own HTTP library (httpx, or its successor in newer SDKs).
+    base = openai.DefaultAsyncHttpxClient.__mro__[1]
+    http_lib: Any = sys.modules[base.__module__.split(".")[0]]
+    limits = http_lib.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     client = openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0,
                                 http_client=openai.DefaultAsyncHttpxClient(limits=limits))
 
     async def send() -> None:
-        await client.chat.completions.create(
-            model=BODY["model"], messages=BODY["messages"], max_tokens=4,  # type: ignore[arg-type]
+        await client.chat.completions.create(  # type: ignore[call-overload]
+            model=BODY["model"], messages=BODY["messages"], max_tokens=4,
             temperature=1.0, seed=1)
 
     try:
