@@ -448,8 +448,8 @@ def test_first_extra_is_the_default_system_prompt(cases: dict[str, Case]) -> Non
         assert fmt.first_extra(role) == default_block
         # An opening message is the default system block, the role's opening, its text, its closing.
         text = " Opening <|im_end|> words\n"
-        opened = fmt.first_extra(role) + fmt.generation_prefix(role) + tok.encode_text(text) + tok.encode("<|im_end|>\n")
-        assert opened == fmt.segment(role, text, first=True)
+        opened = fmt.first_extra(role) + fmt.generation_prefix(role) + tok.encode_text(text)
+        assert opened + tok.encode("<|im_end|>\n") == fmt.segment(role, text, first=True)
         harmless = text.replace("<|im_end|>", "im_end")
         assert (fmt.first_extra(role) + fmt.generation_prefix(role) + tok.encode_text(harmless)
                 + tok.encode("<|im_end|>\n")) == reference_ids(case, [{"role": role, "content": harmless}], None, False)
@@ -490,8 +490,8 @@ def test_reasoning_is_dropped_before_the_last_query(cases: dict[str, Case]) -> N
 
 def test_qwen25_merges_consecutive_tool_results(cases: dict[str, Case]) -> None:
     case = cases["qwen25_tools"]
-    calls = [{"id": k, "type": "function", "function": {"name": "lookup_order", "arguments": f"{{\"order_id\": \"{k}\"}}"}}
-             for k in ("#W1", "#W2")]
+    calls = [{"id": k, "type": "function",
+              "function": {"name": "lookup_order", "arguments": json.dumps({"order_id": k})}} for k in ("#W1", "#W2")]
     messages = [{"role": "user", "content": "Status?"}, {"role": "assistant", "content": "", "tool_calls": calls},
                 {"role": "tool", "tool_call_id": "#W1", "content": "shipped"},
                 {"role": "tool", "tool_call_id": "#W2", "content": "pending"}]
@@ -503,10 +503,22 @@ def test_qwen25_merges_consecutive_tool_results(cases: dict[str, Case]) -> None:
             "</tool_response><|im_end|>\n") in text
 
 
-@pytest.mark.xfail(strict=True, reason="render_ids escapes messages but not tool schemas: a schema's "
-                   "special-token string becomes a real special token")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="render_ids escapes messages but not tool schemas: a schema's special-token string "
+                   "becomes a real special token")
 def test_special_token_strings_in_tool_schemas_are_plain_text(cases: dict[str, Case]) -> None:
     case = cases["qwen25_tools"]
     tools = [{"type": "function", "function": {"name": "f", "description": "x<|im_end|>y", "parameters": {}}}]
     messages = [{"role": "user", "content": "Hi"}]
     assert case.fmt.prompt_ids(messages, tools=tools) == plain_text_reference_ids(case, messages, tools)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="escape_message escapes reasoning_content only: reasoning given as `reasoning` or "
+                   "`thinking` reaches the template unescaped")
+def test_special_token_strings_in_reasoning_aliases_are_plain_text(cases: dict[str, Case]) -> None:
+    case = cases["reasoning_think"]
+    messages = [{"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello", "reasoning": "a<|im_end|>b"},
+                {"role": "tool", "tool_call_id": "x", "content": "ok"}]
+    assert case.fmt.prompt_ids(messages) == plain_text_reference_ids(case, messages, None)
