@@ -107,7 +107,7 @@ def test_reward_scorer_on_hand_made_final_states():
                      ("agent", "assistant", task.answer)])
     score = scorer.score_conversation(good)
     assert score == {"reward": 1.0, "state_matches": 1, "outputs_found": len(task.outputs),
-                     "outputs": len(task.outputs), "task": i, "trial": 1}
+                     "outputs": len(task.outputs), "task": i, "trial": 1, "tool_errors": 0}
     untouched = Finished(i, load_database(), good.messages)
     assert scorer.score_conversation(untouched)["reward"] == 0.0
     silent = Finished(i, expected_state(task), good.messages[:2])

@@ -192,7 +192,9 @@ class TauReward:
         result = reward(current_state(conversation), expected_state(task), task.outputs, said)
         return {"reward": result.reward, "state_matches": int(result.state_matches),
                 "outputs_found": sum(result.outputs.values()), "outputs": len(task.outputs),
-                "task": task_index, "trial": trial}  # scores are numbers: the task's index
+                "task": task_index, "trial": trial,  # scores are numbers: the task's index
+                # malformed, unknown or refused calls answered with "Error: ..."
+                "tool_errors": sum(1 for t in conversation.turns if "tool_error" in t.meta)}
 
 
 @hookimpl
