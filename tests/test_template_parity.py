@@ -405,11 +405,12 @@ def test_openai_style_messages_render_as_in_transformers(cases: dict[str, Case])
 
 def test_append_only_is_detected_per_template(cases: dict[str, Case]) -> None:
     detected = {name: case.fmt.append_only for name, case in cases.items()}
-    assert detected == {"chatml_smollm2": True, "qwen25_tools": False, "llama3_tools": False,
+    assert detected == {"chatml_smollm2": True, "qwen25_tools": True, "llama3_tools": False,
                         "llama3_tools_plain_markup": False, "reasoning_think": False}
-    # Llama-3 writes its system block even for no messages and trims contents, the
-    # reasoning template rewrites earlier turns, and Qwen2.5 (as published) cannot
-    # render an empty conversation, which the probes need: all are rendered whole.
+    # Llama-3 writes its system block even for no messages and trims contents, and the
+    # reasoning template rewrites earlier turns: both are rendered whole. Qwen2.5 (as
+    # published) cannot render an empty conversation; that render counts as empty, and
+    # its text-only conversations grow by segments (views with tools are rendered whole).
     assert cases["reasoning_think"].fmt.reason is not None
     assert cases["llama3_tools"].fmt.reason is not None
 
@@ -503,9 +504,6 @@ def test_qwen25_merges_consecutive_tool_results(cases: dict[str, Case]) -> None:
             "</tool_response><|im_end|>\n") in text
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="render_ids escapes messages but not tool schemas: a schema's special-token string "
-                   "becomes a real special token")
 def test_special_token_strings_in_tool_schemas_are_plain_text(cases: dict[str, Case]) -> None:
     case = cases["qwen25_tools"]
     tools = [{"type": "function", "function": {"name": "f", "description": "x<|im_end|>y", "parameters": {}}}]
@@ -513,9 +511,6 @@ def test_special_token_strings_in_tool_schemas_are_plain_text(cases: dict[str, C
     assert case.fmt.prompt_ids(messages, tools=tools) == plain_text_reference_ids(case, messages, tools)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="escape_message escapes reasoning_content only: reasoning given as `reasoning` or "
-                   "`thinking` reaches the template unescaped")
 def test_special_token_strings_in_reasoning_aliases_are_plain_text(cases: dict[str, Case]) -> None:
     case = cases["reasoning_think"]
     messages = [{"role": "user", "content": "Hi"},

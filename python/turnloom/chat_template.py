@@ -174,6 +174,8 @@ class TemplateChatFormat:
         """Token ids of the whole conversation, as `apply_chat_template` gives them,
         with special-token strings in contents encoded as plain text."""
         escaped = [self.markup.escape_message(_as_dict(m)) for m in messages]
+        if tools:
+            tools = self.markup.escape_data(list(tools))
         return self.markup.encode(self.render_text(escaped, add_generation_prompt, tools))
 
     def render_full(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> list[int]:
@@ -299,7 +301,7 @@ class TemplateChatFormat:
         errors = []
         for context in self._contexts(role, first):
             try:
-                base = self.render_text(context)
+                base = self._render_context(context)
                 renders = [self.render_text([*context, {"role": role, "content": s}]) for s in _SENTINELS]
             except jinja2.exceptions.SecurityError:
                 raise
@@ -314,6 +316,18 @@ class TemplateChatFormat:
             self._wraps[key] = (context, wrap)
             return self._wraps[key]
         raise ValueError(f"the chat template cannot render a {role!r} message: {'; '.join(errors)}")
+
+    def _render_context(self, messages: Sequence[Message]) -> str:
+        """A render of the messages before another; templates that cannot render an
+        empty conversation (Qwen2.5's reads messages[0]) render nothing for it."""
+        if not messages:
+            try:
+                return self.render_text(messages)
+            except jinja2.exceptions.SecurityError:
+                raise
+            except jinja2.exceptions.TemplateError:
+                return ""
+        return self.render_text(messages)
 
     def _check_append_only(self) -> tuple[bool, str | None]:
         """Render each probe whole and message by message; compare texts and tokens."""
@@ -340,7 +354,7 @@ class TemplateChatFormat:
     def _check_probe(self, probe: Sequence[tuple[str, str]]) -> str | None:
         pieces: list[str] = []
         for k, (role, text) in enumerate(probe):
-            prefix_text = self.render_text(probe[:k])
+            prefix_text = self._render_context(probe[:k])
             if "".join(pieces) != prefix_text:
                 return f"rendering {k} messages one at a time differs from rendering them whole"
             if role == "assistant" and k == 0:

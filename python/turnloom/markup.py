@@ -63,7 +63,7 @@ class MarkupEncoder:
         """A message dict with every free-text field escaped (content, reasoning,
         tool call arguments); the structure is left as it is."""
         out = dict(message)
-        for key in ("content", "reasoning_content"):
+        for key in ("content", "reasoning_content", "reasoning", "thinking", "name"):
             if isinstance(out.get(key), str):
                 out[key] = self.escape(out[key])
         calls = out.get("tool_calls")
@@ -71,12 +71,23 @@ class MarkupEncoder:
             out["tool_calls"] = [self._escape_call(c) for c in calls]
         return out
 
+    def escape_data(self, value: Any) -> Any:
+        """Every string in a JSON value escaped (tool schemas: data, not markup)."""
+        if isinstance(value, str):
+            return self.escape(value)
+        if isinstance(value, dict):
+            return {k: self.escape_data(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.escape_data(v) for v in value]
+        return value
+
     def _escape_call(self, call: Any) -> Any:
         if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
             return call
         fn = dict(call["function"])
-        if isinstance(fn.get("arguments"), str):
-            fn["arguments"] = self.escape(fn["arguments"])
+        for key in ("arguments", "name"):
+            if isinstance(fn.get(key), str):
+                fn[key] = self.escape(fn[key])
         return {**call, "function": fn}
 
     # -- rendered text -----------------------------------------------------------------

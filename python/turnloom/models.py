@@ -24,7 +24,7 @@ from pathlib import Path
 from turnloom.backends.base import BackendError
 from turnloom.chat_template import TemplateChatFormat, read_chat_template
 from turnloom.hf_tokenizer import HFTokenizer, read_json
-from turnloom.tokenizer import ByteTokenizer, ChatFormat, ChatMLFormat
+from turnloom.tokenizer import ChatFormat, chatml_bytes
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 ALIASES = {"default": DEFAULT_MODEL, DEFAULT_MODEL: DEFAULT_MODEL}
@@ -203,7 +203,7 @@ def load_chat_format(spec: str) -> ChatFormat:
     Needs only `tokenizers` and `jinja2` once the model is prepared.
     """
     if spec == "bytes":
-        return ChatMLFormat(ByteTokenizer())
+        return chatml_bytes()
     path = resolve_model(spec)
     tokenizer = load_tokenizer(spec)
     template = read_chat_template(path)

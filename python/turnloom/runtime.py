@@ -17,11 +17,17 @@ from typing import Any, Sequence
 from turnloom import errorlog
 from turnloom.agents import Agent, Environment, Sampler
 from turnloom.backends.base import Backend, BackendInfo, SamplingParams
-from turnloom.config import JudgeSpec, ParticipantSpec, Scenario, ScenarioError, error_at
+from turnloom.config import (
+    JudgeSpec,
+    ParticipantSpec,
+    Scenario,
+    ScenarioError,
+    error_at,
+)
 from turnloom.judging import Judge
 from turnloom.placeholders import unknown_placeholders
 from turnloom.scoring import CheckedScorer, checked_score
-from turnloom.tokenizer import ByteTokenizer, ChatFormat, ChatMLFormat
+from turnloom.tokenizer import ChatFormat, chatml_bytes
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +123,7 @@ class JudgeRT:
 
 def load_chat_format(spec: str) -> ChatFormat:
     if spec == "bytes":  # no model files, and no need to import the model machinery
-        return ChatMLFormat(ByteTokenizer())
+        return chatml_bytes()
     from turnloom.models import load_chat_format as load
 
     return load(spec)

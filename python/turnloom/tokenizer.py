@@ -95,7 +95,21 @@ class ChatFormat(Protocol):
                    tools: Sequence[Any] | None = None) -> list[int]: ...
 
 
-# ChatML is a chat template like any other; it lives with them.
-from turnloom.chat_template import ChatMLFormat  # noqa: E402
+def __getattr__(name: str) -> Any:
+    # ChatML is a chat template like any other and lives with them; imported on first
+    # use, so that importing turnloom does not load Jinja.
+    if name == "ChatMLFormat":
+        from turnloom.chat_template import ChatMLFormat
 
-__all__ = ["ByteTokenizer", "ChatFormat", "ChatMLFormat", "Tokenizer"]
+        return ChatMLFormat
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def chatml_bytes() -> ChatFormat:
+    """ChatML over the byte tokenizer: the format that needs no model files."""
+    from turnloom.chat_template import ChatMLFormat
+
+    return ChatMLFormat(ByteTokenizer())
+
+
+__all__ = ["ByteTokenizer", "ChatFormat", "Tokenizer", "chatml_bytes"]

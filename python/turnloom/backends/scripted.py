@@ -22,15 +22,20 @@ with no line k, is a failed request naming the reason.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import msgspec
 
-from turnloom.backends.base import Backend, BackendError, BackendInfo, GenRequest, GenResult
-from turnloom.tokenizer import ByteTokenizer, ChatFormat, ChatMLFormat
+from turnloom.backends.base import (
+    Backend,
+    BackendError,
+    BackendInfo,
+    GenRequest,
+    GenResult,
+)
+from turnloom.tokenizer import ChatFormat, chatml_bytes
 
 DEFAULT_LINES = (
     "Sure, here is a short answer.",
@@ -107,7 +112,7 @@ class ScriptedBackend(Backend):
         self.cache_capacity_tokens = cache_capacity_tokens
         self._cache: Any = None
         self._calls = 0
-        self.chat_format: ChatFormat = chat_format or ChatMLFormat(ByteTokenizer())
+        self.chat_format: ChatFormat = chat_format or chatml_bytes()
         self.use_chat_format(self.chat_format)
 
     @classmethod

@@ -55,4 +55,5 @@ class EngineBase:
     _complete: Callable[..., None]
     _ask_judges: Callable[..., bool]
     _segments_one: Callable[..., tuple[dict[int, list[int]], int]]
+    _turn_requests: Callable[..., list[Any]]
     by_name: dict[str, ParticipantRT]

@@ -99,18 +99,10 @@ class JudgesMixin(EngineBase):
         return True
 
     def _judge_prompts(self, jr: JudgeRT, calls: Sequence[JudgeCall]) -> list[list[int]]:
-        roles = [role for call in calls for role, _ in call.messages]
-        texts = [text for call in calls for _, text in call.messages]
-        segs = jr.backend.fmt.segments(roles, texts) if roles else []
-        prompts = []
-        k = 0
-        for call in calls:
-            prompt: list[int] = []
-            for seg in segs[k:k + len(call.messages)]:
-                prompt += seg
-            k += len(call.messages)
-            prompts.append(prompt + jr.prefix)
-        return prompts
+        # The judge backend's chat template renders each question whole (its default
+        # system prompt included); the conversation quoted in it is data.
+        fmt = jr.backend.fmt
+        return [fmt.prompt_ids(_as_messages(call)) for call in calls]
 
     def _push_judge_jobs(self, jobs: Sequence[JudgeJob]) -> None:
         by_backend: dict[BackendRT, list[JudgeJob]] = {}
@@ -133,19 +125,21 @@ class JudgesMixin(EngineBase):
             else:
                 be.sched.push_many(ids, trees, lens)
 
-    def _requests_with_judges(self, jids: Sequence[int], jobs: Sequence[Any]) -> list[GenRequest]:
-        turn_jobs = [job for job in jobs if type(job) is not JudgeJob]
-        lanes = iter(self._prompts(turn_jobs) if turn_jobs else ())
+    def _requests_with_judges(self, be: BackendRT, jids: Sequence[int],
+                              jobs: Sequence[Any]) -> list[GenRequest]:
+        turn = [(jid, job) for jid, job in zip(jids, jobs) if type(job) is not JudgeJob]
+        turn_reqs = iter(self._turn_requests(be, [j for j, _ in turn], [job for _, job in turn])
+                         if turn else ())
+        messages = getattr(be.backend, "takes", "tokens") == "messages"
         reqs = []
         for jid, job in zip(jids, jobs):
             if type(job) is JudgeJob:
                 reqs.append(GenRequest(rid=str(jid), input_ids=job.prompt,
                                        params=_replace(job.judge.params, seed=job.seed),
-                                       affinity=job.verdicts.br.tree.root))
+                                       affinity=job.verdicts.br.tree.root,
+                                       messages=_as_messages(job.call) if messages else None))
             else:
-                reqs.append(GenRequest(rid=str(jid), input_ids=next(lanes),
-                                       params=_replace(job.p.params, seed=job.seed),
-                                       affinity=job.br.tree.root))
+                reqs.append(next(turn_reqs))
         return reqs
 
     def _on_judged(self, be: BackendRT, judged: Sequence[tuple[JudgeJob, GenRequest, GenResult]],
@@ -231,3 +225,7 @@ class JudgesMixin(EngineBase):
             except Exception as exc:
                 state.errors.append(f"judge {jr.spec.judge!r} ({jr.name!r}) failed in score: "
                                     f"{type(exc).__name__}: {exc}")
+
+
+def _as_messages(call: JudgeCall) -> list[dict[str, Any]]:
+    return [{"role": role, "content": text} for role, text in call.messages]

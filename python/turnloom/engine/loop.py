@@ -579,7 +579,7 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
                 return
             jobs = [self.jobs[j] for j in jids]
             if self.judge_jobs:
-                reqs = self._requests_with_judges(jids, jobs)
+                reqs = self._requests_with_judges(be, jids, jobs)
             else:
                 reqs = self._turn_requests(be, jids, jobs)
             task = asyncio.ensure_future(be.backend.generate(reqs))
