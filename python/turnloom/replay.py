@@ -147,7 +147,9 @@ def _replay_turn(engine: Engine, tree: Tree, state: ConversationState, ev: TurnE
         # The same rules as the live run's (engine/prompts.py), on the logged ids.
         said = Said(p.name, ev.text, calls, ev.tool_call_id, ev.reasoning)
         probe = Branch(tree, state, ev.branch, parent, -1, ev.turn, lens, full)
-        seg, full = engine._segments_one(probe, p, said, ev.output_ids, ev.finish_reason, full)
+        by_messages = p.backend is not None and p.backend.prompt_check is not None
+        seg, full = engine._segments_one(probe, p, said, None if by_messages else ev.output_ids,
+                                         ev.finish_reason, full)
         finish = ev.finish_reason if ev.output_ids is not None else ""
         node = engine.forest.append(parent, ev.speaker, ev.role, ev.text, seg, finish)
         new_lens = list(lens)

@@ -57,7 +57,7 @@ class BackendRT:
 
     __slots__ = ("name", "spec", "backend", "fmt", "plugin", "info", "sched", "batch_size",
                  "max_inflight", "max_batch_tokens", "inflight", "cache", "reports_cached",
-                 "tree_size", "usage")
+                 "tree_size", "usage", "prompt_check")
 
     def __init__(self, name: str, spec: Any, backend: Backend, fmt: ChatFormat,
                  plugin: str) -> None:
@@ -76,6 +76,35 @@ class BackendRT:
         self.reports_cached = False  # seen a result with cached_tokens > 0
         self.tree_size: Any = None  # TreeSizeEstimator, when the backend has a cache capacity
         self.usage = Usage()
+        # A chat API's prompt-token counts against turnloom's own render of the same
+        # view (message backends with a known tokenizer): a mismatch means the server
+        # renders the conversation differently from the model's template.
+        self.prompt_check: PromptCheck | None = (
+            PromptCheck() if getattr(backend, "takes", "tokens") == "messages" else None)
+
+
+class PromptCheck:
+    """Counts of compared and mismatched prompt-token counts, with a few examples."""
+
+    __slots__ = ("compared", "mismatched", "examples")
+
+    def __init__(self) -> None:
+        self.compared = self.mismatched = 0
+        self.examples: list[dict[str, int]] = []
+
+    def observe(self, local: int, server: int) -> bool:
+        """Record one request; True when the counts differ."""
+        self.compared += 1
+        if local == server:
+            return False
+        self.mismatched += 1
+        if len(self.examples) < 5:
+            self.examples.append({"local": local, "server": server})
+        return True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"compared": self.compared, "mismatched": self.mismatched,
+                "examples": self.examples}
 
 
 class ParticipantRT:

@@ -28,6 +28,8 @@ class AccountingMixin(EngineBase):
             d["cached_tokens_source"] = "backend" if be.reports_cached else (
                 "model" if be.cache is not None else "none")
             # What the engine ran at: the scenario's settings capped by the backend's.
+            if be.prompt_check is not None:
+                d["prompt_tokens_check"] = be.prompt_check.as_dict()
             d["batch_size"] = be.batch_size
             d["max_inflight"] = be.max_inflight
             backends[be.name] = d

@@ -625,6 +625,13 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
                         f"backend {be.name!r} failed {job.attempt + 1} times: {res.error}")
                     self._finish(job.br, "error")
                 continue
+            check = be.prompt_check
+            if check is not None and req.input_ids and res.prompt_tokens:
+                if check.observe(len(req.input_ids), res.prompt_tokens) and check.mismatched == 1:
+                    log.warning("backend %r counted %d prompt tokens where the model's chat "
+                                "template gives %d: the server renders conversations differently "
+                                "(summary.json: backends.%s.prompt_tokens_check)", be.name,
+                                res.prompt_tokens, len(req.input_ids), be.name)
             cached = res.cached_tokens
             if cached:
                 be.reports_cached = True

@@ -80,13 +80,16 @@ class TurnsMixin(EngineBase):
             kept.append(item)
             finishes.append(res.finish_reason if res is not None else "")
             lens = br.lens
-            if not plain or (p.is_agent and (res is None or not lens[p.index])):
-                # Structure, an opening message or a message the speaker did not
-                # generate: the general rules (engine/prompts.py).
+            if not plain or (p.is_agent and (res is None or not lens[p.index]
+                                             or p.backend.prompt_check is not None)):
+                # Structure, an opening message, or a message whose ids the engine did not
+                # see generated (prefilled, or from a chat API, which returns text): the
+                # general rules (engine/prompts.py), the own view rendered from the text.
                 said = Said(p.name, text, reply.tool_calls, reply.tool_call_id, reply.reasoning)
+                own_ids = (res.output_ids if res is not None and p.backend.prompt_check is None
+                           else None)
                 seg, br.full = self._segments_one(
-                    br, p, said, res.output_ids if res is not None else None,
-                    res.finish_reason if res is not None else "", br.full)
+                    br, p, said, own_ids, res.finish_reason if res is not None else "", br.full)
                 segs.append(seg)
                 parents.append(br.node)
                 speakers.append(p.index)
