@@ -222,6 +222,9 @@ def test_cli_compare_states_the_correction(runs: dict[str, Path],
     out = capsys.readouterr().out
     assert "whole conversations resampled" in out and "Bonferroni over" in out
     assert "Within noise (interval contains 0, 95% family-wise): " in out
+    assert main(["compare", str(runs["short"]), str(runs["short2"]), "--correction", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "Bonferroni over" not in out
 
 
 # -- compare: calibration on hand-made run folders ---------------------------------------

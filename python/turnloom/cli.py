@@ -10,7 +10,7 @@
     turnloom plugins
     turnloom export RUN_DIR FORMAT [--set KEY=VALUE]... [--out FILE]
     turnloom report RUN_DIR [--out FILE] [--sample N]
-    turnloom compare RUN_A RUN_B [--json FILE] [--html FILE] [--seed S]
+    turnloom compare RUN_A RUN_B [--json FILE] [--html FILE] [--seed S] [--correction C]
 
 Exit status: 0 done, 1 the run failed, 2 bad input (one line on stderr), 3 the run
 finished but more conversations failed than its failure budget allows (run.max_failures,
@@ -141,7 +141,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--html", type=Path, help="also write the comparison as HTML")
     p.add_argument("--seed", type=_non_negative, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--resamples", type=_positive, default=2000)
-    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="family-wise confidence over every metric compared (default 0.95)")
+    p.add_argument("--correction", choices=("bonferroni", "none"), default="bonferroni",
+                   help="multiple-comparison correction of the intervals (default bonferroni; "
+                        "none: each metric at --confidence on its own)")
     pairing = p.add_mutually_exclusive_group()
     pairing.add_argument("--paired", dest="paired", action="store_true", default=None,
                          help="pair by conversation (default when the runs share a scenario)")
@@ -473,7 +477,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise BadInput(f"{d} is not a directory")
     try:
         c = compare_runs(args.run_a, args.run_b, paired=args.paired, resamples=args.resamples,
-                         confidence=args.confidence, seed=args.seed)
+                         confidence=args.confidence, seed=args.seed,
+                         correction=args.correction)
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
     print(format_table(c))
