@@ -31,6 +31,7 @@ def small_example() -> Scenario:
     return Scenario.from_dict(data)
 
 
+@pytest.mark.timeout(1200)  # generation, two judge questions and the embedder on a shared 2-core CPU
 def test_usp_example_runs_on_the_embedded_model(tmp_path: Path) -> None:
     import turnloom_usp.plugin
     from turnloom_usp.diversity import diversity
@@ -51,9 +52,13 @@ def test_usp_example_runs_on_the_embedded_model(tmp_path: Path) -> None:
         assert {"loop", "user_turns"} <= set(scores["usp-loops"])
         assert 0.0 <= scores["usp-faults"]["fault_rate"] <= 1.0
         consistency = scores["consistency"]
-        assert consistency["unparseable"] in (0, 1)
-        assert consistency["extracted"] == 1 - consistency["unparseable"]
+        # two judge calls (facts, profile); each parses or is counted as unparseable
+        assert consistency["unparseable"] in (0, 1, 2)
+        judged = int("facts_supported" in consistency) + consistency["extracted"]
+        assert judged + consistency["unparseable"] == 2
         if consistency["extracted"]:
-            assert 0.0 <= consistency["overall"] <= 1.0
+            assert -1.0 <= consistency["profile_similarity"] <= 1.0
+        if "facts_supported" in consistency:
+            assert 0.0 <= consistency["facts_supported"] <= 1.0
     assert result.summary["judges"]["consistency"]["completion_tokens"] > 0
     assert diversity(records)["users"] == 2
