@@ -1,6 +1,7 @@
 """Supervised fine-tuning datasets: one row per conversation branch.
 
-- ``sft-messages``: OpenAI-style message lists (``messages``).
+- ``sft-messages``: OpenAI-style message lists (``messages``, tool calls and results in
+  OpenAI's tool-calling form) and the participant's ``tools``.
 - ``sharegpt``: ShareGPT ``conversations`` of ``{"from", "value"}``.
 - ``sft-tokens``: chat-template token ids and a loss mask that trains one
   participant only (1 on its messages' text and end-of-turn token).
@@ -55,12 +56,16 @@ class SFTMessages(StreamingExporter):
 
     name = "sft-messages"
     Settings = MessagesSettings
+    # `tools`: the participant's tool schemas (what `apply_chat_template(tools=...)` and
+    # TRL's tool-calling rows take), null without tools or a participant.
     columns: ClassVar[dict[str, str]] = {**_ID_COLUMNS, "messages": "messages",
-                                         "stop_reason": "string", "scores": "json"}
+                                         "tools": "tools", "stop_reason": "string",
+                                         "scores": "json"}
 
     def rows(self, record: ConversationRecord) -> Iterator[dict[str, Any]]:
         s: MessagesSettings = self.settings  # type: ignore[assignment]
-        yield {**_ids(record), "messages": _messages(record, s.participant),
+        tools = None if s.participant is None else view_tools(record, s.participant)
+        yield {**_ids(record), "messages": _messages(record, s.participant), "tools": tools,
                "stop_reason": record.stop_reason, "scores": record.scores}
 
 

@@ -4,7 +4,8 @@ and renamed on commit, holding at most one batch of rows in memory.
 Every exporter declares its columns with the kinds below, so a Parquet file has
 one schema from the first row group to the last (no inference from a batch).
 Columns of kind "json" (free-form mappings such as scores) are JSON strings in
-Parquet and plain objects in JSON lines.
+Parquet and plain objects in JSON lines; kind "tools" (tool schemas) the same, with
+their key order kept, since chat templates render the schemas in that order.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import msgspec
 from turnloom.export import AtomicFile, fsync_dir
 
 FORMATS = ("jsonl", "parquet")
-KINDS = ("string", "int", "float", "ids", "mask", "messages", "sharegpt", "json")
+KINDS = ("string", "int", "float", "ids", "mask", "messages", "sharegpt", "json", "tools")
 
 
 class Sink(Protocol):
@@ -54,11 +55,18 @@ class JsonlSink:
 def arrow_schema(columns: Mapping[str, str]) -> Any:
     import pyarrow as pa
 
-    message = pa.struct([("role", pa.string()), ("content", pa.string()), ("name", pa.string())])
+    # OpenAI's message fields, tool calls and results included (absent ones are null).
+    call = pa.struct([("id", pa.string()), ("type", pa.string()),
+                      ("function", pa.struct([("name", pa.string()),
+                                              ("arguments", pa.string())]))])
+    message = pa.struct([("role", pa.string()), ("content", pa.string()), ("name", pa.string()),
+                         ("tool_calls", pa.list_(call)), ("tool_call_id", pa.string()),
+                         ("reasoning_content", pa.string())])
     turn = pa.struct([("from", pa.string()), ("value", pa.string())])
     types = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(),
              "ids": pa.list_(pa.int32()), "mask": pa.list_(pa.int8()),
-             "messages": pa.list_(message), "sharegpt": pa.list_(turn), "json": pa.string()}
+             "messages": pa.list_(message), "sharegpt": pa.list_(turn), "json": pa.string(),
+             "tools": pa.string()}
     unknown = {k for k in columns.values() if k not in types}
     if unknown:
         raise ValueError(f"unknown column kinds {sorted(unknown)} (kinds: {', '.join(KINDS)})")
@@ -75,6 +83,7 @@ class ParquetSink:
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.schema = arrow_schema(columns)
         self._json = [name for name, kind in columns.items() if kind == "json"]
+        self._ordered = [name for name, kind in columns.items() if kind == "tools"]
         self._batch: list[dict[str, Any]] = []
         self._batch_rows = batch_rows
         self._writer = pq.ParquetWriter(self.tmp, self.schema)
@@ -83,6 +92,8 @@ class ParquetSink:
     def write(self, row: dict[str, Any]) -> None:
         for name in self._json:
             row[name] = json.dumps(row.get(name), ensure_ascii=False, sort_keys=True)
+        for name in self._ordered:
+            row[name] = json.dumps(row.get(name), ensure_ascii=False)
         self._batch.append(row)
         if len(self._batch) >= self._batch_rows:
             self._flush()
