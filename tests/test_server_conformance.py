@@ -107,6 +107,7 @@ class TestChatAPI(BackendConformance):
         arun(b.start())
         assert b.server is not None
         cls.supports_stop_token_ids = b.server.dialect.stop_token_ids
+        cls.seeds_reproduce = b.server.dialect.seeds == "honoured"
         yield b
         arun(b.close())
 
@@ -139,6 +140,7 @@ class TestCompletionsWithTokenIds(BackendConformance):
             pytest.skip(f"the server refuses this mode: {e}")
         assert b.server is not None
         cls.supports_stop_token_ids = b.server.dialect.stop_token_ids
+        cls.seeds_reproduce = b.server.dialect.seeds == "honoured"
         # Without the server's output ids, reply text is re-encoded.
         cls.exact_token_ids = b.server.kind == "vllm"
         yield b

@@ -24,6 +24,8 @@ fields (temperature 0.8, top_p 0.95, top_k 40, min_p 0.05, repeat_penalty
 1.1), ``repeat_penalty`` as the penalty's name (``repetition_penalty`` and
 ``stop_token_ids`` are ignored), no cached-token reporting, ``owned_by: "me"``.
 `sampling` records what each request was sampled with, after defaults.
+A seeded request whose prompt is the one just served samples differently, as
+llama-cpp-python 0.3.36 does (its KV cache still holds that prompt).
 `honour_seed=False` makes seeds ignored (each request draws its own), as
 SGLang does outside its deterministic mode. Errors use OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``. Rate limiting: a
@@ -100,6 +102,7 @@ class OpenAITestServer(LoopbackServer):
         self.report_cached_tokens = report_cached_tokens and not self.llama
         self.honour_seed = honour_seed
         self._seeds = random.Random()
+        self._last_prompt: str | None = None
         self.prompt_tokens: deque[int] = deque(maxlen=10_000)
         """The rendered prompt length of each generation request."""
         self.sampling: deque[dict[str, Any]] = deque(maxlen=10_000)
@@ -330,6 +333,13 @@ class OpenAITestServer(LoopbackServer):
         self.sampling.append(sampled)
         temperature = sampled["temperature"]
         seed = body.get("seed") if self.honour_seed else self._seeds.getrandbits(32)
+        if self.llama and seed is not None:
+            # llama-cpp-python samples differently when the whole prompt is the
+            # one it just served (still in its KV cache), whatever the seed.
+            prompt = _prompt_key(body)
+            if prompt == self._last_prompt:
+                seed = self._seeds.getrandbits(32)
+            self._last_prompt = prompt
         return {
             "max_new_tokens": 16 if max_tokens is None else max_tokens,
             "temperature": temperature,
@@ -353,6 +363,11 @@ class OpenAITestServer(LoopbackServer):
 
     def _text(self, gen: Generation, params: dict[str, Any]) -> str:
         return output_text(gen, self.detok)
+
+
+def _prompt_key(body: dict[str, Any]) -> str:
+    return json.dumps([body.get("messages"), body.get("prompt"), body.get("tools")],
+                      sort_keys=True)
 
 
 def _render(messages: list[Any], tools: list[dict[str, Any]] | None) -> str:
