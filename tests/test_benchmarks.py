@@ -330,12 +330,12 @@ def test_profile_engine_counts_bytecodes_exactly():
     second = module.bytecodes_per_turn(args, "bytes")
     total = sum(first.values())
     assert sum(second.values()) == pytest.approx(total, rel=0.01)
-    engine = {k: v for k, v in first.items() if k.startswith("engine.py:") and "_apply" in k}
+    engine = {k: v for k, v in first.items() if k.startswith("turns.py:") and "_apply" in k}
     assert engine and all(second.get(k) == pytest.approx(v, rel=0.01) for k, v in engine.items())
     assert 100 < total < 100_000  # hundreds of bytecodes a turn, start-up cancelled
     functions = module.by_function(first)
     assert sum(functions.values()) == pytest.approx(total)
-    assert any(name.startswith("engine.py ") for name in functions)
+    assert any(name.startswith("turns.py ") for name in functions)
     out: list[str] = []
     module.print_bytecodes(first, 3, out.append)
     assert out[0] == f"bytecodes per turn: {total:,.0f}"
