@@ -354,9 +354,7 @@ class Notes:
     """The worked example of docs/TOOLS.md: tools over a SQLite database whose file
     image travels base64-encoded in the conversation's JSON state."""
 
-    def tools(self, conversation: Any, me: str) -> None:
-        return None
-
+    # No tools() at all: initial_state applies to any environment.
     def initial_state(self, conversation: Any) -> Any:
         conn = sqlite3.connect(":memory:")
         conn.execute("CREATE TABLE notes (branch INTEGER, turn INTEGER, text TEXT)")

@@ -156,7 +156,8 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
         self.by_name = {p.name: p for p in self.participants}
         self._init_prompts()
         self.has_prefill = any(callable(getattr(p.obj, "prefill", None)) for p in self.participants)
-        self.has_tools = any(callable(getattr(p.obj, "tools", None)) for p in self.participants)
+        self.has_tools = any(callable(getattr(p.obj, name, None)) for p in self.participants
+                             for name in ("tools", "initial_state"))
         self.forest: Any = _core.Forest()
         # Job or JudgeJob by id; the per-turn paths tell them apart by `type(job) is`.
         self.jobs: dict[int, Any] = {}
@@ -328,10 +329,8 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
         env_tools: list[dict[str, Any]] = []
         for p in self.participants:
             tools_of = getattr(p.obj, "tools", None)
-            if not callable(tools_of):
-                continue
             try:
-                tools = tools_of(state, p.name)
+                tools = tools_of(state, p.name) if callable(tools_of) else None
                 if tools is not None:
                     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
                         raise TypeError(f"returned {type(tools).__name__}, expected a list of "
