@@ -73,7 +73,7 @@ async def naive_conversation(index: int, tok: Any) -> float:
     rng = random.Random(index)
     tools = TOOLKIT.schemas
     db = load_database()
-    agent = [{"role": "system", "content": policy()}]
+    agent: list[dict[str, Any]] = [{"role": "system", "content": policy()}]
     customer = [{"role": "system",
                  "content": CUSTOMER_PROMPT.format(instruction=task.instruction, stop=STOP)}]
     said: list[str] = []
