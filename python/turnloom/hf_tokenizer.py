@@ -7,6 +7,7 @@ remote backend on a machine that has no model runtime installed.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,10 +56,11 @@ class HFTokenizer:
         self._batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
         added = tokenizer.get_added_tokens_decoder().values()
         self.specials: tuple[str, ...] = tuple(t.content for t in added if t.special)
-        # A twin that reads special-token strings as plain text: contents are data.
-        self._text_tok = tokenizers.Tokenizer.from_str(tokenizer.to_str())
-        self._text_tok.encode_special_tokens = True
-        self._text_batch = getattr(self._text_tok, "encode_batch_fast", self._text_tok.encode_batch)
+        # Contents are data: `encode_text` reads special-token strings as plain text by
+        # switching the tokenizer's `encode_special_tokens` for the call (a second copy
+        # of the tokenizer would cost as much as loading it). The switch needs the
+        # tokenizer to itself, so every use goes through the lock.
+        self._lock = threading.Lock()
 
     @classmethod
     def from_dir(cls, path: str | Path, name: str | None = None) -> HFTokenizer:
@@ -81,26 +83,42 @@ class HFTokenizer:
         return cls(tok, name=name or path.name, eos_token_ids=eos, special_tokens=specials)
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        with self._lock:
+            return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        return [e.ids for e in self._batch(list(texts), add_special_tokens=False)]
+        with self._lock:
+            return [e.ids for e in self._batch(list(texts), add_special_tokens=False)]
 
     def encode_text(self, text: str) -> list[int]:
-        return self._text_tok.encode(text, add_special_tokens=False).ids
+        tok = self._tok
+        with self._lock:
+            tok.encode_special_tokens = True
+            try:
+                return tok.encode(text, add_special_tokens=False).ids
+            finally:
+                tok.encode_special_tokens = False
 
     def encode_text_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        return [e.ids for e in self._text_batch(list(texts), add_special_tokens=False)]
+        tok = self._tok
+        with self._lock:
+            tok.encode_special_tokens = True
+            try:
+                return [e.ids for e in self._batch(list(texts), add_special_tokens=False)]
+            finally:
+                tok.encode_special_tokens = False
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=False)
+        with self._lock:
+            return self._tok.decode(list(ids), skip_special_tokens=False)
 
     def token_to_id(self, token: str) -> int | None:
-        return self._tok.token_to_id(token)
+        with self._lock:
+            return self._tok.token_to_id(token)
 
     def __repr__(self) -> str:
         return f"HFTokenizer({self.name!r}, vocab_size={self.vocab_size})"

@@ -50,7 +50,7 @@ class ConversationState:
 
     __slots__ = ("conversation_id", "index", "branch", "seed", "messages", "turns", "meta",
                  "profiles", "system_prompts", "stop_reason", "scores", "turn_scores", "errors",
-                 "state_json", "tools")
+                 "state_json", "tools", "structured")
 
     def __init__(self, conversation_id: str, index: int, seed: int, branch: int = 0) -> None:
         self.conversation_id = conversation_id
@@ -68,6 +68,7 @@ class ConversationState:
         self.errors: list[str] = []
         self.state_json: bytes = b"null"  # the environment state, encoded (immutable)
         self.tools: dict[str, list[dict[str, Any]]] = {}  # participant -> its tool schemas
+        self.structured = False  # some turn has tool calls, a tool result or reasoning
 
     @property
     def state(self) -> Any:
@@ -104,6 +105,7 @@ class ConversationState:
         other.meta = _decode_json(msgspec.json.encode(self.meta)) if self.meta else {}
         other.state_json = self.state_json
         other.tools = self.tools
+        other.structured = self.structured
         other.profiles = self.profiles
         other.system_prompts = self.system_prompts
         other.errors = list(self.errors)

@@ -164,6 +164,8 @@ def _replay_turn(engine: Engine, tree: Tree, state: ConversationState, ev: TurnE
                      tool_calls=calls, tool_call_id=ev.tool_call_id, reasoning=ev.reasoning)
     state.messages.append((p.name, ev.role, ev.text))
     state.turns.append(rec)
+    if calls or ev.tool_call_id is not None or ev.reasoning is not None:
+        state.structured = True
     state.turn_scores.append(dict(ev.scores or {}))
     state.meta = dict(ev.conv_meta or {})
     state.errors.extend(ev.errors or ())

@@ -77,6 +77,13 @@ def _checked_reply(reply: Any) -> Reply:
     return reply
 
 
+def _structured(reply: Reply) -> bool:
+    """Whether a reply is more than text: tool calls, a tool result, reasoning or a
+    new environment state (checked once per reply, carried with it)."""
+    return bool(reply.tool_calls) or reply.tool_call_id is not None or (
+        reply.reasoning is not None) or reply.state is not msgspec.UNSET
+
+
 def _fault(state: ConversationState, what: str, exc: BaseException) -> None:
     """A plugin fault: recorded with the conversation, and with its traceback in the
     run's error log (raised at once when debugging)."""

@@ -36,6 +36,7 @@ from turnloom.engine.checks import (
     _impls,
     _json_encode,
     _require_json,
+    _structured,
     _turn_seeds,
     _view_role,
 )
@@ -397,7 +398,8 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
         while pending:
             seeds = _turn_seeds([br for br, _ in pending])
             items = [(br, self.by_name[history[k].participant],
-                      Reply(history[k].text, meta=dict(PREFILLED_META)), None, seed, 0.0, 0)
+                      Reply(history[k].text, meta=dict(PREFILLED_META)), None, seed, 0.0, 0,
+                      False)
                      for (br, history), seed in zip(pending, seeds)]
             going = {id(br) for br in self._apply(items)}
             k += 1
@@ -438,6 +440,8 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
             for v in self.views:
                 if v.name in state.tools:
                     full |= 1 << v.index
+            if full:
+                self.full_used = True
         return full
 
     def _lens(self, seg: dict[int, list[int]]) -> list[int]:
@@ -594,6 +598,7 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
         elapsed = time.perf_counter() - t0
         results = _checked_results(task, reqs)
         model_cache = be.cache is not None and not be.reports_cached
+        check = be.prompt_check
         jobs = self.jobs
         items = []
         retry: list[Job] = []
@@ -624,8 +629,7 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
                         f"backend {be.name!r} failed {job.attempt + 1} times: {res.error}")
                     self._finish(job.br, "error")
                 continue
-            check = be.prompt_check
-            if check is not None and req.input_ids and res.prompt_tokens:
+            if check is not None and req.input_ids and res.prompt_tokens:  # a chat API
                 if check.observe(len(req.input_ids), res.prompt_tokens) and check.mismatched == 1:
                     log.warning("backend %r counted %d prompt tokens where the model's chat "
                                 "template gives %d: the server renders conversations differently "
@@ -645,18 +649,22 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
             pu.completion_tokens += n_out
             pu.cached_tokens += cached
             state = job.br.state
+            structured = False
             try:
                 reply = p.obj.on_output(state, p.name, res.text, res.finish_reason)
                 if (type(reply) is not Reply or reply.meta or reply.tool_calls
+                        or reply.tool_call_id is not None or reply.reasoning is not None
                         or reply.state is not _UNSET or not reply.text.isascii()):
                     reply = _checked_reply(reply)  # the plain case needs no checks
-                if res.tool_calls or res.reasoning is not None:
-                    reply = _with_structure(reply, res)
+                    structured = _structured(reply)
+                if check is not None and (res.tool_calls or res.reasoning is not None):
+                    reply = _with_structure(reply, res)  # a chat API's structured reply
+                    structured = True
             except Exception as exc:
                 _fault(state, f"agent {p.spec.agent!r} of {p.name!r} failed in on_output", exc)
                 self._finish(job.br, "error")
                 continue
-            items.append((job.br, p, reply, res, job.seed, latency, cached))
+            items.append((job.br, p, reply, res, job.seed, latency, cached, structured))
         if judged:
             self._on_judged(be, judged, elapsed)
         usage = be.usage

@@ -29,6 +29,7 @@ class PromptsMixin(EngineBase):
 
     role_tables: dict[int, dict[str, str | None]]
     full_from_start: int
+    full_used: bool
 
     def _init_prompts(self) -> None:
         # role_tables[v][speaker name]: the speaker's role in view v (None: hidden)
@@ -39,6 +40,8 @@ class PromptsMixin(EngineBase):
         for v in self.views:
             if not getattr(v.fmt, "append_only", True):
                 self.full_from_start |= 1 << v.index
+        # Set once any branch renders a view whole: until then prompts are lanes only.
+        self.full_used = bool(self.full_from_start)
 
     def _view(self, br: Branch, p: ParticipantRT) -> tuple[list[dict[str, Any]], list[Any] | None]:
         """`p`'s view of the branch: its messages (OpenAI format) and its tools."""
@@ -57,9 +60,10 @@ class PromptsMixin(EngineBase):
         view rendered whole where the branch's bit for that view is set."""
         prompts = self.forest.lanes_for([j.br.node for j in jobs], [j.p.index for j in jobs],
                                         self._prefixes)  # type: ignore[attr-defined]
-        for k, job in enumerate(jobs):
-            if job.br.full >> job.p.index & 1:
-                prompts[k] = self._full_prompt(job.br, job.p)
+        if self.full_used:
+            for k, job in enumerate(jobs):
+                if job.br.full >> job.p.index & 1:
+                    prompts[k] = self._full_prompt(job.br, job.p)
         return prompts
 
     def _turn_requests(self, be: BackendRT, jids: Sequence[int], jobs: Sequence[Job]) -> list[GenRequest]:
@@ -120,4 +124,6 @@ class PromptsMixin(EngineBase):
                 full |= 1 << v.index
             role = shown["role"] if shown["role"] != "tool" else "user"  # lengths only: rendered whole
             seg[v.index] = v.fmt.segment(role, shown["content"], first=not lens[v.index])
+        if full:
+            self.full_used = True
         return seg, full

@@ -16,6 +16,7 @@ from turnloom.engine.checks import (
     _fault,
     _json_encode,
     _require_json,
+    _structured,
 )
 from turnloom.engine.routing import route_after
 from turnloom.engine.state import Branch, Tree
@@ -47,11 +48,12 @@ class TurnsMixin(EngineBase):
             state = br.state
             try:
                 reply = _checked_reply(p.obj.respond(state, p.name, random.Random(seed)))
+                structured = _structured(reply)
             except Exception as exc:
                 _fault(state, f"environment {p.spec.agent!r} of {p.name!r} failed in respond", exc)
                 self._finish(br, "error")
                 continue
-            items.append((br, p, reply, None, seed, 0.0, 0))
+            items.append((br, p, reply, None, seed, 0.0, 0, structured))
         return items
 
     def _apply(self, items: Sequence[tuple[Any, ...]]) -> list[Branch]:
@@ -71,17 +73,16 @@ class TurnsMixin(EngineBase):
         misses: dict[int, tuple[Any, dict[tuple[str, str], list[int]], list[Any]]] = {}
         targets = self._memo_targets
         for item in items:
-            br, p, reply, res = item[0], item[1], item[2], item[3]
+            br, p, reply, res, structured = item[0], item[1], item[2], item[3], item[7]
             text = reply.text
-            plain = not reply.tool_calls and reply.tool_call_id is None and reply.reasoning is None
-            if not text and reply.stop and plain:
+            if not text and reply.stop and not structured:
                 self._finish(br, reply.stop)
                 continue
             kept.append(item)
             finishes.append(res.finish_reason if res is not None else "")
             lens = br.lens
-            if not plain or (p.is_agent and (res is None or not lens[p.index]
-                                             or p.backend.prompt_check is not None)):
+            if structured or (p.is_agent and (res is None or not lens[p.index]
+                                              or p.backend.prompt_check is not None)):
                 # Structure, an opening message, or a message whose ids the engine did not
                 # see generated (prefilled, or from a chat API, which returns text): the
                 # general rules (engine/prompts.py), the own view rendered from the text.
@@ -142,7 +143,8 @@ class TurnsMixin(EngineBase):
         stop_phrases = bool(self.phrases)
         max_tokens = self.max_tokens
         max_turns = self.max_turns
-        for (br, p, reply, res, seed, latency, cached), node, seg in zip(kept, nodes, segs):
+        for (br, p, reply, res, seed, latency, cached, structured), node, seg in zip(
+                kept, nodes, segs):
             t = br.turn
             parent_owner = br.node_owner
             branch = br.branch
@@ -164,21 +166,28 @@ class TurnsMixin(EngineBase):
                 prompt_tokens = completion = 0
                 finish = "stop"
                 output_ids = None
-            plain = not reply.tool_calls and reply.tool_call_id is None and reply.reasoning is None
-            rec = TurnRecord(state.conversation_id, branch, t, p.name, p.role, text, node,
-                             t - 1 if t else None, prompt_tokens, completion, cached, latency,
-                             finish, seed, meta, reply.tool_calls, reply.tool_call_id,
-                             reply.reasoning)
+            if structured:
+                rec = TurnRecord(state.conversation_id, branch, t, p.name, p.role, text, node,
+                                 t - 1 if t else None, prompt_tokens, completion, cached,
+                                 latency, finish, seed, meta, reply.tool_calls,
+                                 reply.tool_call_id, reply.reasoning)
+            else:
+                rec = TurnRecord(state.conversation_id, branch, t, p.name, p.role, text, node,
+                                 t - 1 if t else None, prompt_tokens, completion, cached,
+                                 latency, finish, seed, meta)
             state.messages.append((p.name, p.role, text))
             state.turns.append(rec)
             errors = state.errors
             n_err = len(errors)
-            new_state = None
-            if reply.state is not _UNSET:
-                state.state_json = _json_encode(reply.state)
-                new_state = [msgspec.Raw(state.state_json)]
             route_stop = None
-            if not plain or br.route >= 0:
+            if structured:
+                state.structured = True
+                new_state = None
+                if reply.state is not _UNSET:
+                    state.state_json = _json_encode(reply.state)
+                    new_state = [msgspec.Raw(state.state_json)]
+                route_stop = self._route_after(br, p, reply)
+            elif br.route >= 0:
                 route_stop = self._route_after(br, p, reply)
             else:
                 br.rr += 1
@@ -199,7 +208,7 @@ class TurnsMixin(EngineBase):
                 _check_meta(state)
             if len(errors) > n_hook:
                 stop = "error"
-            if stop is None:
+            if stop is None and route_stop is not None:
                 stop = route_stop
             if stop is None:
                 if stop_phrases or max_tokens is not None:
@@ -207,7 +216,7 @@ class TurnsMixin(EngineBase):
                 elif t + 1 >= max_turns:
                     stop = "max_turns"
             # Positional, in TurnEvent's field order (this is the hottest line of a run).
-            if plain and new_state is None:
+            if not structured:
                 wal_append(TurnEvent(
                     state.index, branch, parent_owner, t, p.index, p.role, text, output_ids,
                     finish, seed, prompt_tokens, completion, cached, latency, meta or None,
@@ -323,7 +332,10 @@ class TurnsMixin(EngineBase):
         recs = state.turns
         if len(state.turn_scores) < len(recs):
             recs = recs[:len(state.turn_scores)]
-        messages += [_message(rec) for rec in recs]
+        if state.structured:
+            messages += [_message(rec) for rec in recs]
+        else:
+            messages += [Message(rec.role, rec.text, rec.participant) for rec in recs]
         turns = [TurnInfo(rec.participant, rec.role, rec.seed, rec.prompt_tokens,
                           rec.completion_tokens, rec.finish_reason, scores, rec.meta)
                  for rec, scores in zip(recs, state.turn_scores)]
