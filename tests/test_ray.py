@@ -80,14 +80,19 @@ def test_killed_shard_actor_resumes_from_its_log(cluster: str, reference: Path,
 
 
 def test_shard_dying_past_the_retry_limit_fails_the_run(cluster: str, tmp_path: Path) -> None:
+    killed: set[int] = set()
+
     def kill_shard_1(statuses: Sequence[ShardStatus]) -> None:
         st = statuses[1]
-        if not st.done and st.where.get("pid") and st.counts.turns > 0:
-            os.kill(st.where["pid"], signal.SIGKILL)
+        pid = st.where.get("pid")
+        if not st.done and pid and pid not in killed and st.counts.turns > 0:
+            killed.add(pid)  # progress is polled again before the driver sees the death
+            os.kill(pid, signal.SIGKILL)
 
-    with pytest.raises(ShardFailed, match=r"shards/0001 \(conversations 20\.\.39\): its actor "
+    # 100 conversations a shard: long enough that the kill lands before the shard ends.
+    with pytest.raises(ShardFailed, match=r"shards/0001 \(conversations 100\.\.199\): its actor "
                                           r"died on attempt 1 of 1"):
-        run_ray(scenario(conversations=40), out=tmp_path / "run", shards=2, max_retries=0,
+        run_ray(scenario(conversations=200), out=tmp_path / "run", shards=2, max_retries=0,
                 progress=False, poll_s=0.05, on_progress=kill_shard_1)
     assert not (tmp_path / "run" / "summary.json").exists()
 
