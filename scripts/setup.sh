@@ -13,7 +13,7 @@ fi
 UV=("$VENV/bin/uv" pip install -q -p "$PY")
 
 # The hf extra pulls torch; the core itself needs none of it.
-"${UV[@]}" -e ".[hf,dev,report,data,ray]"
+"${UV[@]}" -e ".[hf,dev,report,data,ray,bench]"
 for plugin in plugins/turnloom-*/; do
     [ -f "$plugin/pyproject.toml" ] && "${UV[@]}" -e "$plugin"
 done

@@ -26,8 +26,6 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import jsonschema
-
 # OpenAI's rule for function names; chat templates and APIs reject others.
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SECTION = re.compile(r"^\s*(Args|Returns|Raises):\s*$")
@@ -213,6 +211,8 @@ def tool_from_dict(spec: Any, where: str = "tool") -> dict[str, Any]:
     parameters = spec.get("parameters", {"type": "object", "properties": {}})
     if not isinstance(parameters, Mapping) or parameters.get("type") != "object":
         raise ToolSchemaError(f"{where}.parameters: must be a JSON Schema with type \"object\"")
+    import jsonschema  # on first use: importing it takes a fifth of a second
+
     try:
         jsonschema.Draft202012Validator.check_schema(dict(parameters))
     except jsonschema.SchemaError as exc:

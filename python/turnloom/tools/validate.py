@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import msgspec
 
 from turnloom.messages import ToolCall
 from turnloom.tools.schema import tool_from_function
+
+if TYPE_CHECKING:
+    import jsonschema
 
 ERROR_KINDS = ("invalid_json", "unknown_tool", "invalid_arguments", "tool_failed")
 
@@ -63,6 +65,8 @@ def check_call(call: ToolCall, validators: Mapping[str, jsonschema.protocols.Val
     if not isinstance(args, dict):
         return ToolError("invalid_arguments", f"the arguments of {call.name!r} must be a JSON "
                                               f"object, got {_clip(call.arguments)}")
+    import jsonschema  # on first use: importing it takes a fifth of a second
+
     problem = jsonschema.exceptions.best_match(validator.iter_errors(args))
     if problem is not None:
         place = "".join(f"[{p!r}]" for p in problem.absolute_path) or "arguments"
@@ -73,6 +77,8 @@ def check_call(call: ToolCall, validators: Mapping[str, jsonschema.protocols.Val
 
 def argument_validator(schema: Mapping[str, Any]) -> jsonschema.protocols.Validator:
     """A validator for one OpenAI tool schema's parameters."""
+    import jsonschema
+
     parameters = schema["function"].get("parameters") or {"type": "object"}
     return jsonschema.Draft202012Validator(_nullable_to_null(parameters))
 
