@@ -8,8 +8,18 @@
 
 from __future__ import annotations
 
-from turnloom.tools.parsers import ParsedOutput, ToolParser, builtin_parser, parse_tool_calls
-from turnloom.tools.schema import ToolSchemaError, tool_from_dict, tool_from_function, tools_by_name
+from turnloom.tools.parsers import (
+    ParsedOutput,
+    ToolParser,
+    builtin_parser,
+    parse_tool_calls,
+)
+from turnloom.tools.schema import (
+    ToolSchemaError,
+    tool_from_dict,
+    tool_from_function,
+    tools_by_name,
+)
 from turnloom.tools.validate import CallResult, ToolError, ToolKit, check_call
 
 __all__ = [
