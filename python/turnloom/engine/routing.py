@@ -100,18 +100,17 @@ def replay_routing(engine: Any, br: Branch) -> None:
     """Set a rebuilt branch's routing from its messages, as the live run did."""
     from turnloom.agents import Reply
 
-    turns = br.state.turns
-    br.rr = br.route = br.tool_steps = br.tool_calls = 0
+    br.rr = br.tool_steps = br.tool_calls = 0
     br.route = -1
     state = br.state
     saved = state.turns
     for k, rec in enumerate(saved):
-        state.turns = saved[:k + 1]
-        p = engine.participants[engine.by_name[rec.participant].index]
+        state.turns = saved[:k + 1]  # the messages as they stood when this one was routed
+        p = engine.by_name[rec.participant]
         reply = Reply(rec.text, tool_calls=rec.tool_calls, tool_call_id=rec.tool_call_id,
                       reasoning=rec.reasoning)
         if not reply.tool_calls and reply.tool_call_id is None and br.route < 0:
             br.rr += 1
         else:
             route_after(engine, br, p, reply)
-    state.turns = turns
+    state.turns = saved
