@@ -74,6 +74,7 @@ class LoopbackServer:
         self._error: BaseException | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
         self.errors: list[str] = []
         """Exceptions raised by handle(), answered with HTTP 500."""
         self.connections = 0
@@ -141,12 +142,21 @@ class LoopbackServer:
             loop.close()
 
     async def _shutdown(self) -> None:
+        self._closing = True
         if self._server is not None:
+            # Stop accepting first and let connections already accepted reach
+            # their handler (which aborts them): asyncio finishes an accept a few
+            # loop steps later, and one finished after Server.close() fails and
+            # leaks its socket.
+            loop = asyncio.get_running_loop()
+            for sock in self._server.sockets:
+                loop.remove_reader(sock.fileno())
+            me = asyncio.current_task()
+            for _ in range(100):
+                if all(t is me or t in self._tasks or t.done() for t in asyncio.all_tasks()):
+                    break
+                await asyncio.sleep(0)
             self._server.close()
-        # A connection accepted just before close() starts its handler a few loop
-        # iterations later; let it register, so that its socket is closed below too.
-        for _ in range(3):
-            await asyncio.sleep(0)
         for writer in list(self._writers):
             # abort, not close: close() waits for unsent bytes, which a client that
             # stopped reading never takes, and the loop ends before they go.
@@ -157,6 +167,7 @@ class LoopbackServer:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        await asyncio.sleep(0)  # the aborted transports' close callbacks
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run fn(*args) on the server's loop thread and return its result."""
@@ -175,6 +186,9 @@ class LoopbackServer:
 
     async def _serve_connection(self, reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
+        if self._closing:  # accepted while shutting down
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
