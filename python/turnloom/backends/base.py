@@ -82,6 +82,11 @@ class BackendInfo(msgspec.Struct, frozen=True, kw_only=True):
     cache_capacity_tokens: int | None = None
     max_batch: int = 64
     replicas: int = 1
+    #: Calls to keep outstanding (None: the run's default). A backend whose calls
+    #: are single requests to a server that schedules each on its own (an HTTP
+    #: API) sets max_batch 1 and this to its concurrency, so every conversation
+    #: moves on as soon as its own reply is back, not when a batch's slowest is.
+    max_inflight: int | None = None
 
 
 class BackendError(Exception):

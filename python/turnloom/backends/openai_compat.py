@@ -95,7 +95,9 @@ class OpenAISettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     max_concurrency: int = 16
-    max_batch: int = 64
+    # Requests per engine call. 1: each conversation moves on as soon as its own
+    # reply is back (the server schedules requests one by one anyway).
+    max_batch: int = 1
     return_token_ids: bool = False
     cache_capacity_tokens: int | None = None
     extra_body: dict[str, Any] = {}
@@ -150,7 +152,7 @@ class OpenAIBackend(Backend):
                  backoff: float = 1.0, backoff_max: float = 60.0,
                  requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, max_concurrency: int = 16,
-                 max_batch: int = 64, return_token_ids: bool = False,
+                 max_batch: int = 1, return_token_ids: bool = False,
                  cache_capacity_tokens: int | None = None,
                  extra_body: Mapping[str, Any] | None = None,
                  breaker_threshold: int = 10, breaker_cooldown: float = 10.0,
@@ -269,7 +271,8 @@ class OpenAIBackend(Backend):
     def info(self) -> BackendInfo:
         return BackendInfo(name=f"openai-{self.endpoint}", model=self.model,
                            cache_capacity_tokens=self.cache_capacity_tokens,
-                           max_batch=self.max_batch, replicas=1)
+                           max_batch=self.max_batch, replicas=1,
+                           max_inflight=-(-self.max_concurrency // self.max_batch))
 
     # -- generation -----------------------------------------------------------
 
@@ -278,6 +281,8 @@ class OpenAIBackend(Backend):
             return []
         if self._client is None:
             raise BackendError("OpenAIBackend.generate called before start()")
+        if len(requests) == 1:
+            return [await self._one(requests[0])]
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
     async def _one(self, req: GenRequest) -> GenResult:

@@ -12,6 +12,7 @@ freed from the forest, so memory tracks the active frontier."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import logging
 import random
@@ -168,6 +169,10 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
         self.to_start: IndexStack | list[int] = IndexStack(self.indices)
         self._system_segments: dict[tuple[int, str], list[int]] = {}
         self.tasks: dict[asyncio.Future[Any], tuple[Any, ...]] = {}
+        # Finished tasks in completion order: waiting on this queue costs the same
+        # with one call in flight or a thousand, where asyncio.wait re-arms them all.
+        self._finished: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._wake: asyncio.Event | None = None
         self.wal: WalWriter | None = None
         self.collector: Collector | None = None
         self.turns_done = 0
@@ -189,7 +194,7 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
             spec = be.spec
             limit = info.max_batch or 1 << 30
             be.batch_size = max(1, min(spec.batch_size or run.batch_size or limit, limit))
-            be.max_inflight = spec.max_inflight or run.max_inflight
+            be.max_inflight = spec.max_inflight or run.max_inflight or info.max_inflight or 2
             cap = info.cache_capacity_tokens
             be.max_batch_tokens = spec.max_batch_tokens or cap or (1 << 40)
             if cap:
@@ -243,8 +248,18 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
             for task in self.tasks:
                 task.cancel()
 
+    def _track(self, task: asyncio.Future[Any], what: tuple[Any, ...]) -> None:
+        self.tasks[task] = what
+        task.add_done_callback(self._on_done)
+
+    def _on_done(self, task: asyncio.Future[Any]) -> None:
+        self._finished.append(task)
+        if self._wake is not None:
+            self._wake.set()
+
     async def _loop(self) -> None:
         assert self.wal is not None and self.collector is not None
+        self._wake = asyncio.Event()
         backends = list(self.backends.values())
         while True:
             self._top_up()
@@ -264,8 +279,14 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
                     return
                 raise RunStalled(f"{len(self.trees)} conversations active, nothing in flight "
                                  f"({sum(len(b.sched) for b in backends)} jobs waiting)")
-            done, _ = await asyncio.wait(list(self.tasks), return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
+            finished = self._finished
+            if not finished:
+                wake = self._wake
+                assert wake is not None
+                wake.clear()
+                await wake.wait()
+            while finished:
+                task = finished.popleft()
                 what = self.tasks.pop(task)
                 if what[0] == "retry":
                     self._push(what[1])
@@ -586,7 +607,7 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
             else:
                 reqs = self._turn_requests(be, jids, jobs)
             task = asyncio.ensure_future(be.backend.generate(reqs))
-            self.tasks[task] = (be, jids, reqs, time.perf_counter())
+            self._track(task, (be, jids, reqs, time.perf_counter()))
             be.inflight += 1
 
     # -- completions --------------------------------------------------------------------
@@ -691,4 +712,4 @@ class Engine(TurnsMixin, PromptsMixin, JudgesMixin, AccountingMixin):
                 self._push(group)
             else:
                 task = asyncio.ensure_future(asyncio.sleep(delay))
-                self.tasks[task] = ("retry", group)
+                self._track(task, ("retry", group))
