@@ -15,6 +15,7 @@ prompt in full with `render_ids`.
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import datetime
 from pathlib import Path
@@ -124,6 +125,9 @@ def _template_message(message: Message) -> dict[str, Any]:
     return out
 
 
+_RESERVED_VARIABLES = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
+
+
 class TemplateChatFormat:
     """ChatFormat over a Jinja chat template.
 
@@ -137,7 +141,8 @@ class TemplateChatFormat:
     tokens are special.
     """
 
-    def __init__(self, tokenizer: Tokenizer, template: str, special_tokens: Mapping[str, str] | None = None) -> None:
+    def __init__(self, tokenizer: Tokenizer, template: str, special_tokens: Mapping[str, str] | None = None,
+                 variables: Mapping[str, Any] | None = None) -> None:
         self.tokenizer = tokenizer
         self.template = template
         self._compiled = compile_template(template)
@@ -145,6 +150,28 @@ class TemplateChatFormat:
             special_tokens = getattr(tokenizer, "special_tokens", {})
         self._specials = dict(special_tokens)
         self.markup = MarkupEncoder(tokenizer)
+        self._set_variables(variables or {})
+        self._analyse()
+
+    def with_variables(self, variables: Mapping[str, Any]) -> "TemplateChatFormat":
+        """This format with extra template variables, as `apply_chat_template`'s
+        keyword arguments (`enable_thinking=False`, `date_string=...`) give them."""
+        new = copy.copy(self)
+        new._set_variables({**self.variables, **variables})
+        new._analyse()
+        return new
+
+    def _set_variables(self, variables: Mapping[str, Any]) -> None:
+        reserved = sorted(set(variables) & _RESERVED_VARIABLES)
+        if reserved:
+            raise ValueError(f"template variables {reserved} are set by the renderer itself")
+        self.variables = dict(variables)
+        # The keyword arguments of apply_chat_template override the special tokens.
+        self._extra = {**self._specials, **self.variables}
+
+    def _analyse(self) -> None:
+        """What the template does with each role's messages, found by rendering
+        (the variables can change it: a thinking switch changes the wrapping)."""
         # (role, first) -> (context messages, (before, after) or None for content-dependent)
         self._wraps: dict[tuple[str, bool], tuple[list[dict[str, Any]], tuple[str, str] | None]] = {}
         # (role, first) -> (ids before the text's chunk, chunk head, chunk tail, ids after)
@@ -166,7 +193,7 @@ class TemplateChatFormat:
             tools=list(tools) if tools is not None else None,
             documents=None,
             add_generation_prompt=add_generation_prompt,
-            **self._specials,
+            **self._extra,
         )
 
     def render_ids(self, messages: Sequence[Message], add_generation_prompt: bool = False,

@@ -97,6 +97,9 @@ class BackendSpec(msgspec.Struct, **_STRUCT):
     max_inflight: Positive | None = None
     batch_size: Positive | None = None
     max_batch_tokens: Positive | None = None
+    # Extra chat-template variables, as apply_chat_template's keyword arguments
+    # (enable_thinking = false); a chat API gets them as `chat_template_kwargs`.
+    chat_template_kwargs: dict[str, Any] = {}
     settings: dict[str, Any] = {}
 
 

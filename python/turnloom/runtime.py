@@ -195,8 +195,35 @@ def build_backends(scenario: Scenario, registry: Any) -> dict[str, BackendRT]:
             use = getattr(backend, "use_chat_format", None)
             if callable(use):
                 use(fmt)
+        if spec.chat_template_kwargs:
+            fmt = _with_template_kwargs(scenario, name, backend, fmt, spec.chat_template_kwargs)
         out[name] = BackendRT(name, spec, backend, fmt, registry.owner("backends", spec.type))
     return out
+
+
+def _with_template_kwargs(scenario: Scenario, name: str, backend: Backend, fmt: ChatFormat,
+                          kwargs: dict[str, Any]) -> ChatFormat:
+    """The chat format rendering with `kwargs`, and the backend told of them (a
+    chat API passes them on to the server that renders the template)."""
+    where = ("backends", name, "chat_template_kwargs")
+    with_variables = getattr(fmt, "with_variables", None)
+    if not callable(with_variables):
+        raise error_at(scenario, where, f"the chat format of backend {name!r} is not a chat "
+                                        "template: it takes no template variables")
+    try:
+        fmt = with_variables(kwargs)
+    except ValueError as exc:
+        raise error_at(scenario, where, str(exc)) from exc
+    use = getattr(backend, "use_chat_format", None)
+    if callable(use):
+        use(fmt)
+    pass_on = getattr(backend, "use_chat_template_kwargs", None)
+    if callable(pass_on):
+        pass_on(dict(kwargs))
+    elif backend.takes == "messages":
+        raise error_at(scenario, where, f"backend {name!r} renders no template itself and "
+                                        "cannot pass chat_template_kwargs to its server")
+    return fmt
 
 
 def build_participants(scenario: Scenario, registry: Any,

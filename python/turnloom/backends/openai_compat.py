@@ -182,6 +182,7 @@ class OpenAIBackend(Backend):
         self.return_token_ids = return_token_ids
         self.cache_capacity_tokens = cache_capacity_tokens
         self.extra_body = dict(extra_body or {})
+        self._template_kwargs: dict[str, Any] = {}
         self.probe = probe
         self.proxy = proxy
         self.tls_verify = tls_verify
@@ -229,6 +230,12 @@ class OpenAIBackend(Backend):
     def use_chat_format(self, fmt: Any) -> None:
         """The engine's chat format: its tokenizer re-encodes reply text into ids."""
         self.tokenizer = fmt.tokenizer
+
+    def use_chat_template_kwargs(self, kwargs: dict[str, Any]) -> None:
+        """The scenario's template variables: on the chat endpoint the server
+        renders the template, so they go with each request (vLLM and SGLang
+        read `chat_template_kwargs`); on completions the prompt is already rendered."""
+        self._template_kwargs = dict(kwargs)
 
     async def start(self) -> None:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -399,6 +406,8 @@ class OpenAIBackend(Backend):
             body["stop_token_ids"] = list(p.stop_token_ids)
         if self.return_token_ids:
             body["return_token_ids"] = True
+        if self._template_kwargs and self.endpoint == "chat":
+            body["chat_template_kwargs"] = self._template_kwargs
         body.update(self.extra_body)
         return body
 
