@@ -13,9 +13,9 @@ import pytest
 
 import turnloom
 from turnloom import Scenario
-from turnloom.chat_template import TemplateChatFormat
+from turnloom.chat_template import TemplateChatFormat, read_chat_template
 from turnloom.cli import main
-from turnloom.models import default_model_dir, load_tokenizer
+from turnloom.models import default_model_dir, load_chat_format, load_tokenizer
 from turnloom.config import load_scenario
 from turnloom.plugins import Registry, get_plugin_manager
 from turnloom.runtime import build_backends
@@ -137,3 +137,14 @@ def test_a_token_backend_renders_its_prompts_with_the_variables(tmp_path: Path) 
     fmt = backends["api"].fmt
     text = fmt.tokenizer.decode(fmt.prompt_ids(MESSAGES))
     assert "Today is 8 Dec 2026." in text and text.endswith("<think>\n\n</think>")
+
+
+def test_a_template_file_wins_over_the_config_entry_as_in_transformers(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    folder = model_with_template(tmp_path, THINKING)  # the config's entry
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}")
+    reference = transformers.AutoTokenizer.from_pretrained(str(folder))
+    expected = reference.apply_chat_template(MESSAGES, tokenize=False)
+    assert read_chat_template(folder) == reference.chat_template
+    assert load_chat_format(str(folder)).render_text(MESSAGES) == expected

@@ -67,19 +67,20 @@ _PROBES: tuple[tuple[tuple[str, str], ...], ...] = (
 
 
 def read_chat_template(path: str | Path) -> str | None:
-    """The chat template of a model directory: `tokenizer_config.json`'s
-    `chat_template` (the "default" entry if it holds several), else
-    `chat_template.jinja`, else `chat_template.json`."""
+    """The chat template of a model directory, where transformers looks for it:
+    `chat_template.jinja` first (it takes priority over the config's entry),
+    then `tokenizer_config.json`'s `chat_template` (the "default" entry if it
+    holds several), then a processor's `chat_template.json`."""
     path = Path(path)
+    jinja_file = path / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
     template = read_json(path / "tokenizer_config.json").get("chat_template")
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default") or next(iter(named.values()), None)
     if isinstance(template, str):
         return template
-    jinja_file = path / "chat_template.jinja"
-    if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
     template = read_json(path / "chat_template.json").get("chat_template")
     return template if isinstance(template, str) else None
 
