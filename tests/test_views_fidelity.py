@@ -227,6 +227,7 @@ def test_a_template_that_drops_old_reasoning_is_rendered_whole(tmp_path: Path, h
     config = json.loads((model / "tokenizer_config.json").read_text())
     config["chat_template"] = THINKING
     (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "chat_template.jinja").unlink(missing_ok=True)  # it would win over the config's
     from turnloom.models import load_chat_format
 
     assert not load_chat_format(str(model)).append_only
