@@ -79,8 +79,46 @@ def test_fake_0523_refuses_a_live_rid_whole_batch(make_server: Any) -> None:
     (ok, refused) = asyncio.run(two_posts(new.url))
     assert ok[0] == 200
     assert refused[0] == 400 and "Duplicate request ID detected: 7" in refused[1]["error"]["message"]
-    statuses = [s for s, _ in asyncio.run(two_posts(old.url))]
-    assert statuses == [200, 200]  # 0.5.6 takes it (and mixes up the outputs)
+    assert old.version == "0.5.6"  # takes it, and mixes up the outputs (below)
+
+
+async def post_or_timeout(url: str, body: Any, timeout: float) -> tuple[int, Any] | None:
+    try:
+        return await asyncio.wait_for(post(url, "/generate", body), timeout)
+    except asyncio.TimeoutError:
+        return None
+
+
+@pytest.mark.parametrize("earlier_finishes_first", [True, False])
+def test_fake_0_5_6_routes_a_repeated_rid_to_the_later_request(
+        make_server: Any, earlier_finishes_first: bool) -> None:
+    """SGLang before 0.5.23 keeps one output route per rid, and a later request
+    with the same rid replaces it: the later request gets whichever output
+    finishes first, and the earlier request is never answered."""
+    server = make_server(version="0.5.6", per_token_latency=0.02)
+    reference = make_server(version="0.5.23")
+    slow, fast = 40, 2
+    earlier = {"input_ids": [1, 2, 3], "rid": "7",
+               "sampling_params": {"max_new_tokens": fast if earlier_finishes_first else slow,
+                                   "temperature": 0, "ignore_eos": True}}
+    later = {"input_ids": [4, 5, 6], "rid": "7",
+             "sampling_params": {"max_new_tokens": slow if earlier_finishes_first else fast,
+                                 "temperature": 0, "ignore_eos": True}}
+
+    async def main() -> tuple[Any, Any, Any]:
+        first = asyncio.ensure_future(post_or_timeout(server.url, earlier, 3.0))
+        await asyncio.sleep(0.01)
+        second = await post_or_timeout(server.url, later, 3.0)
+        own = await post(reference.url, "/generate", {**earlier, "rid": "x"})
+        return await first, second, own
+
+    first, second, earlier_alone = asyncio.run(main())
+    assert first is None  # never answered
+    assert second is not None and second[0] == 200
+    if earlier_finishes_first:
+        assert second[1]["output_ids"] == earlier_alone[1]["output_ids"]  # the other's output
+    else:
+        assert len(second[1]["output_ids"]) == fast  # its own; the earlier output was dropped
 
 
 def test_fake_aborts_by_rid_prefix(make_server: Any) -> None:
@@ -167,10 +205,12 @@ def test_request_ids_are_random_fixed_length_and_prefix_free() -> None:
     assert not any(b.startswith(a) for a, b in zip(ordered, ordered[1:]))
 
 
-def test_two_processes_with_the_same_rids_share_a_0523_server(make_server: Any) -> None:
+@pytest.mark.parametrize("version", ["0.5.23", "0.5.6"])
+def test_two_processes_with_the_same_rids_share_a_server(make_server: Any, version: str) -> None:
     """Two engines (processes or hosts) number their requests alike; each backend
-    must still send ids the other never sends."""
-    server = make_server(latency=0.2)
+    must still send ids the other never sends (0.5.23 would refuse a repeat,
+    0.5.6 would hand one the other's output and never answer the other)."""
+    server = make_server(latency=0.2, version=version)
     a = SGLangHTTPBackend(server.url, **FAST)
     b = SGLangHTTPBackend(server.url, **FAST)
 

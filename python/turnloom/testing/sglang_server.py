@@ -47,8 +47,9 @@ that release's source:
 - request ids: 0.5.23 answers 400 for the whole batch when a rid repeats in
   it or is still live from another request ("Duplicate request ID
   detected"). Older releases register the second over the first and route
-  outputs by rid (one caller gets the other's output, the other waits); the
-  fake does not model that misrouting.
+  outputs by rid, and so does the fake: the later request gets whichever of
+  the two outputs finishes first, and the earlier request's POST is never
+  answered.
 - length: a prompt of context_length tokens or more, or prompt +
   max_new_tokens >= context_length (0.5.6 and older) / > context_length
   (0.5.23), fails the whole batch with 400 and SGLang's message.
@@ -131,6 +132,12 @@ class _Item:
     cached: int = 0
     gen: Generation | None = None
     aborted: bool = False
+    # Before 0.5.23 a later request with the same rid takes over the rid's
+    # output route: `taken_by` is that request; `received` the first output
+    # routed to it (its own or the earlier one's, whichever finished first).
+    taken_by: "_Item | None" = None
+    received: dict[str, Any] | None = None
+    done: bool = False
 
 
 class SGLangTestServer(LoopbackServer):
@@ -362,13 +369,18 @@ class SGLangTestServer(LoopbackServer):
             return Reply.json(_http_exception_body(503, "The request queue is full.",
                                                    "Service Unavailable"), status=503)
         for item in items:
+            earlier = self.live.get(item.rid)
+            if earlier is not None:  # only before 0.5.23: later ones were refused above
+                earlier.taken_by = item
             self.live[item.rid] = item
         try:
-            outs = await self._run_items(items)
+            outs = self._deliver(items, await self._run_items(items))
         finally:
             for item in items:
                 if self.live.get(item.rid) is item:
                     del self.live[item.rid]
+        if outs is None:  # an output of this POST went to another request: no answer
+            await asyncio.Event().wait()
         if fault is not None and fault.kind == "wrong_batch" and not single:
             outs = outs[:-1]
         if body.get("stream"):
@@ -380,6 +392,24 @@ class SGLangTestServer(LoopbackServer):
             chunks.append(b"data: [DONE]\n\n")
             return Reply(body=b"".join(chunks), content_type="text/event-stream")
         return Reply.json(outs[0] if single else outs)
+
+    def _deliver(self, items: list[_Item], outs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """Route finished outputs by rid as SGLang before 0.5.23 does: its state
+        per rid was replaced by the later request with that rid, so an output
+        goes to whichever request holds the rid now, and is dropped if that one
+        has been answered already. None: this POST waits forever."""
+        routed: list[dict[str, Any]] = []
+        lost = False
+        for item, out in zip(items, outs):
+            item.done = True
+            holder = item.taken_by
+            if holder is None:
+                routed.append(item.received or out)
+                continue
+            lost = True
+            if holder.received is None and not holder.done:
+                holder.received = out  # the later request gets this one's output
+        return None if lost else routed
 
     def _parse_generate(self, body: dict[str, Any]) -> tuple[list[_Item], bool]:
         for key in UNSUPPORTED_INPUTS:
