@@ -1,7 +1,8 @@
 """Engine cost against an OpenAI-compatible server, next to a plain asyncio loop
-with the official `openai` SDK: same conversations, same concurrency.
+with the official `openai` SDK and `verifiers`' multi-turn environment: same
+conversations, same concurrency.
 
-Both sides simulate N conversations of `--turns` messages between a simulated
+Every side simulates N conversations of `--turns` messages between a simulated
 user and an assistant, each with its own system prompt and view (the user's
 view has the roles flipped), sampling with the same settings and seeds.
 
@@ -11,6 +12,13 @@ view has the roles flipped), sampling with the same settings and seeds.
   openai    `AsyncOpenAI().chat.completions.create` per turn over the full
             history, asyncio.gather over conversations behind a semaphore of
             the same concurrency.
+  verifiers a `verifiers.MultiTurnEnv` whose `env_response` plays the simulated
+            user (the same server, the user's view), its rollouts run by
+            `env.evaluate(..., max_concurrent=C)` with verifiers' own client
+            (bench/peer_verifiers.py). verifiers' pins conflict with turnloom's
+            venv, so it runs from its own: `scripts/bench_peers.sh` builds
+            `.venv-peers` (or pass `--verifiers-python PATH`); without it the
+            side is skipped.
 
 Each side runs in a fresh subprocess and reports its own CPU time. Two uses:
 
@@ -22,8 +30,6 @@ Each side runs in a fresh subprocess and reports its own CPU time. Two uses:
       scripts/servers.sh start   # prints its URL
       .venv/bin/python bench/bench_chat_api.py --url URL --endpoint chat \\
           --conversations 16 --turns 4 --concurrency 4 --tokenizer default
-
-`verifiers`' multi-turn environment is not measured here (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -146,10 +152,14 @@ async def plain_loop(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def side_in_subprocess(side: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--side", side, "--url", args.url, "--model", args.model,
-           "--endpoint", args.endpoint, "--tokenizer", args.tokenizer,
-           "--conversations", str(args.conversations), "--turns", str(args.turns),
-           "--concurrency", str(args.concurrency), "--max-new-tokens", str(args.max_new_tokens)]
+    shared = ["--url", args.url, "--model", args.model,
+              "--conversations", str(args.conversations), "--turns", str(args.turns),
+              "--concurrency", str(args.concurrency), "--max-new-tokens", str(args.max_new_tokens)]
+    if side == "verifiers":
+        cmd = [args.verifiers_python, str(Path(__file__).with_name("peer_verifiers.py")), *shared]
+    else:
+        cmd = [sys.executable, __file__, "--side", side, *shared,
+               "--endpoint", args.endpoint, "--tokenizer", args.tokenizer]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -186,6 +196,9 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--verifiers-python", default=None,
+                        help="the python of a venv with verifiers (default: .venv-peers/bin/python "
+                             "when it exists; scripts/bench_peers.sh builds it)")
     parser.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--max-inflight", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--side", choices=("turnloom", "openai"), default=None,
@@ -197,11 +210,18 @@ def main() -> None:
     if args.side == "openai":
         print(json.dumps(asyncio.run(plain_loop(args))))
         return
+    sides = ["turnloom", "openai"]
+    if args.verifiers_python is None:
+        peers = Path(__file__).resolve().parent.parent / ".venv-peers" / "bin" / "python"
+        if peers.exists():
+            args.verifiers_python = str(peers)
+    if args.verifiers_python is not None:
+        sides.append("verifiers")
     server = None
     if args.url is None:
         server, args.url = loopback_server()
     try:
-        rows = {side: side_in_subprocess(side, args) for side in ("turnloom", "openai")}
+        rows = {side: side_in_subprocess(side, args) for side in sides}
     finally:
         if server is not None:
             server.terminate()
@@ -230,6 +250,17 @@ def main() -> None:
     print(f"openai CPU per turn / turnloom CPU per turn: {cpu_ratio:.2f}x "
           f"(whole processes: {process_ratio:.2f}x); "
           f"turnloom turns/s / openai turns/s: {rate_ratio:.3f}")
+    if "verifiers" not in rows:
+        print("verifiers: not measured (scripts/bench_peers.sh builds .venv-peers with it, "
+              "or pass --verifiers-python PATH)")
+        return
+    v = rows["verifiers"]
+    cpu_ratio = (v["cpu"] / max(1, v["turns"])) / max(1e-9, t["cpu"] / max(1, t["turns"]))
+    process_ratio = (v["process_cpu"] / max(1, v["turns"])) / max(1e-9, t["process_cpu"] / max(1, t["turns"]))
+    rate_ratio = (t["turns"] / t["seconds"]) / max(1e-9, v["turns"] / v["seconds"])
+    print(f"verifiers CPU per turn / turnloom CPU per turn: {cpu_ratio:.2f}x "
+          f"(whole processes: {process_ratio:.2f}x); "
+          f"turnloom turns/s / verifiers turns/s: {rate_ratio:.3f}")
 
 
 if __name__ == "__main__":
