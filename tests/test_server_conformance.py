@@ -5,6 +5,8 @@ Which server:
   vLLM, SGLang, llama.cpp, a hosted API (key in ``OPENAI_API_KEY``);
   ``TURNLOOM_SERVER_TOKENIZER`` names the model whose tokenizer speaks the
   server's ids (a turnloom model spec; needed for the token-id tests);
+  ``TURNLOOM_SERVER_MODEL`` the model name to request (default: the first
+  model the server lists, as vLLM refuses names it does not serve);
 - else the server ``scripts/servers.sh start`` runs (llama.cpp's Python server
   serving the embedded SmolLM2, tokenizer known);
 - else the loopback fake of that server, so the suite always runs
@@ -18,6 +20,7 @@ Which server:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import urllib.request
@@ -41,6 +44,7 @@ class Target:
     def __init__(self) -> None:
         self.fake: OpenAITestServer | None = None
         self.tokenizer: Any = None
+        self.model = "default"
         url = os.environ.get("TURNLOOM_SERVER_URL")
         spec = os.environ.get("TURNLOOM_SERVER_TOKENIZER")
         self.real = True
@@ -48,6 +52,7 @@ class Target:
             url, spec = STATE_URL.read_text().strip(), spec or "default"
         if url:
             self.url = url.rstrip("/")
+            self.model = os.environ.get("TURNLOOM_SERVER_MODEL") or _first_model(self.url)
             if spec:
                 from turnloom.models import load_tokenizer
 
@@ -64,13 +69,22 @@ class Target:
 
     def backend(self, **kw: Any) -> OpenAIBackend:
         # A CPU server answers one request at a time: allow for queueing.
-        return OpenAIBackend(self.url, "default", api_key=os.environ.get("OPENAI_API_KEY"),
+        return OpenAIBackend(self.url, self.model, api_key=os.environ.get("OPENAI_API_KEY"),
                              tokenizer=self.tokenizer, timeout=300.0, backoff=0.2,
                              max_concurrency=8, **kw)
 
     def close(self) -> None:
         if self.fake is not None:
             self.fake.stop()
+
+
+def _first_model(url: str) -> str:
+    """The first model the server lists (the name it serves), else "default"."""
+    try:
+        with urllib.request.urlopen(url + "/models", timeout=10) as r:
+            return str(json.load(r)["data"][0]["id"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return "default"
 
 
 def _answers(url: str) -> bool:
