@@ -40,6 +40,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -199,6 +200,9 @@ def main() -> None:
     parser.add_argument("--verifiers-python", default=None,
                         help="the python of a venv with verifiers (default: .venv-peers/bin/python "
                              "when it exists; scripts/bench_peers.sh builds it)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds, the sides' order alternating; the table shows each "
+                             "figure's median and the ratios are given round by round")
     parser.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--max-inflight", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--side", choices=("turnloom", "openai"), default=None,
@@ -220,16 +224,24 @@ def main() -> None:
     server = None
     if args.url is None:
         server, args.url = loopback_server()
+    rounds: list[dict[str, dict[str, Any]]] = []
     try:
-        rows = {side: side_in_subprocess(side, args) for side in sides}
+        for k in range(args.repeat):
+            # Alternating the order spreads a drifting load (or a server's warm
+            # cache) over both sides.
+            order = sides if k % 2 == 0 else sides[::-1]
+            rounds.append({side: side_in_subprocess(side, args) for side in order})
     finally:
         if server is not None:
             server.terminate()
             server.wait(10)
+    rows = {side: {key: statistics.median(r[side][key] for r in rounds) for key in rounds[0][side]}
+            for side in sides}
     where = "loopback fake" if server is not None else args.url
     print(f"{args.conversations} conversations x {args.turns} turns, concurrency "
           f"{args.concurrency}, {args.max_new_tokens} new tokens, server: {where}, "
-          f"turnloom endpoint: {args.endpoint}")
+          f"turnloom endpoint: {args.endpoint}"
+          + (f"; medians of {args.repeat} rounds" if args.repeat > 1 else ""))
     # The server's work per turn (prompt and generated tokens) is printed next to
     # the rates: against a real model a side whose replies run longer is slower
     # for that reason alone.
@@ -239,7 +251,7 @@ def main() -> None:
           f"{'prompt tok/turn':>16} {'new tok/turn':>13}")
     for side, r in rows.items():
         n = max(1, r['turns'])
-        print(f"{side:10} {r['turns']:6d} {r['failed']:6} {1000 * r['cpu'] / n:12.3f} "
+        print(f"{side:10} {r['turns']:6.0f} {r['failed']:6.0f} {1000 * r['cpu'] / n:12.3f} "
               f"{1000 * r['process_cpu'] / n:8.3f} "
               f"{r['turns'] / r['seconds']:9.2f} {r['prompt_tokens'] / n:16.1f} "
               f"{r['completion_tokens'] / n:13.1f}")
@@ -250,6 +262,11 @@ def main() -> None:
     print(f"openai CPU per turn / turnloom CPU per turn: {cpu_ratio:.2f}x "
           f"(whole processes: {process_ratio:.2f}x); "
           f"turnloom turns/s / openai turns/s: {rate_ratio:.3f}")
+    if args.repeat > 1:
+        rates = [(r["turnloom"]["turns"] / r["turnloom"]["seconds"])
+                 / max(1e-9, r["openai"]["turns"] / r["openai"]["seconds"]) for r in rounds]
+        print("turnloom turns/s / openai turns/s, round by round: "
+              + ", ".join(f"{x:.3f}" for x in rates) + f" (median {statistics.median(rates):.3f})")
     if "verifiers" not in rows:
         print("verifiers: not measured (scripts/bench_peers.sh builds .venv-peers with it, "
               "or pass --verifiers-python PATH)")
