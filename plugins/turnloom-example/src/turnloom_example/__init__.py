@@ -50,6 +50,16 @@ class QuestionRate:
         asked = sum(asks_question(turn.text) for turn in turns)
         return {"question_rate": asked / len(turns)}
 
+    def check_participants(self, names: tuple[str, ...]) -> None:
+        # Called once the scenario is known (by `turnloom validate` as by a run): a
+        # setting that names a participant must name one of the scenario's, or the
+        # scorer would silently score nothing. `setting` points the error at its line.
+        if self.participant is not None and self.participant not in names:
+            exc = ValueError(f"participant {self.participant!r} is not a participant of "
+                             f"this scenario ({', '.join(names)})")
+            exc.setting = "participant"  # type: ignore[attr-defined]
+            raise exc
+
     def _scores(self, turn: TurnRecord) -> bool:
         return self.participant is None or turn.participant == self.participant
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import msgspec
 
@@ -22,7 +22,7 @@ from turnloom.judging import JudgeCall, Unparseable
 from turnloom.records import ConversationState
 from turnloom.scoring import Score
 from turnloom_roleplay.cards import CharacterCard, load_cards, parse_card
-from turnloom_roleplay.questioner import IN_KNOWLEDGE, OUT_OF_KNOWLEDGE
+from turnloom_roleplay.questioner import IN_KNOWLEDGE, OUT_OF_KNOWLEDGE, check_names
 
 MAX_CANDIDATES = 8
 
@@ -69,6 +69,9 @@ class _PersonaJudge:
             raise ValueError(f"invalid {self.name} settings: {exc}") from None
         if self.s.samples < 1:
             raise ValueError(f"invalid {self.name} settings: `samples` must be at least 1")
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, persona=self.s.persona, questioner=self.s.questioner)
 
     def card(self, conversation: ConversationState) -> CharacterCard | None:
         data = conversation.profiles.get(self.s.persona)

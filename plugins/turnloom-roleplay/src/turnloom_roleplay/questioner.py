@@ -11,7 +11,7 @@ on resume. Each question's label is kept in its turn's `meta`.
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import msgspec
 
@@ -21,6 +21,17 @@ from turnloom_roleplay.cards import CharacterCard, load_cards, parse_card
 
 IN_KNOWLEDGE = "in-knowledge"
 OUT_OF_KNOWLEDGE = "out-of-knowledge"
+
+
+def check_names(names: Sequence[str], **settings: str) -> None:
+    """Each of `settings` (setting name -> participant name) names one of the scenario's
+    participants `names`, or a ValueError whose ``setting`` is the key."""
+    for setting, name in settings.items():
+        if name not in names:
+            exc = ValueError(f"{setting} {name!r} is not a participant of this scenario "
+                             f"({', '.join(names)})")
+            exc.setting = setting  # type: ignore[attr-defined]
+            raise exc
 
 
 class Question(msgspec.Struct, frozen=True):
@@ -52,6 +63,9 @@ class Questioner:
             raise ValueError("invalid persona-questioner settings: `contrastive` must be in [0, 1]")
         self.s = s
         self.cards = load_cards(s.cards)
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, persona=self.s.persona)
 
     def plan(self, card: CharacterCard, seed: int) -> list[Question]:
         rng = random.Random(f"{seed}/persona-questioner/{card.name}")

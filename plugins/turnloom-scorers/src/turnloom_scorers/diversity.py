@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from turnloom.records import ConversationState, TurnRecord
 
 from turnloom_scorers import textutil
-from turnloom_scorers.settings import Settings, decode
+from turnloom_scorers.settings import Settings, check_names, decode
 
 ORDERS = (1, 2, 3, 4)
 
@@ -83,6 +83,9 @@ class DiversityScorer:
         if s.n < 1:
             raise ValueError("invalid diversity settings: `n` must be at least 1")
         self.participant, self.n = s.participant, s.n
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, participant=self.participant)
 
     def _texts(self, conversation: ConversationState, upto: int | None = None) -> list[str]:
         turns = conversation.turns[:upto]

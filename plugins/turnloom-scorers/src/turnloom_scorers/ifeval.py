@@ -21,6 +21,7 @@ from turnloom.records import ConversationState, TurnRecord
 
 from turnloom_scorers.instructions import (READINGS, Instruction, Reading,
                                            parse_instructions)
+from turnloom_scorers.settings import check_names
 
 
 class Evaluation(msgspec.Struct, frozen=True):
@@ -114,6 +115,9 @@ class IfevalScorer:
         if self.reading not in READINGS:
             raise ValueError(f"invalid ifeval settings: `reading` {self.reading!r} is not one "
                              f"of {', '.join(READINGS)}")
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, participant=self.participant)
 
     def score_turn(self, conversation: ConversationState, turn: TurnRecord) -> dict[str, Any] | None:
         if turn.participant != self.participant or not self.instructions:

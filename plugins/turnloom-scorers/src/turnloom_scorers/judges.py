@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 from turnloom.judging import JudgeCall, Unparseable
 from turnloom.records import ConversationState
 
-from turnloom_scorers.settings import Settings, decode
+from turnloom_scorers.settings import Settings, check_names, decode
 
 DEFAULT_CRITERIA = "helpfulness, relevance, accuracy, depth and clarity"
 
@@ -45,6 +45,9 @@ class SingleScore:
         s = decode(SingleScoreSettings, settings, "single-score judge")
         self.participant = s.participant
         self.criteria = s.criteria
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, participant=self.participant)
 
     def _system(self) -> str:
         return (f"You are an impartial judge. Rate the quality of the response you are shown "
@@ -106,6 +109,9 @@ class Pairwise:
         if s.a == s.b:
             raise ValueError("invalid pairwise judge settings: `a` and `b` must differ")
         self.a, self.b, self.criteria = s.a, s.b, s.criteria
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, a=self.a, b=self.b)
 
     def _system(self) -> str:
         return (f"You are an impartial judge. Compare two responses, A and B, to the last "

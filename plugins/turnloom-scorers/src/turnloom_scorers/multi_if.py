@@ -18,7 +18,7 @@ counts follow the language of the answer, as in Multi-IF's official code.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from turnloom.agents import Reply
 from turnloom.records import ConversationState, TurnRecord
@@ -26,7 +26,7 @@ from turnloom.records import ConversationState, TurnRecord
 from turnloom_scorers import ifeval
 from turnloom_scorers.instructions import (TYPES, Instruction, InstructionError, Reading,
                                            conflicts, parse_instruction)
-from turnloom_scorers.settings import Settings, decode, load_data
+from turnloom_scorers.settings import Settings, check_names, decode, load_data
 
 META_KEY = "multi_if"
 METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose", "overall")
@@ -122,6 +122,9 @@ class MultiIfScorer:
         s = decode(ScorerSettings, settings, "multi-if")
         self.participant = s.participant
         self.reading: Reading = s.reading
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, participant=self.participant)
 
     def _evaluate(self, conversation: ConversationState,
                   turn: TurnRecord) -> tuple[int, ifeval.Evaluation] | None:

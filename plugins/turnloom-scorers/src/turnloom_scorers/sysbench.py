@@ -45,7 +45,7 @@ from turnloom.records import ConversationState, TurnRecord
 from turnloom_scorers import ifeval
 from turnloom_scorers.instructions import parse_instruction
 from turnloom_scorers.judges import transcript
-from turnloom_scorers.settings import Settings, decode, load_data
+from turnloom_scorers.settings import Settings, check_names, decode, load_data
 
 META_KEY = "sysbench"
 ConstraintType = Literal["Action", "Content", "Background", "Role", "Format", "Style"]
@@ -238,6 +238,9 @@ class SysbenchScorer:
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.participant = decode(ScorerSettings, settings, "sysbench scorer").participant
 
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, participant=self.participant)
+
     def score_turn(self, conversation: ConversationState, turn: TurnRecord) -> None:
         return None
 
@@ -271,6 +274,9 @@ class SysbenchJudge:
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.participant = decode(ScorerSettings, settings, "sysbench judge").participant
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, participant=self.participant)
 
     def calls(self, conversation: ConversationState) -> list[JudgeCall]:
         system = conversation.system_prompts.get(self.participant, "")

@@ -9,13 +9,13 @@ raises `Unparseable`.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import msgspec
 
 from turnloom.judging import JudgeCall, Unparseable
 from turnloom.records import ConversationState
-from turnloom_socratic.state import problem_of
+from turnloom_socratic.state import check_names, problem_of
 
 SYSTEM = ("You review a programming tutor who must guide a student to find a bug by asking "
           "questions, without giving the fix away. Reply with exactly two lines:\n"
@@ -36,6 +36,9 @@ class QuestionRelevance:
             self.s = msgspec.convert(dict(settings), RelevanceSettings)
         except msgspec.ValidationError as exc:
             raise ValueError(f"invalid socratic-relevance settings: {exc}") from None
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, tutor=self.s.tutor, verifier=self.s.verifier)
 
     def calls(self, conversation: ConversationState) -> list[JudgeCall]:
         problem, variant = problem_of(conversation)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import msgspec
 
@@ -13,7 +13,7 @@ from turnloom.items import check_order, item_index
 from turnloom.records import ConversationState
 from turnloom_socratic.checks import extract_code
 from turnloom_socratic.dataset import MAX_BUGS, load_problems
-from turnloom_socratic.state import ASSIGNMENT_KEY, load_state, problem_of, save_state
+from turnloom_socratic.state import ASSIGNMENT_KEY, check_names, load_state, problem_of, save_state
 
 TUTOR_PROMPT = """You are a patient programming tutor who teaches by asking questions \
 (the Socratic method). A beginner wrote this function for the task below, and it has bugs.
@@ -71,6 +71,13 @@ class Tutor:
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.s = _convert(TutorSettings, settings, "socratic-tutor")
+        # A scenario may have no verifier (then the default names no one): `verifier`
+        # is checked only when the scenario sets it.
+        self._verifier_set = "verifier" in settings
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        if self._verifier_set:
+            check_names(names, verifier=self.s.verifier)
 
     def system_prompt(self, conversation: ConversationState, me: str) -> str | None:
         return _fill(self.s.system_prompt, conversation)
@@ -112,6 +119,13 @@ class Student:
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.s = _convert(StudentSettings, settings, "socratic-student")
+        # A scenario may have no verifier (then the default names no one): `verifier`
+        # is checked only when the scenario sets it.
+        self._verifier_set = "verifier" in settings
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        if self._verifier_set:
+            check_names(names, verifier=self.s.verifier)
 
     def system_prompt(self, conversation: ConversationState, me: str) -> str | None:
         return _fill(self.s.system_prompt, conversation)

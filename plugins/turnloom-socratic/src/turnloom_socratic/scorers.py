@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import msgspec
 
 from turnloom.records import ConversationState, TurnRecord
 from turnloom_socratic.checks import bugs_fixed
 from turnloom_socratic.sandbox import Limits
-from turnloom_socratic.state import load_state, problem_of
+from turnloom_socratic.state import check_names, load_state, problem_of
 
 _TOKEN = re.compile(r"[A-Za-z_]\w*|\d+(?:\.\d+)?|==|!=|<=|>=|\+=|-=|\*=|/=|//|\*\*|[^\s\w]")
 
@@ -66,6 +66,9 @@ class TutorTurns:
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.s = _convert(TutorTurnsSettings, settings, "socratic-tutor-turns")
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, tutor=self.s.tutor)
 
     def score_turn(self, conversation: ConversationState, turn: TurnRecord) -> None:
         return None
@@ -135,6 +138,9 @@ class Leakage:
         self.s = _convert(LeakageSettings, settings, "socratic-leakage")
         if not 0 < self.s.threshold <= 1:
             raise ValueError("invalid socratic-leakage settings: threshold must be in (0, 1]")
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, tutor=self.s.tutor)
 
     def score_message(self, conversation: ConversationState, text: str) -> dict[str, Any]:
         _, variant = problem_of(conversation)

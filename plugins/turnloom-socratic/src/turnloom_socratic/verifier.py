@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import msgspec
 
@@ -32,6 +32,7 @@ from turnloom_socratic.state import (
     Decision,
     MachineSettings,
     TutorState,
+    check_names,
     load_state,
     problem_of,
     save_state,
@@ -129,6 +130,9 @@ class Verifier:
         except (msgspec.ValidationError, ValueError) as exc:
             raise ValueError(f"invalid socratic-keyword-verifier settings: {exc}") from None
 
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, student=self.s.student, tutor=self.s.tutor)
+
     def respond(self, conversation: ConversationState, me: str, rng: random.Random) -> Reply:
         return advance(conversation, self.s, keyword_judge)
 
@@ -197,6 +201,9 @@ class JudgeVerifier:
             self.s = msgspec.convert(dict(settings), JudgeVerifierSettings)
         except (msgspec.ValidationError, ValueError) as exc:
             raise ValueError(f"invalid socratic-verifier settings: {exc}") from None
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_names(names, student=self.s.student, tutor=self.s.tutor)
 
     def system_prompt(self, conversation: ConversationState, me: str) -> str | None:
         problem, variant = problem_of(conversation)

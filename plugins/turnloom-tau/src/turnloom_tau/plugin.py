@@ -17,7 +17,7 @@ Conversation index i plays task i mod T in trial i // T (`tasks.task_for_index`)
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -58,6 +58,17 @@ def _settings(cls: type, settings: Mapping[str, Any] | None, what: str) -> Any:
         return msgspec.convert(dict(settings or {}), cls)
     except msgspec.ValidationError as exc:
         raise ValueError(f"{what} settings: {exc}") from None
+
+
+def _check_names(names: Sequence[str], **settings: str) -> None:
+    """Each of `settings` (setting name -> participant name) names one of the scenario's
+    participants `names`, or a ValueError whose ``setting`` is the key."""
+    for setting, name in settings.items():
+        if name not in names:
+            exc = ValueError(f"{setting} {name!r} is not a participant of this scenario "
+                             f"({', '.join(names)})")
+            exc.setting = setting  # type: ignore[attr-defined]
+            raise exc
 
 
 def _parser(name: str, what: str) -> ToolParser:
@@ -119,6 +130,13 @@ class Customer:
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self.settings = _settings(CustomerSettings, settings, "tau-customer")
+        # Without a tool environment the default names no one: `environment` is
+        # checked only when the scenario sets it.
+        self._environment_set = "environment" in (settings or {})
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        if self._environment_set:
+            _check_names(names, environment=self.settings.environment)
 
     def system_prompt(self, conversation: ConversationState, me: str) -> str:
         task, _ = task_of(conversation)
@@ -178,6 +196,9 @@ class TauReward:
         s = _settings(RewardSettings, settings, "tau-reward")
         self.agent = s.agent
         self.parser = _parser(s.parser, "tau-reward")
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        _check_names(names, agent=self.agent)
 
     def score_turn(self, conversation: ConversationState, turn: Any) -> None:
         return None

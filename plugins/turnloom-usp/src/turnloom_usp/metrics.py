@@ -7,12 +7,13 @@ Both look only at one participant's messages (settings: `participant`, default
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any, Mapping, Sequence
 
 import msgspec
 
 from turnloom.records import ConversationState, TurnRecord
 from turnloom.scoring import Score
+from turnloom_usp.extractor import check_participant
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -93,6 +94,9 @@ class LoopScorer:
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.s = _settings(settings, "usp-loops")
 
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_participant(names, self.s.participant)
+
     def _flags(self, texts: list[str]) -> list[tuple[bool, bool]]:
         return [(is_repeat(t, texts[:i], self.s.repeat_threshold), is_thanks(t))
                 for i, t in enumerate(texts)]
@@ -127,6 +131,9 @@ class FaultScorer:
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.s = _settings(settings, "usp-faults")
+
+    def check_participants(self, names: Sequence[str]) -> None:
+        check_participant(names, self.s.participant)
 
     def faults(self, conversation: ConversationState, turn: TurnRecord) -> dict[str, int]:
         before = conversation.turns[turn.turn - 1].text if turn.turn > 0 else ""
