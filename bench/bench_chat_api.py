@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--verifiers-python", default=None,
                         help="the python of a venv with verifiers (default: .venv-peers/bin/python "
-                             "when it exists; scripts/bench_peers.sh builds it)")
+                             "when it exists; scripts/bench_peers.sh builds it; '' leaves it out)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds, the sides' order alternating; the table shows each "
                              "figure's median and the ratios are given round by round")
@@ -219,7 +219,7 @@ def main() -> None:
         peers = Path(__file__).resolve().parent.parent / ".venv-peers" / "bin" / "python"
         if peers.exists():
             args.verifiers_python = str(peers)
-    if args.verifiers_python is not None:
+    if args.verifiers_python:
         sides.append("verifiers")
     server = None
     if args.url is None:
