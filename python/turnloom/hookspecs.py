@@ -10,7 +10,8 @@ Registration hooks receive a `register` callable: call it once per component,
 settings from the scenario (a dict) and return the component. A component that names
 other participants in its settings may define ``check_participants(names)``: it is
 called with the scenario's participant names when the component is built (by
-``turnloom validate`` as by a run) and raises ValueError for a name not among them.
+``turnloom validate`` as by a run) and raises ValueError for a name not among them
+(``turnloom.references.check_participant_names`` does that check).
 
 Lifecycle hooks (``on_conversation_start``, ``on_turn_end``, ``should_stop``,
 ``on_conversation_end``) of an installed plugin apply to a run only when its scenario

@@ -24,6 +24,7 @@ from typing import Any
 import turnloom
 from turnloom.agents import Reply
 from turnloom.records import ConversationState, TurnRecord
+from turnloom.references import check_participant_names
 
 DEFAULT_GOODBYE = "goodbye"
 
@@ -54,11 +55,7 @@ class QuestionRate:
         # Called once the scenario is known (by `turnloom validate` as by a run): a
         # setting that names a participant must name one of the scenario's, or the
         # scorer would silently score nothing. `setting` points the error at its line.
-        if self.participant is not None and self.participant not in names:
-            exc = ValueError(f"participant {self.participant!r} is not a participant of "
-                             f"this scenario ({', '.join(names)})")
-            exc.setting = "participant"  # type: ignore[attr-defined]
-            raise exc
+        check_participant_names(names, participant=self.participant)
 
     def _scores(self, turn: TurnRecord) -> bool:
         return self.participant is None or turn.participant == self.participant

@@ -20,9 +20,10 @@ import msgspec
 
 from turnloom.judging import JudgeCall, Unparseable
 from turnloom.records import ConversationState
+from turnloom.references import check_participant_names
 from turnloom.scoring import Score
 from turnloom_roleplay.cards import CharacterCard, load_cards, parse_card
-from turnloom_roleplay.questioner import IN_KNOWLEDGE, OUT_OF_KNOWLEDGE, check_names
+from turnloom_roleplay.questioner import IN_KNOWLEDGE, OUT_OF_KNOWLEDGE
 
 MAX_CANDIDATES = 8
 
@@ -71,7 +72,7 @@ class _PersonaJudge:
             raise ValueError(f"invalid {self.name} settings: `samples` must be at least 1")
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, persona=self.s.persona, questioner=self.s.questioner)
+        check_participant_names(names, persona=self.s.persona, questioner=self.s.questioner)
 
     def card(self, conversation: ConversationState) -> CharacterCard | None:
         data = conversation.profiles.get(self.s.persona)

@@ -17,21 +17,11 @@ import msgspec
 
 from turnloom.agents import Reply
 from turnloom.records import ConversationState
+from turnloom.references import check_participant_names
 from turnloom_roleplay.cards import CharacterCard, load_cards, parse_card
 
 IN_KNOWLEDGE = "in-knowledge"
 OUT_OF_KNOWLEDGE = "out-of-knowledge"
-
-
-def check_names(names: Sequence[str], **settings: str) -> None:
-    """Each of `settings` (setting name -> participant name) names one of the scenario's
-    participants `names`, or a ValueError whose ``setting`` is the key."""
-    for setting, name in settings.items():
-        if name not in names:
-            exc = ValueError(f"{setting} {name!r} is not a participant of this scenario "
-                             f"({', '.join(names)})")
-            exc.setting = setting  # type: ignore[attr-defined]
-            raise exc
 
 
 class Question(msgspec.Struct, frozen=True):
@@ -65,7 +55,7 @@ class Questioner:
         self.cards = load_cards(s.cards)
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, persona=self.s.persona)
+        check_participant_names(names, persona=self.s.persona)
 
     def plan(self, card: CharacterCard, seed: int) -> list[Question]:
         rng = random.Random(f"{seed}/persona-questioner/{card.name}")

@@ -18,9 +18,10 @@ import statistics
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from turnloom.records import ConversationState, TurnRecord
+from turnloom.references import check_participant_names
 
 from turnloom_scorers import textutil
-from turnloom_scorers.settings import Settings, check_names, decode
+from turnloom_scorers.settings import Settings, decode
 
 ORDERS = (1, 2, 3, 4)
 
@@ -85,7 +86,7 @@ class DiversityScorer:
         self.participant, self.n = s.participant, s.n
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, participant=self.participant)
+        check_participant_names(names, participant=self.participant)
 
     def _texts(self, conversation: ConversationState, upto: int | None = None) -> list[str]:
         turns = conversation.turns[:upto]

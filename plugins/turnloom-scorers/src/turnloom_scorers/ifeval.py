@@ -18,10 +18,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import msgspec
 
 from turnloom.records import ConversationState, TurnRecord
+from turnloom.references import check_participant_names
 
 from turnloom_scorers.instructions import (READINGS, Instruction, Reading,
                                            parse_instructions)
-from turnloom_scorers.settings import check_names
 
 
 class Evaluation(msgspec.Struct, frozen=True):
@@ -117,7 +117,7 @@ class IfevalScorer:
                              f"of {', '.join(READINGS)}")
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, participant=self.participant)
+        check_participant_names(names, participant=self.participant)
 
     def score_turn(self, conversation: ConversationState, turn: TurnRecord) -> dict[str, Any] | None:
         if turn.participant != self.participant or not self.instructions:

@@ -19,8 +19,9 @@ from typing import Any, Mapping, Sequence
 
 from turnloom.judging import JudgeCall, Unparseable
 from turnloom.records import ConversationState
+from turnloom.references import check_participant_names
 
-from turnloom_scorers.settings import Settings, check_names, decode
+from turnloom_scorers.settings import Settings, decode
 
 DEFAULT_CRITERIA = "helpfulness, relevance, accuracy, depth and clarity"
 
@@ -47,7 +48,7 @@ class SingleScore:
         self.criteria = s.criteria
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, participant=self.participant)
+        check_participant_names(names, participant=self.participant)
 
     def _system(self) -> str:
         return (f"You are an impartial judge. Rate the quality of the response you are shown "
@@ -111,7 +112,7 @@ class Pairwise:
         self.a, self.b, self.criteria = s.a, s.b, s.criteria
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, a=self.a, b=self.b)
+        check_participant_names(names, a=self.a, b=self.b)
 
     def _system(self) -> str:
         return (f"You are an impartial judge. Compare two responses, A and B, to the last "

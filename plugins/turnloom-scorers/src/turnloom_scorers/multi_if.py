@@ -22,11 +22,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from turnloom.agents import Reply
 from turnloom.records import ConversationState, TurnRecord
+from turnloom.references import check_participant_names
 
 from turnloom_scorers import ifeval
 from turnloom_scorers.instructions import (TYPES, Instruction, InstructionError, Reading,
                                            conflicts, parse_instruction)
-from turnloom_scorers.settings import Settings, check_names, decode, load_data
+from turnloom_scorers.settings import Settings, decode, load_data
 
 META_KEY = "multi_if"
 METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose", "overall")
@@ -124,7 +125,7 @@ class MultiIfScorer:
         self.reading: Reading = s.reading
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, participant=self.participant)
+        check_participant_names(names, participant=self.participant)
 
     def _evaluate(self, conversation: ConversationState,
                   turn: TurnRecord) -> tuple[int, ifeval.Evaluation] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, TypeVar
 
 import msgspec
 
@@ -21,17 +21,6 @@ def decode(cls: type[T], settings: Mapping[str, Any] | None, component: str) -> 
         return msgspec.convert(dict(settings or {}), cls)
     except msgspec.ValidationError as exc:
         raise ValueError(f"invalid {component} settings: {exc}") from None
-
-
-def check_names(names: Sequence[str], **settings: str | None) -> None:
-    """Each of `settings` (setting name -> participant name; None: everyone) names one of
-    the scenario's participants `names`, or a ValueError whose ``setting`` is the key."""
-    for setting, name in settings.items():
-        if name is not None and name not in names:
-            exc = ValueError(f"{setting} {name!r} is not a participant of this scenario "
-                             f"({', '.join(names)})")
-            exc.setting = setting  # type: ignore[attr-defined]
-            raise exc
 
 
 def load_data(name: str) -> Any:

@@ -41,11 +41,12 @@ from turnloom.agents import Reply
 from turnloom.items import ItemOrder, check_order, item_index
 from turnloom.judging import JudgeCall, Unparseable
 from turnloom.records import ConversationState, TurnRecord
+from turnloom.references import check_participant_names
 
 from turnloom_scorers import ifeval
 from turnloom_scorers.instructions import parse_instruction
 from turnloom_scorers.judges import transcript
-from turnloom_scorers.settings import Settings, check_names, decode, load_data
+from turnloom_scorers.settings import Settings, decode, load_data
 
 META_KEY = "sysbench"
 ConstraintType = Literal["Action", "Content", "Background", "Role", "Format", "Style"]
@@ -239,7 +240,7 @@ class SysbenchScorer:
         self.participant = decode(ScorerSettings, settings, "sysbench scorer").participant
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, participant=self.participant)
+        check_participant_names(names, participant=self.participant)
 
     def score_turn(self, conversation: ConversationState, turn: TurnRecord) -> None:
         return None
@@ -276,7 +277,7 @@ class SysbenchJudge:
         self.participant = decode(ScorerSettings, settings, "sysbench judge").participant
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, participant=self.participant)
+        check_participant_names(names, participant=self.participant)
 
     def calls(self, conversation: ConversationState) -> list[JudgeCall]:
         system = conversation.system_prompts.get(self.participant, "")

@@ -15,7 +15,8 @@ import msgspec
 
 from turnloom.judging import JudgeCall, Unparseable
 from turnloom.records import ConversationState
-from turnloom_socratic.state import check_names, problem_of
+from turnloom.references import check_participant_names
+from turnloom_socratic.state import problem_of
 
 SYSTEM = ("You review a programming tutor who must guide a student to find a bug by asking "
           "questions, without giving the fix away. Reply with exactly two lines:\n"
@@ -38,7 +39,7 @@ class QuestionRelevance:
             raise ValueError(f"invalid socratic-relevance settings: {exc}") from None
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, tutor=self.s.tutor, verifier=self.s.verifier)
+        check_participant_names(names, tutor=self.s.tutor, verifier=self.s.verifier)
 
     def calls(self, conversation: ConversationState) -> list[JudgeCall]:
         problem, variant = problem_of(conversation)

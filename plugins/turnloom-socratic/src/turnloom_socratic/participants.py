@@ -11,9 +11,10 @@ import msgspec
 from turnloom.agents import Reply
 from turnloom.items import check_order, item_index
 from turnloom.records import ConversationState
+from turnloom.references import check_participant_names
 from turnloom_socratic.checks import extract_code
 from turnloom_socratic.dataset import MAX_BUGS, load_problems
-from turnloom_socratic.state import ASSIGNMENT_KEY, check_names, load_state, problem_of, save_state
+from turnloom_socratic.state import ASSIGNMENT_KEY, load_state, problem_of, save_state
 
 TUTOR_PROMPT = """You are a patient programming tutor who teaches by asking questions \
 (the Socratic method). A beginner wrote this function for the task below, and it has bugs.
@@ -77,7 +78,7 @@ class Tutor:
 
     def check_participants(self, names: Sequence[str]) -> None:
         if self._verifier_set:
-            check_names(names, verifier=self.s.verifier)
+            check_participant_names(names, verifier=self.s.verifier)
 
     def system_prompt(self, conversation: ConversationState, me: str) -> str | None:
         return _fill(self.s.system_prompt, conversation)
@@ -125,7 +126,7 @@ class Student:
 
     def check_participants(self, names: Sequence[str]) -> None:
         if self._verifier_set:
-            check_names(names, verifier=self.s.verifier)
+            check_participant_names(names, verifier=self.s.verifier)
 
     def system_prompt(self, conversation: ConversationState, me: str) -> str | None:
         return _fill(self.s.system_prompt, conversation)

@@ -8,9 +8,10 @@ from typing import Any, Mapping, Sequence
 import msgspec
 
 from turnloom.records import ConversationState, TurnRecord
+from turnloom.references import check_participant_names
 from turnloom_socratic.checks import bugs_fixed
 from turnloom_socratic.sandbox import Limits
-from turnloom_socratic.state import check_names, load_state, problem_of
+from turnloom_socratic.state import load_state, problem_of
 
 _TOKEN = re.compile(r"[A-Za-z_]\w*|\d+(?:\.\d+)?|==|!=|<=|>=|\+=|-=|\*=|/=|//|\*\*|[^\s\w]")
 
@@ -68,7 +69,7 @@ class TutorTurns:
         self.s = _convert(TutorTurnsSettings, settings, "socratic-tutor-turns")
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, tutor=self.s.tutor)
+        check_participant_names(names, tutor=self.s.tutor)
 
     def score_turn(self, conversation: ConversationState, turn: TurnRecord) -> None:
         return None
@@ -140,7 +141,7 @@ class Leakage:
             raise ValueError("invalid socratic-leakage settings: threshold must be in (0, 1]")
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, tutor=self.s.tutor)
+        check_participant_names(names, tutor=self.s.tutor)
 
     def score_message(self, conversation: ConversationState, text: str) -> dict[str, Any]:
         _, variant = problem_of(conversation)

@@ -12,7 +12,7 @@ reads exactly what the log recorded.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import msgspec
 
@@ -177,18 +177,3 @@ def load_state(conversation: ConversationState) -> TutorState:
 
 def save_state(conversation: ConversationState, state: TutorState) -> None:
     conversation.meta[META_KEY] = msgspec.to_builtins(state)
-
-
-# -- participant names in settings ---------------------------------------------------------
-
-
-def check_names(names: Sequence[str], **settings: str) -> None:
-    """Each of `settings` (setting name -> participant name) names one of the scenario's
-    participants `names`, or a ValueError whose ``setting`` is the key: components
-    call it from ``check_participants``, so `turnloom validate` catches a typo."""
-    for setting, name in settings.items():
-        if name not in names:
-            exc = ValueError(f"{setting} {name!r} is not a participant of this scenario "
-                             f"({', '.join(names)})")
-            exc.setting = setting  # type: ignore[attr-defined]
-            raise exc

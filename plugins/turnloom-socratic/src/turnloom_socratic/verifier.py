@@ -25,6 +25,7 @@ import msgspec
 from turnloom.agents import Reply
 from turnloom.judging import Unparseable
 from turnloom.records import ConversationState
+from turnloom.references import check_participant_names
 from turnloom_socratic.checks import answer_is_correct, refresh
 from turnloom_socratic.sandbox import Limits
 from turnloom_socratic.state import (
@@ -32,7 +33,6 @@ from turnloom_socratic.state import (
     Decision,
     MachineSettings,
     TutorState,
-    check_names,
     load_state,
     problem_of,
     save_state,
@@ -131,7 +131,7 @@ class Verifier:
             raise ValueError(f"invalid socratic-keyword-verifier settings: {exc}") from None
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, student=self.s.student, tutor=self.s.tutor)
+        check_participant_names(names, student=self.s.student, tutor=self.s.tutor)
 
     def respond(self, conversation: ConversationState, me: str, rng: random.Random) -> Reply:
         return advance(conversation, self.s, keyword_judge)
@@ -203,7 +203,7 @@ class JudgeVerifier:
             raise ValueError(f"invalid socratic-verifier settings: {exc}") from None
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_names(names, student=self.s.student, tutor=self.s.tutor)
+        check_participant_names(names, student=self.s.student, tutor=self.s.tutor)
 
     def system_prompt(self, conversation: ConversationState, me: str) -> str | None:
         problem, variant = problem_of(conversation)

@@ -26,6 +26,7 @@ from turnloom.agents import Reply
 from turnloom.hookspecs import Register, hookimpl
 from turnloom.messages import ToolCall
 from turnloom.records import ConversationState
+from turnloom.references import check_participant_names
 from turnloom.tools.parsers import BUILTIN_PARSERS, ToolParser
 from turnloom.tools.validate import CallResult
 
@@ -58,17 +59,6 @@ def _settings(cls: type, settings: Mapping[str, Any] | None, what: str) -> Any:
         return msgspec.convert(dict(settings or {}), cls)
     except msgspec.ValidationError as exc:
         raise ValueError(f"{what} settings: {exc}") from None
-
-
-def _check_names(names: Sequence[str], **settings: str) -> None:
-    """Each of `settings` (setting name -> participant name) names one of the scenario's
-    participants `names`, or a ValueError whose ``setting`` is the key."""
-    for setting, name in settings.items():
-        if name not in names:
-            exc = ValueError(f"{setting} {name!r} is not a participant of this scenario "
-                             f"({', '.join(names)})")
-            exc.setting = setting  # type: ignore[attr-defined]
-            raise exc
 
 
 def _parser(name: str, what: str) -> ToolParser:
@@ -136,7 +126,7 @@ class Customer:
 
     def check_participants(self, names: Sequence[str]) -> None:
         if self._environment_set:
-            _check_names(names, environment=self.settings.environment)
+            check_participant_names(names, environment=self.settings.environment)
 
     def system_prompt(self, conversation: ConversationState, me: str) -> str:
         task, _ = task_of(conversation)
@@ -198,7 +188,7 @@ class TauReward:
         self.parser = _parser(s.parser, "tau-reward")
 
     def check_participants(self, names: Sequence[str]) -> None:
-        _check_names(names, agent=self.agent)
+        check_participant_names(names, agent=self.agent)
 
     def score_turn(self, conversation: ConversationState, turn: Any) -> None:
         return None

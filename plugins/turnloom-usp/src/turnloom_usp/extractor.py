@@ -14,6 +14,7 @@ import msgspec
 
 from turnloom.judging import JudgeCall, Unparseable
 from turnloom.records import ConversationState
+from turnloom.references import check_participant_names
 from turnloom.scoring import Score
 from turnloom_usp.consistency import compare_profiles
 from turnloom_usp.profile import BIG_FIVE, FACT_FIELDS, ProfileError, parse_profile, to_dict
@@ -82,16 +83,6 @@ def _drop_unknowns(value: Any) -> Any:
     return value
 
 
-def check_participant(names: Sequence[str], participant: str) -> None:
-    """`participant` (the `participant` setting) is one of the scenario's participants
-    `names`, or a ValueError whose ``setting`` points `turnloom validate` at its line."""
-    if participant not in names:
-        exc = ValueError(f"participant {participant!r} is not a participant of this scenario "
-                         f"({', '.join(names)})")
-        exc.setting = "participant"  # type: ignore[attr-defined]
-        raise exc
-
-
 class ExtractorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     participant: str = "user"  # whose messages are read
     max_messages: Annotated[int, msgspec.Meta(ge=1)] | None = None  # read only the first N
@@ -109,7 +100,7 @@ class ProfileExtractor:
             raise ValueError(f"invalid {self.name} settings: {exc}") from None
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_participant(names, self.s.participant)
+        check_participant_names(names, participant=self.s.participant)
 
     def user_texts(self, conversation: ConversationState) -> list[str]:
         texts = [t.text for t in conversation.turns_of(self.s.participant) if t.text.strip()]

@@ -29,10 +29,15 @@ import msgspec
 
 from turnloom.judging import JudgeCall, Unparseable
 from turnloom.records import ConversationState
+from turnloom.references import check_participant_names
 from turnloom.scoring import Score
 from turnloom_usp.embed import normalize, tfidf_embed
-from turnloom_usp.extractor import ExtractorSettings, check_participant, extraction_call, \
-    parse_extracted_profile, user_messages_block
+from turnloom_usp.extractor import (
+    ExtractorSettings,
+    extraction_call,
+    parse_extracted_profile,
+    user_messages_block,
+)
 from turnloom_usp.profile import Profile, filled_facts, parse_profile
 from turnloom_usp.render import facts_paragraph, traits_paragraph
 
@@ -151,7 +156,7 @@ class JudgedConsistency:
                 raise ValueError(f"invalid {self.name} settings: embedder: {exc}") from None
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_participant(names, self.s.participant)
+        check_participant_names(names, participant=self.s.participant)
 
     def _texts(self, conversation: ConversationState) -> list[str]:
         texts = [t.text for t in conversation.turns_of(self.s.participant) if t.text.strip()]

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Mapping, Sequence
 import msgspec
 
 from turnloom.records import ConversationState, TurnRecord
+from turnloom.references import check_participant_names
 from turnloom.scoring import Score
-from turnloom_usp.extractor import check_participant
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -95,7 +95,7 @@ class LoopScorer:
         self.s = _settings(settings, "usp-loops")
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_participant(names, self.s.participant)
+        check_participant_names(names, participant=self.s.participant)
 
     def _flags(self, texts: list[str]) -> list[tuple[bool, bool]]:
         return [(is_repeat(t, texts[:i], self.s.repeat_threshold), is_thanks(t))
@@ -133,7 +133,7 @@ class FaultScorer:
         self.s = _settings(settings, "usp-faults")
 
     def check_participants(self, names: Sequence[str]) -> None:
-        check_participant(names, self.s.participant)
+        check_participant_names(names, participant=self.s.participant)
 
     def faults(self, conversation: ConversationState, turn: TurnRecord) -> dict[str, int]:
         before = conversation.turns[turn.turn - 1].text if turn.turn > 0 else ""
