@@ -156,15 +156,16 @@ def test_template_that_rejects_some_orders_still_loads() -> None:
 
 
 def test_read_chat_template_sources(tmp_path: Path) -> None:
+    # transformers' order: chat_template.jinja wins over the config's entry.
     assert read_chat_template(tmp_path) is None
-    (tmp_path / "chat_template.jinja").write_text("J", encoding="utf-8")
-    assert read_chat_template(tmp_path) == "J"
     (tmp_path / "tokenizer_config.json").write_text(
         '{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}',
         encoding="utf-8")
     assert read_chat_template(tmp_path) == "D"
     (tmp_path / "tokenizer_config.json").write_text('{"chat_template": "C"}', encoding="utf-8")
     assert read_chat_template(tmp_path) == "C"
+    (tmp_path / "chat_template.jinja").write_text("J", encoding="utf-8")
+    assert read_chat_template(tmp_path) == "J"
 
 
 def test_template_runs_sandboxed() -> None:

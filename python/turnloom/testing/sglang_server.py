@@ -374,13 +374,14 @@ class SGLangTestServer(LoopbackServer):
                 earlier.taken_by = item
             self.live[item.rid] = item
         try:
-            outs = self._deliver(items, await self._run_items(items))
+            delivered = self._deliver(items, await self._run_items(items))
         finally:
             for item in items:
                 if self.live.get(item.rid) is item:
                     del self.live[item.rid]
-        if outs is None:  # an output of this POST went to another request: no answer
-            await asyncio.Event().wait()
+        if delivered is None:  # an output of this POST went to another request: no answer
+            return Reply(hang=True)
+        outs = delivered
         if fault is not None and fault.kind == "wrong_batch" and not single:
             outs = outs[:-1]
         if body.get("stream"):
