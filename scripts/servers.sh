@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 VENV="${TURNLOOM_VENV:-.venv}"
 PY="$VENV/bin/python"
 STATE="$VENV/servers"
+NAME="servers"
+WAIT_S=120
 LLAMA_CPP_PYTHON="llama-cpp-python[server]>=0.3.9,<0.4"
 MODEL_ALIAS="smollm2"
 
@@ -34,64 +36,14 @@ install() {
     installed
 }
 
-running_url() {
-    [ -f "$STATE/pid" ] && [ -f "$STATE/url" ] && kill -0 "$(cat "$STATE/pid")" 2>/dev/null \
-        && cat "$STATE/url"
-}
-
-start() {
-    if url="$(running_url)"; then
-        echo "$url"
-        return 0
-    fi
-    install
-    mkdir -p "$STATE"
-    local gguf port
+launch() {
+    local gguf
     gguf="$("$PY" -c 'from turnloom.models import find_gguf; print(find_gguf())')"
-    port="${1:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
     # One sequence slot, the model's training context; the seed is per request.
-    "$PY" -m llama_cpp.server --model "$gguf" --model_alias "$MODEL_ALIAS" \
-        --host 127.0.0.1 --port "$port" --n_ctx 2048 --n_threads "$(nproc)" \
-        >"$STATE/server.log" 2>&1 &
-    echo $! >"$STATE/pid"
-    local url="http://127.0.0.1:$port/v1"
-    for _ in $(seq 1 240); do
-        if ! kill -0 "$(cat "$STATE/pid")" 2>/dev/null; then
-            echo "servers: llama-cpp-python exited; last log lines:" >&2
-            tail -20 "$STATE/server.log" >&2
-            rm -f "$STATE/pid"
-            return 1
-        fi
-        if "$PY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" \
-                "$url/models" >/dev/null 2>&1; then
-            echo "$url" >"$STATE/url"
-            echo "$url"
-            return 0
-        fi
-        sleep 0.5
-    done
-    echo "servers: llama-cpp-python did not answer within 120 s (log: $STATE/server.log)" >&2
-    stop
-    return 1
+    exec "$PY" -m llama_cpp.server --model "$gguf" --model_alias "$MODEL_ALIAS" \
+        --host 127.0.0.1 --port "$1" --n_ctx 2048 --n_threads "$(nproc)"
 }
 
-stop() {
-    if [ -f "$STATE/pid" ]; then
-        local pid
-        pid="$(cat "$STATE/pid")"
-        if kill -0 "$pid" 2>/dev/null; then
-            kill "$pid"
-            for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-            kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-        fi
-    fi
-    rm -f "$STATE/pid" "$STATE/url"
-}
-
-case "${1:-}" in
-    install) install ;;
-    start) shift; start "$@" ;;
-    stop) stop ;;
-    url) running_url ;;
-    *) echo "usage: $0 install | start [PORT] | stop | url" >&2; exit 2 ;;
-esac
+# shellcheck source=scripts/served.sh
+. scripts/served.sh
+served_main "$@"

