@@ -179,8 +179,10 @@ def build_backends(scenario: Scenario, registry: Any) -> dict[str, BackendRT]:
             raise error_at(scenario, ("backends", name, "type"),
                            f"backend plugin {spec.type!r} built {type(backend).__name__}, "
                            "not a turnloom Backend")
-        fmt = getattr(backend, "chat_format", None) if spec.tokenizer is None else None
-        if fmt is None:
+        own = getattr(backend, "chat_format", None) if spec.tokenizer is None else None
+        if own is not None:
+            fmt: ChatFormat = own
+        else:
             if spec.tokenizer is None and backend.reads_token_ids:
                 # A model server reads these ids with its own vocabulary: byte ids are
                 # garbage to it, and nothing downstream would say so.
@@ -192,19 +194,20 @@ def build_backends(scenario: Scenario, registry: Any) -> dict[str, BackendRT]:
             except Exception as exc:
                 raise error_at(scenario, ("backends", name, "tokenizer"),
                                f"cannot load chat format {spec.tokenizer!r}: {_brief(exc)}") from exc
+        if spec.chat_template_kwargs:
+            fmt = _with_template_kwargs(scenario, name, backend, fmt, spec.chat_template_kwargs)
+        if fmt is not own:  # the backend renders or decodes with the format the engine uses
             use = getattr(backend, "use_chat_format", None)
             if callable(use):
                 use(fmt)
-        if spec.chat_template_kwargs:
-            fmt = _with_template_kwargs(scenario, name, backend, fmt, spec.chat_template_kwargs)
         out[name] = BackendRT(name, spec, backend, fmt, registry.owner("backends", spec.type))
     return out
 
 
 def _with_template_kwargs(scenario: Scenario, name: str, backend: Backend, fmt: ChatFormat,
                           kwargs: dict[str, Any]) -> ChatFormat:
-    """The chat format rendering with `kwargs`, and the backend told of them (a
-    chat API passes them on to the server that renders the template)."""
+    """The chat format rendering with `kwargs`, and a backend that can pass them on
+    (a chat API, whose server renders the template) told of them."""
     where = ("backends", name, "chat_template_kwargs")
     with_variables = getattr(fmt, "with_variables", None)
     if not callable(with_variables):
@@ -214,9 +217,6 @@ def _with_template_kwargs(scenario: Scenario, name: str, backend: Backend, fmt: 
         fmt = with_variables(kwargs)
     except ValueError as exc:
         raise error_at(scenario, where, str(exc)) from exc
-    use = getattr(backend, "use_chat_format", None)
-    if callable(use):
-        use(fmt)
     pass_on = getattr(backend, "use_chat_template_kwargs", None)
     if callable(pass_on):
         pass_on(dict(kwargs))
