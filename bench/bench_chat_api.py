@@ -255,30 +255,33 @@ def main() -> None:
               f"{1000 * r['process_cpu'] / n:8.3f} "
               f"{r['turns'] / r['seconds']:9.2f} {r['prompt_tokens'] / n:16.1f} "
               f"{r['completion_tokens'] / n:13.1f}")
-    t, o = rows["turnloom"], rows["openai"]
-    cpu_ratio = (o["cpu"] / max(1, o["turns"])) / max(1e-9, t["cpu"] / max(1, t["turns"]))
-    process_ratio = (o["process_cpu"] / max(1, o["turns"])) / max(1e-9, t["process_cpu"] / max(1, t["turns"]))
-    rate_ratio = (t["turns"] / t["seconds"]) / max(1e-9, o["turns"] / o["seconds"])
-    print(f"openai CPU per turn / turnloom CPU per turn: {cpu_ratio:.2f}x "
-          f"(whole processes: {process_ratio:.2f}x); "
-          f"turnloom turns/s / openai turns/s: {rate_ratio:.3f}")
+    print_ratios("openai", rows["turnloom"], rows["openai"])
     if args.repeat > 1:
-        rates = [(r["turnloom"]["turns"] / r["turnloom"]["seconds"])
-                 / max(1e-9, r["openai"]["turns"] / r["openai"]["seconds"]) for r in rounds]
+        rates = [turns_per_s(r["turnloom"]) / max(1e-9, turns_per_s(r["openai"])) for r in rounds]
         print("turnloom turns/s / openai turns/s, round by round: "
               + ", ".join(f"{x:.3f}" for x in rates) + f" (median {statistics.median(rates):.3f})")
     if "verifiers" not in rows:
         print("verifiers: not measured (scripts/bench_peers.sh builds .venv-peers with it, "
               "or pass --verifiers-python PATH)")
         return
-    v = rows["verifiers"]
-    cpu_ratio = (v["cpu"] / max(1, v["turns"])) / max(1e-9, t["cpu"] / max(1, t["turns"]))
-    process_ratio = (v["process_cpu"] / max(1, v["turns"])) / max(1e-9, t["process_cpu"] / max(1, t["turns"]))
-    rate_ratio = (t["turns"] / t["seconds"]) / max(1e-9, v["turns"] / v["seconds"])
-    print(f"verifiers CPU per turn / turnloom CPU per turn: {cpu_ratio:.2f}x "
-          f"(whole processes: {process_ratio:.2f}x); "
-          f"turnloom turns/s / verifiers turns/s: {rate_ratio:.3f}")
+    print_ratios("verifiers", rows["turnloom"], rows["verifiers"])
 
+
+def per_turn(row: dict[str, Any], key: str) -> float:
+    return row[key] / max(1, row["turns"])
+
+
+def turns_per_s(row: dict[str, Any]) -> float:
+    return row["turns"] / row["seconds"]
+
+
+def print_ratios(peer: str, t: dict[str, Any], other: dict[str, Any]) -> None:
+    cpu_ratio = per_turn(other, "cpu") / max(1e-9, per_turn(t, "cpu"))
+    process_ratio = per_turn(other, "process_cpu") / max(1e-9, per_turn(t, "process_cpu"))
+    rate_ratio = turns_per_s(t) / max(1e-9, turns_per_s(other))
+    print(f"{peer} CPU per turn / turnloom CPU per turn: {cpu_ratio:.2f}x "
+          f"(whole processes: {process_ratio:.2f}x); "
+          f"turnloom turns/s / {peer} turns/s: {rate_ratio:.3f}")
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
